@@ -1,0 +1,160 @@
+//! The shared backend table and the least-connections choice.
+//!
+//! Every worker reads the same [`Backends`] table; its only mutable state is atomics, each
+//! backend's on its own cache line, so the data path takes no lock. The choice is a pure function
+//! over a snapshot of those atomics: a race between two workers can cost one extra connection on
+//! a backend, never a lock or a wrong answer about health.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use crate::config::Config;
+
+/// The atomics one backend's state lives in; written by workers and the health checker.
+#[derive(Debug, Default)]
+pub struct BackendLive {
+    /// Health checker's verdict (with rise/fall hysteresis applied).
+    pub up: AtomicBool,
+    /// Connections open to this backend right now, over all workers: the least-connections key.
+    pub active_connections: AtomicU32,
+    /// A failed connect marks the backend suspect until this instant (ms on [`crate::clock`]),
+    /// so other connections skip it at once instead of each waiting for its own failure.
+    pub suspect_until_ms: AtomicU64,
+}
+
+/// One backend of one listener.
+#[derive(Debug)]
+pub struct Backend {
+    /// As written in the configuration ("db-01:3306"); the label in metrics and logs.
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// Index of the listener whose pool holds it.
+    pub listener: usize,
+    pub live: CachePadded<BackendLive>,
+}
+
+impl Backend {
+    pub fn is_up(&self) -> bool {
+        self.live.up.load(Ordering::Relaxed)
+    }
+    pub fn active_connections(&self) -> u32 {
+        self.live.active_connections.load(Ordering::Relaxed)
+    }
+}
+
+/// All backends of all listeners, in configuration order; `pools[l]` is the index range of
+/// listener `l`'s backends.
+#[derive(Debug)]
+pub struct Backends {
+    pub all: Box<[Backend]>,
+    pub pools: Box<[std::ops::Range<usize>]>,
+}
+
+impl Backends {
+    /// Builds the table; every backend starts up (the first failed check takes it down at once).
+    pub fn from_config(config: &Config) -> Self {
+        let mut all = Vec::new();
+        let mut pools = Vec::new();
+        for (l, listener) in config.listeners.iter().enumerate() {
+            let start = all.len();
+            for b in &listener.backends {
+                let live = BackendLive::default();
+                live.up.store(true, Ordering::Relaxed);
+                all.push(Backend {
+                    name: b.name.clone(),
+                    addr: b.addr,
+                    weight: b.weight.max(1),
+                    listener: l,
+                    live: CachePadded::new(live),
+                });
+            }
+            pools.push(start..all.len());
+        }
+        Backends {
+            all: all.into_boxed_slice(),
+            pools: pools.into_boxed_slice(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    /// Picks a backend of `listener` for a new connection and counts it as active.
+    ///
+    /// `tried` is a bitmask of pool positions already tried for this connection (redispatch);
+    /// `rotor` is the caller's tie-breaker, advanced on each call so that sequential short
+    /// connections alternate between equal backends. Returns the global backend index.
+    pub fn acquire(&self, listener: usize, tried: u64, rotor: &mut usize, now_ms: u64) -> Option<usize> {
+        let pool = self.pools[listener].clone();
+        let backends = &self.all[pool.clone()];
+        let candidate = |pos: usize, skip_suspect: bool| {
+            let b = &backends[pos];
+            let suspect = skip_suspect && b.live.suspect_until_ms.load(Ordering::Relaxed) > now_ms;
+            Candidate {
+                up: b.is_up() && !suspect,
+                active: b.active_connections(),
+                weight: b.weight,
+            }
+        };
+        // Every healthy backend tried or suspect: fall back to suspect ones not yet tried, since a
+        // suspect backend may have recovered before its check says so.
+        let pick = choose(backends.len(), tried, *rotor, |pos| candidate(pos, true))
+            .or_else(|| choose(backends.len(), tried, *rotor, |pos| candidate(pos, false)))?;
+        *rotor = rotor.wrapping_add(1);
+        let index = pool.start + pick;
+        self.all[index].live.active_connections.fetch_add(1, Ordering::Relaxed);
+        Some(index)
+    }
+
+    /// Undoes [`Backends::acquire`] when a connection ends or its connect fails.
+    pub fn release(&self, index: usize) {
+        self.all[index].live.active_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Marks a backend suspect for `for_ms` after a failed connect.
+    pub fn mark_suspect(&self, index: usize, until_ms: u64) {
+        self.all[index].live.suspect_until_ms.fetch_max(until_ms, Ordering::Relaxed);
+    }
+}
+
+/// What the choice needs to know of one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub up: bool,
+    pub active: u32,
+    pub weight: u32,
+}
+
+/// Least connections: among eligible candidates (up, not yet tried) the smallest
+/// `active / weight` (`candidate(pos)` for positions `0..n`), compared exactly by cross-multiplication; ties go to the first one at or
+/// after position `rotor % n`, so equal backends take turns. Returns the position in the pool.
+pub fn choose(n: usize, tried: u64, rotor: usize, candidate: impl Fn(usize) -> Candidate) -> Option<usize> {
+    if n == 0 {
+        return None;
+    }
+    let start = rotor % n;
+    let mut best: Option<(usize, Candidate)> = None;
+    for step in 0..n {
+        let pos = (start + step) % n;
+        let c = candidate(pos);
+        if !c.up || (pos < 64 && tried & (1 << pos) != 0) {
+            continue;
+        }
+        let better = match best {
+            None => true,
+            Some((_, b)) => u64::from(c.active) * u64::from(b.weight) < u64::from(b.active) * u64::from(c.weight),
+        };
+        if better {
+            best = Some((pos, c));
+        }
+    }
+    best.map(|(pos, _)| pos)
+}

@@ -1,0 +1,1 @@
+//! Pipe pool (filled in with the worker).

@@ -1,0 +1,37 @@
+//! ringlb: a thread-per-core io_uring load balancer for MySQL and MariaDB.
+//!
+//! # Layout
+//!
+//! | module | job |
+//! |---|---|
+//! | [`cli`] | the clap command line: `run`, `check`, `stats`; turns errors into one line and an exit code |
+//! | [`config`] | TOML file plus flags, parsed then validated into a typed [`config::Config`] |
+//! | [`runtime`] | binds sockets, starts the threads below, waits for a signal |
+//! | [`dataplane`] | the workers: io_uring, multishot accept, connect, splice / buffered relay |
+//! | [`balance`] | the shared backend table (atomics only) and the least-connections choice |
+//! | [`health`] | the checker thread: MySQL greeting and login, or TCP; rise/fall hysteresis |
+//! | [`admin`] | HTTP on loopback: `/metrics` (Prometheus), `/stats` (JSON); the `stats` client |
+//! | [`stats`] | per-worker counters and the [`stats::Snapshot`] every view renders |
+//! | [`clock`] | a cheap monotonic millisecond clock shared by all threads |
+//!
+//! # Threads
+//!
+//! | thread | owns | talks to others through |
+//! |---|---|---|
+//! | main | config, binding, signals | joins the rest |
+//! | `worker-N` × cores, pinned | one io_uring, one SO_REUSEPORT listener per listener, its connections and pipes | the backend table's atomics; its own counters |
+//! | `health` | one probe per backend per interval | each backend's `up` atomic |
+//! | `admin` | the admin HTTP socket | reads atomics only |
+//!
+//! No lock is taken on the data path: a worker's connections never leave it, and what workers
+//! share is a table of cache-padded atomics.
+
+pub mod admin;
+pub mod balance;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod dataplane;
+pub mod health;
+pub mod runtime;
+pub mod stats;

@@ -1,0 +1,148 @@
+//! Start-up and the main thread: probe the kernel, bind every socket, start the threads, then
+//! wait for a signal.
+//!
+//! Everything that can fail because of the user's input (a port in use, io_uring disabled) fails
+//! here, before any thread runs, with one line naming the culprit.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use crate::balance::Backends;
+use crate::config::Config;
+use crate::dataplane::{self, probe, WorkerConfig};
+use crate::stats::Shared;
+use crate::{admin, health};
+
+/// Why ringlb could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Kernel(#[from] probe::ProbeError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("worker {worker}: {message}")]
+    Worker { worker: usize, message: String },
+    #[error("cannot start thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Runs ringlb until SIGINT or SIGTERM.
+pub fn run(config: Config) -> Result<(), RunError> {
+    probe::check()?;
+    let signals = block_signals();
+
+    let backends = Arc::new(Backends::from_config(&config));
+    let listener_names = config.listeners.iter().map(|l| l.name.clone()).collect();
+    let shared = Arc::new(Shared::new(backends.clone(), config.workers, listener_names));
+
+    let admin_socket = TcpListener::bind(config.admin).map_err(|source| RunError::Bind {
+        what: "admin".into(),
+        addr: config.admin,
+        source,
+    })?;
+    // One exclusive bind per listener first: SO_REUSEPORT would otherwise let us share a port
+    // silently with another process that also set it.
+    for l in &config.listeners {
+        dataplane::listener::check_free(l.bind).map_err(|source| RunError::Bind {
+            what: format!("listener {}", l.name),
+            addr: l.bind,
+            source,
+        })?;
+    }
+    let mut per_worker = Vec::with_capacity(config.workers);
+    for _ in 0..config.workers {
+        let mut sockets = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let socket = dataplane::listener::bind_reuseport(l.bind).map_err(|source| RunError::Bind {
+                what: format!("listener {}", l.name),
+                addr: l.bind,
+                source,
+            })?;
+            sockets.push(socket);
+        }
+        per_worker.push(sockets);
+    }
+
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::new();
+    for (id, sockets) in per_worker.into_iter().enumerate() {
+        let worker_config = WorkerConfig {
+            id,
+            core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
+            connect_timeout_ms: config.listeners.iter().map(|l| l.connect_timeout_ms).collect(),
+        };
+        let shared = shared.clone();
+        let ready = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("worker-{id}"))
+            .spawn(move || dataplane::worker::run(worker_config, sockets, shared, ready))
+            .map_err(RunError::Thread)?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..config.workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err((worker, message))) => return Err(RunError::Worker { worker, message }),
+            Err(_) => {
+                return Err(RunError::Worker {
+                    worker: 0,
+                    message: "exited during start-up".into(),
+                })
+            }
+        }
+    }
+
+    health::spawn(config.health.clone(), backends).map_err(RunError::Thread)?;
+    admin::spawn(admin_socket, shared).map_err(RunError::Thread)?;
+    for l in &config.listeners {
+        let names: Vec<&str> = l.backends.iter().map(|b| b.name.as_str()).collect();
+        tracing::info!(listener = %l.name, bind = %l.bind, backends = ?names, "listening");
+    }
+    tracing::info!(workers = config.workers, admin = %config.admin, "ringlb started");
+
+    let signal = wait_for_signal(&signals);
+    tracing::info!(signal, "stopping");
+    Ok(())
+}
+
+/// Blocks the signals the main thread waits for, before any other thread exists, so that every
+/// thread inherits the mask and only `sigwait` here sees them.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it, and pthread_sigmask
+    // only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        // A write to a peer that has gone must return EPIPE, not kill the process.
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> &'static str {
+    loop {
+        let mut signal: libc::c_int = 0;
+        // SAFETY: `set` was initialised by block_signals and `signal` is a valid out pointer.
+        let rc = unsafe { libc::sigwait(set, &mut signal) };
+        if rc != 0 {
+            continue;
+        }
+        match signal {
+            libc::SIGINT => return "SIGINT",
+            libc::SIGTERM => return "SIGTERM",
+            // Reload arrives in a later version; until then SIGHUP must not kill the process.
+            libc::SIGHUP => tracing::info!("SIGHUP ignored: reload is not supported yet"),
+            _ => {}
+        }
+    }
+}
