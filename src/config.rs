@@ -101,3 +101,12 @@ pub enum ConfigError {
     #[error("{flag}: {message}")]
     Flag { flag: String, message: String },
 }
+
+/// Reads the optional file, applies the flags over it and validates the result.
+pub fn load(path: Option<&std::path::Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let _ = (path, overrides);
+    Err(ConfigError::Flag {
+        flag: "--config".into(),
+        message: "not implemented yet".into(),
+    })
+}
