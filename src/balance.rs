@@ -6,7 +6,7 @@
 //! a backend, never a lock or a wrong answer about health.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 
@@ -51,6 +51,9 @@ impl Backend {
 pub struct Backends {
     pub all: Box<[Backend]>,
     pub pools: Box<[std::ops::Range<usize>]>,
+    /// Per listener: the tie-breaker of least connections, shared by all workers so that
+    /// sequential connections alternate even when the kernel hands them to different workers.
+    rotors: Box<[CachePadded<AtomicUsize>]>,
 }
 
 impl Backends {
@@ -75,6 +78,10 @@ impl Backends {
         }
         Backends {
             all: all.into_boxed_slice(),
+            rotors: pools
+                .iter()
+                .map(|_| CachePadded::new(AtomicUsize::new(0)))
+                .collect(),
             pools: pools.into_boxed_slice(),
         }
     }
@@ -89,11 +96,12 @@ impl Backends {
 
     /// Picks a backend of `listener` for a new connection and counts it as active.
     ///
-    /// `tried` is a bitmask of pool positions already tried for this connection (redispatch);
-    /// `rotor` is the caller's tie-breaker, advanced on each call so that sequential short
-    /// connections alternate between equal backends. Returns the global backend index.
-    pub fn acquire(&self, listener: usize, tried: u64, rotor: &mut usize, now_ms: u64) -> Option<usize> {
+    /// `tried` is a bitmask of pool positions already tried for this connection (redispatch).
+    /// Ties rotate, so sequential short connections alternate between equal backends.
+    /// Returns the global backend index.
+    pub fn acquire(&self, listener: usize, tried: u64, now_ms: u64) -> Option<usize> {
         let pool = self.pools[listener].clone();
+        let rotor = self.rotors[listener].fetch_add(1, Ordering::Relaxed);
         let backends = &self.all[pool.clone()];
         let candidate = |pos: usize, skip_suspect: bool| {
             let b = &backends[pos];
@@ -106,22 +114,30 @@ impl Backends {
         };
         // Every healthy backend tried or suspect: fall back to suspect ones not yet tried, since a
         // suspect backend may have recovered before its check says so.
-        let pick = choose(backends.len(), tried, *rotor, |pos| candidate(pos, true))
-            .or_else(|| choose(backends.len(), tried, *rotor, |pos| candidate(pos, false)))?;
-        *rotor = rotor.wrapping_add(1);
+        let pick = choose(backends.len(), tried, rotor, |pos| candidate(pos, true))
+            .or_else(|| choose(backends.len(), tried, rotor, |pos| candidate(pos, false)))?;
         let index = pool.start + pick;
-        self.all[index].live.active_connections.fetch_add(1, Ordering::Relaxed);
+        self.all[index]
+            .live
+            .active_connections
+            .fetch_add(1, Ordering::Relaxed);
         Some(index)
     }
 
     /// Undoes [`Backends::acquire`] when a connection ends or its connect fails.
     pub fn release(&self, index: usize) {
-        self.all[index].live.active_connections.fetch_sub(1, Ordering::Relaxed);
+        self.all[index]
+            .live
+            .active_connections
+            .fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Marks a backend suspect for `for_ms` after a failed connect.
     pub fn mark_suspect(&self, index: usize, until_ms: u64) {
-        self.all[index].live.suspect_until_ms.fetch_max(until_ms, Ordering::Relaxed);
+        self.all[index]
+            .live
+            .suspect_until_ms
+            .fetch_max(until_ms, Ordering::Relaxed);
     }
 }
 
@@ -150,7 +166,9 @@ pub fn choose(n: usize, tried: u64, rotor: usize, candidate: impl Fn(usize) -> C
         }
         let better = match best {
             None => true,
-            Some((_, b)) => u64::from(c.active) * u64::from(b.weight) < u64::from(b.active) * u64::from(c.weight),
+            Some((_, b)) => {
+                u64::from(c.active) * u64::from(b.weight) < u64::from(b.active) * u64::from(c.weight)
+            }
         };
         if better {
             best = Some((pos, c));

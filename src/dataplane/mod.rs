@@ -1,6 +1,7 @@
 //! The data path: one worker per core, each with its own io_uring, listeners, connections and
 //! pipe pool. See `worker.rs` for a connection's life.
 
+pub mod bufring;
 pub mod listener;
 pub mod pipes;
 pub mod probe;

@@ -1,15 +1,916 @@
-//! Worker (filled in).
+//! One worker: a pinned thread with its own io_uring, its own SO_REUSEPORT listeners and every
+//! connection it accepted. Connections never leave their worker, so nothing here is shared but
+//! the backend table's atomics and this worker's own counters.
+//!
+//! # A connection's life
+//!
+//! 1. Multishot accept completes → pick a backend by least connections ([`Backends::acquire`]).
+//! 2. Connect through the ring, linked to a timeout. Refused or timed out → count the error, mark
+//!    the backend suspect and try the next backend at once (redispatch).
+//! 3. Relay each direction ([`Flow`]) independently until both have seen EOF:
+//!    - buffered: a recv that selects a buffer from the provided-buffer ring only when data
+//!      arrives (poll first, so waiting costs no buffer), then a send of exactly those bytes;
+//!    - bulk: when a recv fills its whole buffer, the direction switches to splice
+//!      (socket → pooled pipe → socket, zero copy) until a splice finds the socket drained, then
+//!      it gives the pipe back and returns to the buffered recv.
+//!
+//!    One buffer or one pipe per direction at most is ever in flight, so a slow reader stalls its
+//!    writer instead of making ringlb buffer (backpressure), and an idle connection holds neither.
+//! 4. EOF on one side → `shutdown(SHUT_WR)` on the other while the other direction keeps flowing.
+//!    An error on either side → `shutdown(SHUT_RDWR)` on both, which completes every op still in
+//!    flight; the connection is freed when the last completion arrives.
+//!
+//! # Ownership invariant
+//!
+//! Every op in flight is counted in its connection's `inflight`. A connection's slot, sockets,
+//! buffer and pipes are released only when it is closing and `inflight` is zero, so no completion
+//! can ever refer to a reused slot or a closed descriptor, and no op can write into memory that
+//! has been handed to someone else.
 
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
-use socket2::Socket;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use super::bufring::BufRing;
+use super::pipes::{Pipe, PipePool};
 use super::WorkerConfig;
-use crate::stats::Shared;
+use crate::clock;
+use crate::stats::{BackendTraffic, Shared};
 
-pub fn run(config: WorkerConfig, listeners: Vec<Socket>, shared: Arc<Shared>, ready: Sender<Result<(), (usize, String)>>) {
-    let _ = (listeners, shared);
+/// Submission queue entries per worker ring (the completion queue gets twice as many).
+const RING_ENTRIES: u32 = 4096;
+/// Buffers in the provided-buffer ring, and the size of each. A recv that fills a whole buffer
+/// marks its direction as bulk, which then moves by splice.
+const BUFFERS: u16 = 256;
+const BUFFER_BYTES: u32 = 16 * 1024;
+/// `IORING_RECVSEND_POLL_FIRST`: arm poll before trying, since a fresh recv usually finds no data.
+const RECVSEND_POLL_FIRST: u16 = 1;
+/// Buffer group id of the ring.
+const BUFFER_GROUP: u16 = 0;
+/// Requested size of pooled pipes, and how many idle pipes a worker keeps.
+const PIPE_BYTES: usize = 256 * 1024;
+const PIPES_KEPT: usize = 32;
+/// A backend whose connect failed is skipped by new connections for this long, or until its
+/// health check brings it up again.
+const SUSPECT_MS: u64 = 2000;
+/// Accept is re-armed after this delay when it failed for lack of descriptors or memory.
+const ACCEPT_RETRY_MS: u64 = 100;
+/// At most one warning per backend per this interval about failed connects.
+const WARN_INTERVAL_MS: u64 = 1000;
+
+/// What an op was for; packed with the connection index into `user_data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Op {
+    Accept = 0,
+    AcceptRetry = 1,
+    Connect = 2,
+    ConnectTimeout = 3,
+    Recv = 4,
+    Send = 5,
+    SpliceIn = 6,
+    SpliceOut = 7,
+    PollOut = 8,
+}
+
+impl Op {
+    fn from_u8(value: u8) -> Option<Op> {
+        Some(match value {
+            0 => Op::Accept,
+            1 => Op::AcceptRetry,
+            2 => Op::Connect,
+            3 => Op::ConnectTimeout,
+            4 => Op::Recv,
+            5 => Op::Send,
+            6 => Op::SpliceIn,
+            7 => Op::SpliceOut,
+            8 => Op::PollOut,
+            _ => return None,
+        })
+    }
+}
+
+/// `user_data` layout: index (listener or connection) << 8 | op << 1 | direction.
+fn token(index: usize, op: Op, dir: usize) -> u64 {
+    ((index as u64) << 8) | ((op as u64) << 1) | dir as u64
+}
+
+fn untoken(user_data: u64) -> (usize, Option<Op>, usize) {
+    (
+        (user_data >> 8) as usize,
+        Op::from_u8(((user_data >> 1) & 0x7f) as u8),
+        (user_data & 1) as usize,
+    )
+}
+
+/// Direction 0 moves client → backend, direction 1 backend → client.
+const TO_BACKEND: usize = 0;
+const TO_CLIENT: usize = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlowState {
+    /// Not started (connecting).
+    Idle,
+    Recv,
+    Send,
+    SpliceIn,
+    SpliceOut,
+    /// Waiting for the destination to take more bytes after a splice found it full.
+    PollOut,
+    /// The buffer ring was empty: parked until a buffer comes back.
+    WaitBuffer,
+    /// EOF seen and passed on as `shutdown(SHUT_WR)`.
+    Done,
+}
+
+/// One direction of a connection.
+#[derive(Debug)]
+struct Flow {
+    state: FlowState,
+    /// Buffer holding received bytes not yet fully sent: (id, sent, received).
+    buffer: Option<(u16, u32, u32)>,
+    /// Pipe lent while this direction is in bulk mode.
+    pipe: Option<Pipe>,
+    pipe_capacity: u32,
+    /// Bytes spliced into the pipe and not yet out of it.
+    in_pipe: u32,
+    /// The last read filled its buffer or pipe: more is probably waiting, keep splicing.
+    bulk: bool,
+}
+
+impl Flow {
+    fn new() -> Flow {
+        Flow {
+            state: FlowState::Idle,
+            buffer: None,
+            pipe: None,
+            pipe_capacity: 0,
+            in_pipe: 0,
+            bulk: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Relaying,
+    Closing,
+}
+
+#[derive(Debug)]
+struct Conn {
+    client: OwnedFd,
+    backend: Option<OwnedFd>,
+    listener: usize,
+    /// Global index of the backend this connection counts against, while it does.
+    backend_index: Option<usize>,
+    /// Pool positions already tried (redispatch never retries one).
+    tried: u64,
+    phase: Phase,
+    flows: [Flow; 2],
+    /// Ops submitted and not yet completed; see the module's ownership invariant.
+    inflight: u32,
+    /// Distinguishes this connection from later ones in the same slot (buffer wait queue).
+    generation: u32,
+}
+
+impl Conn {
+    fn src(&self, dir: usize) -> RawFd {
+        if dir == TO_BACKEND {
+            self.client.as_raw_fd()
+        } else {
+            self.backend_fd()
+        }
+    }
+
+    fn dst(&self, dir: usize) -> RawFd {
+        if dir == TO_BACKEND {
+            self.backend_fd()
+        } else {
+            self.client.as_raw_fd()
+        }
+    }
+
+    fn backend_fd(&self) -> RawFd {
+        self.backend.as_ref().map_or(-1, |fd| fd.as_raw_fd())
+    }
+}
+
+/// Runs a worker until the process exits. Reports start-up success or failure on `ready`.
+pub fn run(
+    config: WorkerConfig,
+    listeners: Vec<Socket>,
+    shared: Arc<Shared>,
+    ready: Sender<Result<(), (usize, String)>>,
+) {
+    let id = config.id;
+    if let Some(core) = config.core {
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(worker = id, core = core.id, "cannot pin worker to its core");
+        }
+    }
+    let mut worker = match Worker::new(config, listeners, shared) {
+        Ok(worker) => worker,
+        Err(e) => {
+            let _ = ready.send(Err((id, e.to_string())));
+            return;
+        }
+    };
     let _ = ready.send(Ok(()));
-    let _ = config;
+    drop(ready);
+    if let Err(e) = worker.run() {
+        // A worker cannot lose its ring and go on; the process must stop so a peer takes over.
+        tracing::error!(worker = id, error = %e, "worker ring failed");
+        std::process::exit(70);
+    }
+}
+
+struct Worker {
+    // Field order is drop order: the ring goes before the buffer memory it may write into.
+    ring: IoUring,
+    buffers: BufRing,
+    pipes: PipePool,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    next_generation: u32,
+    listeners: Vec<Socket>,
+    /// Backend addresses, by global backend index, at stable addresses for CONNECT.
+    backend_addrs: Box<[SockAddr]>,
+    /// Connect timeout per listener, at stable addresses for LINK_TIMEOUT.
+    connect_timeouts: Box<[types::Timespec]>,
+    accept_retry: Box<types::Timespec>,
+    shared: Arc<Shared>,
+    id: usize,
+    /// Entries that did not fit in the submission queue, in order, each with whether it links
+    /// to the next one.
+    backlog: VecDeque<(squeue::Entry, bool)>,
+    /// Directions parked for lack of a buffer: (slot, generation, direction).
+    waiting_for_buffer: VecDeque<(usize, u32, usize)>,
+    /// Last connect-failure warning per backend, ms.
+    last_warning_ms: Vec<u64>,
+    completions: Vec<(u64, i32, u32)>,
+}
+
+impl Worker {
+    fn new(config: WorkerConfig, listeners: Vec<Socket>, shared: Arc<Shared>) -> io::Result<Worker> {
+        let ring = IoUring::builder()
+            .setup_cqsize(RING_ENTRIES * 2)
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(RING_ENTRIES)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(RING_ENTRIES * 2)
+                    .build(RING_ENTRIES)
+            })?;
+        let buffers = BufRing::new(&ring, BUFFER_GROUP, BUFFERS, BUFFER_BYTES)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot register the buffer ring: {e}")))?;
+        let backend_addrs = shared
+            .backends
+            .all
+            .iter()
+            .map(|b| SockAddr::from(b.addr))
+            .collect();
+        let connect_timeouts = config
+            .connect_timeout_ms
+            .iter()
+            .map(|&ms| timespec_ms(ms))
+            .collect();
+        let backends = shared.backends.len();
+        let mut worker = Worker {
+            ring,
+            buffers,
+            pipes: PipePool::new(PIPES_KEPT, PIPE_BYTES),
+            conns: Vec::new(),
+            free: Vec::new(),
+            next_generation: 0,
+            listeners,
+            backend_addrs,
+            connect_timeouts,
+            accept_retry: Box::new(timespec_ms(ACCEPT_RETRY_MS)),
+            shared,
+            id: config.id,
+            backlog: VecDeque::new(),
+            waiting_for_buffer: VecDeque::new(),
+            last_warning_ms: vec![0; backends],
+            completions: Vec::with_capacity(RING_ENTRIES as usize),
+        };
+        for listener in 0..worker.listeners.len() {
+            worker.arm_accept(listener);
+        }
+        worker.ring.submit()?;
+        Ok(worker)
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        loop {
+            self.flush_backlog();
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                // EBUSY: the completion queue is full; reaping below makes room.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINTR)) => {}
+                Err(e) => return Err(e),
+            }
+            let mut completions = std::mem::take(&mut self.completions);
+            completions.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            for &(user_data, result, flags) in &completions {
+                self.complete(user_data, result, flags);
+            }
+            completions.clear();
+            self.completions = completions;
+        }
+    }
+
+    // ---- submission ----
+
+    /// Queues entries in order; all of them go to the backlog when the queue lacks room for all,
+    /// so a linked pair is never split across two submissions.
+    fn push(&mut self, entries: &[squeue::Entry]) {
+        if self.backlog.is_empty() {
+            let mut sq = self.ring.submission();
+            if sq.capacity() - sq.len() >= entries.len() {
+                for entry in entries {
+                    // SAFETY: every buffer, address and timespec an entry points to lives at a
+                    // stable address until its completion (module invariant), and room was checked.
+                    let _ = unsafe { sq.push(entry) };
+                }
+                return;
+            }
+        }
+        let last = entries.len().saturating_sub(1);
+        self.backlog
+            .extend(entries.iter().enumerate().map(|(i, e)| (e.clone(), i < last)));
+    }
+
+    fn flush_backlog(&mut self) {
+        while !self.backlog.is_empty() {
+            let mut sq = self.ring.submission();
+            let room = sq.capacity() - sq.len();
+            if room == 0 {
+                drop(sq);
+                // Make room by submitting; completions are reaped in the main loop.
+                if self.ring.submit().is_err() {
+                    return;
+                }
+                if self.ring.submission().is_full() {
+                    return;
+                }
+                continue;
+            }
+            // Keep a linked pair together: never end a batch on an entry that links onward.
+            let mut take = room.min(self.backlog.len());
+            while take > 0 && self.backlog[take - 1].1 {
+                take -= 1;
+            }
+            if take == 0 {
+                return;
+            }
+            for (entry, _) in self.backlog.drain(..take) {
+                // SAFETY: as in push; room was checked.
+                let _ = unsafe { sq.push(&entry) };
+            }
+        }
+    }
+
+    fn arm_accept(&mut self, listener: usize) {
+        let fd = self.listeners[listener].as_raw_fd();
+        let entry = opcode::AcceptMulti::new(types::Fd(fd))
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(token(listener, Op::Accept, 0));
+        self.push(&[entry]);
+    }
+
+    // ---- completion dispatch ----
+
+    fn complete(&mut self, user_data: u64, result: i32, flags: u32) {
+        let (index, op, dir) = untoken(user_data);
+        match op {
+            Some(Op::Accept) => self.on_accept(index, result, flags),
+            Some(Op::AcceptRetry) => self.arm_accept(index),
+            Some(op) => {
+                let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
+                    debug_assert!(false, "completion for a free slot");
+                    return;
+                };
+                conn.inflight -= 1;
+                match op {
+                    Op::Connect => self.on_connect(index, result),
+                    Op::ConnectTimeout => self.finish_if_done(index),
+                    Op::Recv => self.on_recv(index, dir, result, flags),
+                    Op::Send => self.on_send(index, dir, result),
+                    Op::SpliceIn => self.on_splice_in(index, dir, result),
+                    Op::SpliceOut => self.on_splice_out(index, dir, result),
+                    Op::PollOut => self.on_poll_out(index, dir, result),
+                    Op::Accept | Op::AcceptRetry => unreachable!("handled above"),
+                }
+            }
+            None => debug_assert!(false, "unknown op in user_data {user_data:#x}"),
+        }
+    }
+
+    fn on_accept(&mut self, listener: usize, result: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            let resource = matches!(
+                -result,
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+            );
+            if result < 0 && resource {
+                // Out of descriptors or memory: back off instead of spinning on accept.
+                tracing::warn!(worker = self.id, error = %errno(result), "accept failed; retrying shortly");
+                let entry = opcode::Timeout::new(&*self.accept_retry as *const types::Timespec)
+                    .build()
+                    .user_data(token(listener, Op::AcceptRetry, 0));
+                self.push(&[entry]);
+            } else {
+                self.arm_accept(listener);
+            }
+        }
+        if result < 0 {
+            return;
+        }
+        // SAFETY: a successful accept returns a new descriptor that nothing else owns.
+        let client = unsafe { OwnedFd::from_raw_fd(result) };
+        self.shared.workers[self.id]
+            .accepted
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = socket2::SockRef::from(&client).set_tcp_nodelay(true);
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let conn = Conn {
+            client,
+            backend: None,
+            listener,
+            backend_index: None,
+            tried: 0,
+            phase: Phase::Connecting,
+            flows: [Flow::new(), Flow::new()],
+            inflight: 0,
+            generation,
+        };
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.conns[index] = Some(conn);
+                index
+            }
+            None => {
+                self.conns.push(Some(conn));
+                self.conns.len() - 1
+            }
+        };
+        self.connect_next(index);
+    }
+
+    fn conn(&mut self, index: usize) -> &mut Conn {
+        self.conns[index].as_mut().expect("live connection")
+    }
+
+    fn traffic(&self, backend: usize) -> &BackendTraffic {
+        &self.shared.workers[self.id].backends[backend]
+    }
+
+    // ---- connecting ----
+
+    /// Picks the next backend not yet tried and connects to it; closes the client when none is left.
+    fn connect_next(&mut self, index: usize) {
+        let backends = self.shared.backends.clone();
+        loop {
+            let conn = self.conns[index].as_mut().expect("live connection");
+            let (listener, tried) = (conn.listener, conn.tried);
+            let Some(backend) = backends.acquire(listener, tried, clock::now_ms()) else {
+                tracing::debug!(worker = self.id, "no backend left for a client; closing it");
+                self.abort(index);
+                return;
+            };
+            let position = backend - backends.pools[listener].start;
+            let conn = self.conn(index);
+            conn.tried |= 1u64.checked_shl(position as u32).unwrap_or(0);
+            conn.backend_index = Some(backend);
+            match new_backend_socket(backends.all[backend].addr) {
+                Ok(fd) => {
+                    let raw = fd.as_raw_fd();
+                    conn.backend = Some(fd);
+                    conn.inflight += 2;
+                    let addr = &self.backend_addrs[backend];
+                    let connect = opcode::Connect::new(types::Fd(raw), addr.as_ptr().cast(), addr.len())
+                        .build()
+                        .flags(squeue::Flags::IO_LINK)
+                        .user_data(token(index, Op::Connect, 0));
+                    let timeout = opcode::LinkTimeout::new(&self.connect_timeouts[listener])
+                        .build()
+                        .user_data(token(index, Op::ConnectTimeout, 0));
+                    self.push(&[connect, timeout]);
+                    return;
+                }
+                Err(e) => {
+                    conn.backend_index = None;
+                    backends.release(backend);
+                    self.connect_failed(backend, &e);
+                }
+            }
+        }
+    }
+
+    fn connect_failed(&mut self, backend: usize, error: &io::Error) {
+        let now = clock::now_ms();
+        self.traffic(backend)
+            .connect_errors
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared.backends.mark_suspect(backend, now + SUSPECT_MS);
+        if now >= self.last_warning_ms[backend] + WARN_INTERVAL_MS || self.last_warning_ms[backend] == 0 {
+            self.last_warning_ms[backend] = now;
+            let name = &self.shared.backends.all[backend].name;
+            tracing::warn!(worker = self.id, backend = %name, error = %error, "connect failed; trying the next backend");
+        }
+    }
+
+    fn on_connect(&mut self, index: usize, result: i32) {
+        let conn = self.conn(index);
+        let backend = conn.backend_index.expect("connecting to a backend");
+        if conn.phase == Phase::Closing {
+            self.finish_if_done(index);
+            return;
+        }
+        if result < 0 {
+            conn.backend = None;
+            conn.backend_index = None;
+            self.shared.backends.release(backend);
+            // The link timeout cancels the connect: ECANCELED means it timed out.
+            let error = if -result == libc::ECANCELED {
+                io::Error::from_raw_os_error(libc::ETIMEDOUT)
+            } else {
+                errno(result)
+            };
+            self.connect_failed(backend, &error);
+            self.connect_next(index);
+            return;
+        }
+        conn.phase = Phase::Relaying;
+        self.traffic(backend).connections.fetch_add(1, Ordering::Relaxed);
+        self.submit_recv(index, TO_BACKEND);
+        self.submit_recv(index, TO_CLIENT);
+    }
+
+    // ---- relaying ----
+
+    fn submit_recv(&mut self, index: usize, dir: usize) {
+        let group = self.buffers.group();
+        let len = self.buffers.buf_bytes();
+        let conn = self.conn(index);
+        conn.flows[dir].state = FlowState::Recv;
+        conn.inflight += 1;
+        let entry = opcode::Recv::new(types::Fd(conn.src(dir)), std::ptr::null_mut(), len)
+            .buf_group(group)
+            .ioprio(RECVSEND_POLL_FIRST)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(token(index, Op::Recv, dir));
+        self.push(&[entry]);
+    }
+
+    fn on_recv(&mut self, index: usize, dir: usize, result: i32, flags: u32) {
+        let selected = cqueue::buffer_select(flags);
+        if self.conn(index).phase == Phase::Closing {
+            if let Some(id) = selected {
+                self.recycle_buffer(id);
+            }
+            self.finish_if_done(index);
+            return;
+        }
+        match result {
+            n if n > 0 => {
+                let Some(id) = selected else {
+                    self.abort(index);
+                    return;
+                };
+                let full = n as u32 == self.buffers.buf_bytes();
+                let flow = &mut self.conn(index).flows[dir];
+                flow.buffer = Some((id, 0, n as u32));
+                flow.bulk = full;
+                self.submit_send(index, dir);
+            }
+            0 => {
+                if let Some(id) = selected {
+                    self.recycle_buffer(id);
+                }
+                self.end_of_stream(index, dir);
+            }
+            _ if -result == libc::ENOBUFS => {
+                let conn = self.conn(index);
+                conn.flows[dir].state = FlowState::WaitBuffer;
+                let generation = conn.generation;
+                self.waiting_for_buffer.push_back((index, generation, dir));
+            }
+            _ if matches!(-result, libc::EAGAIN | libc::EINTR) => self.submit_recv(index, dir),
+            _ => {
+                tracing::debug!(worker = self.id, dir, error = %errno(result), "recv failed; closing");
+                self.abort(index);
+            }
+        }
+    }
+
+    fn submit_send(&mut self, index: usize, dir: usize) {
+        let conn = self.conns[index].as_mut().expect("live connection");
+        let (id, sent, received) = conn.flows[dir].buffer.expect("buffer to send");
+        conn.flows[dir].state = FlowState::Send;
+        conn.inflight += 1;
+        // SAFETY (pointer arithmetic): sent < received <= buffer size, inside buffer `id`.
+        let data = unsafe { self.buffers.buffer(id).add(sent as usize) };
+        let entry = opcode::Send::new(types::Fd(conn.dst(dir)), data, received - sent)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(token(index, Op::Send, dir));
+        self.push(&[entry]);
+    }
+
+    fn on_send(&mut self, index: usize, dir: usize, result: i32) {
+        if self.conn(index).phase == Phase::Closing {
+            self.finish_if_done(index);
+            return;
+        }
+        if result < 0 {
+            if matches!(-result, libc::EAGAIN | libc::EINTR) {
+                self.submit_send(index, dir);
+            } else {
+                tracing::debug!(worker = self.id, dir, error = %errno(result), "send failed; closing");
+                self.abort(index);
+            }
+            return;
+        }
+        self.count_bytes(index, dir, result as u64);
+        let flow = &mut self.conn(index).flows[dir];
+        let (id, sent, received) = flow.buffer.expect("buffer being sent");
+        let sent = sent + result as u32;
+        if sent < received {
+            flow.buffer = Some((id, sent, received));
+            self.submit_send(index, dir);
+            return;
+        }
+        flow.buffer = None;
+        let bulk = flow.bulk;
+        self.recycle_buffer(id);
+        if bulk {
+            self.submit_splice_in(index, dir);
+        } else {
+            self.submit_recv(index, dir);
+        }
+    }
+
+    fn submit_splice_in(&mut self, index: usize, dir: usize) {
+        if self.conn(index).flows[dir].pipe.is_none() {
+            match self.pipes.take() {
+                Ok(pipe) => {
+                    let capacity = pipe.capacity() as u32;
+                    let flow = &mut self.conn(index).flows[dir];
+                    flow.pipe_capacity = capacity;
+                    flow.pipe = Some(pipe);
+                }
+                Err(e) => {
+                    // No pipe to be had (descriptor or pipe-memory limits): stay buffered.
+                    tracing::debug!(worker = self.id, error = %e, "no pipe; staying on the buffered path");
+                    self.submit_recv(index, dir);
+                    return;
+                }
+            }
+        }
+        let conn = self.conn(index);
+        let flow = &mut conn.flows[dir];
+        flow.state = FlowState::SpliceIn;
+        let pipe_in = flow.pipe.as_ref().expect("pipe").write_fd();
+        let len = flow.pipe_capacity;
+        let src = conn.src(dir);
+        conn.inflight += 1;
+        let entry = opcode::Splice::new(types::Fd(src), -1, types::Fd(pipe_in), -1, len)
+            .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
+            .build()
+            .user_data(token(index, Op::SpliceIn, dir));
+        self.push(&[entry]);
+    }
+
+    fn on_splice_in(&mut self, index: usize, dir: usize, result: i32) {
+        if self.conn(index).phase == Phase::Closing {
+            self.finish_if_done(index);
+            return;
+        }
+        match result {
+            n if n > 0 => {
+                let flow = &mut self.conn(index).flows[dir];
+                flow.in_pipe = n as u32;
+                flow.bulk = n as u32 == flow.pipe_capacity;
+                self.submit_splice_out(index, dir);
+            }
+            0 => {
+                self.return_pipe(index, dir);
+                self.end_of_stream(index, dir);
+            }
+            _ if matches!(-result, libc::EAGAIN | libc::EINTR) => {
+                // Drained: back to waiting on the buffered path, holding no pipe.
+                self.return_pipe(index, dir);
+                self.submit_recv(index, dir);
+            }
+            _ => {
+                tracing::debug!(worker = self.id, dir, error = %errno(result), "splice from socket failed; closing");
+                self.abort(index);
+            }
+        }
+    }
+
+    fn submit_splice_out(&mut self, index: usize, dir: usize) {
+        let conn = self.conn(index);
+        let dst = conn.dst(dir);
+        let flow = &mut conn.flows[dir];
+        flow.state = FlowState::SpliceOut;
+        let pipe_out = flow.pipe.as_ref().expect("pipe").read_fd();
+        let len = flow.in_pipe;
+        conn.inflight += 1;
+        let entry = opcode::Splice::new(types::Fd(pipe_out), -1, types::Fd(dst), -1, len)
+            .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
+            .build()
+            .user_data(token(index, Op::SpliceOut, dir));
+        self.push(&[entry]);
+    }
+
+    fn on_splice_out(&mut self, index: usize, dir: usize, result: i32) {
+        if self.conn(index).phase == Phase::Closing {
+            self.finish_if_done(index);
+            return;
+        }
+        if result > 0 {
+            self.count_bytes(index, dir, result as u64);
+            let flow = &mut self.conn(index).flows[dir];
+            flow.in_pipe -= result as u32;
+            if flow.in_pipe > 0 {
+                self.submit_splice_out(index, dir);
+            } else if flow.bulk {
+                self.submit_splice_in(index, dir);
+            } else {
+                self.return_pipe(index, dir);
+                self.submit_recv(index, dir);
+            }
+        } else if matches!(-result, libc::EAGAIN | libc::EINTR) {
+            // The destination is full: wait until it can take more (backpressure).
+            let conn = self.conn(index);
+            let dst = conn.dst(dir);
+            conn.flows[dir].state = FlowState::PollOut;
+            conn.inflight += 1;
+            let entry = opcode::PollAdd::new(types::Fd(dst), libc::POLLOUT as u32)
+                .build()
+                .user_data(token(index, Op::PollOut, dir));
+            self.push(&[entry]);
+        } else {
+            tracing::debug!(worker = self.id, dir, error = %errno(result), "splice to socket failed; closing");
+            self.abort(index);
+        }
+    }
+
+    fn on_poll_out(&mut self, index: usize, dir: usize, result: i32) {
+        if self.conn(index).phase == Phase::Closing {
+            self.finish_if_done(index);
+            return;
+        }
+        if result < 0 && !matches!(-result, libc::EINTR | libc::EAGAIN) {
+            self.abort(index);
+        } else {
+            // Writable, or an error the next splice will report.
+            self.submit_splice_out(index, dir);
+        }
+    }
+
+    fn count_bytes(&mut self, index: usize, dir: usize, bytes: u64) {
+        let backend = self.conn(index).backend_index.expect("relaying to a backend");
+        let traffic = self.traffic(backend);
+        let counter = if dir == TO_BACKEND {
+            &traffic.bytes_to_backend
+        } else {
+            &traffic.bytes_to_client
+        };
+        counter.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// EOF from the source: pass it on as a half-close, and close when both directions are done.
+    fn end_of_stream(&mut self, index: usize, dir: usize) {
+        let conn = self.conn(index);
+        conn.flows[dir].state = FlowState::Done;
+        // SAFETY: shutdown on a descriptor this connection owns; it touches no memory.
+        unsafe { libc::shutdown(conn.dst(dir), libc::SHUT_WR) };
+        if conn.flows.iter().all(|f| f.state == FlowState::Done) {
+            conn.phase = Phase::Closing;
+            self.finish_if_done(index);
+        }
+    }
+
+    fn return_pipe(&mut self, index: usize, dir: usize) {
+        let flow = &mut self.conn(index).flows[dir];
+        if let Some(pipe) = flow.pipe.take() {
+            let empty = flow.in_pipe == 0;
+            flow.in_pipe = 0;
+            self.pipes.give(pipe, empty);
+        }
+    }
+
+    fn recycle_buffer(&mut self, id: u16) {
+        self.buffers.recycle(id);
+        // A buffer is back: wake one direction parked for lack of one, if it still waits.
+        while let Some((index, generation, dir)) = self.waiting_for_buffer.pop_front() {
+            let waiting = self.conns.get(index).and_then(Option::as_ref).is_some_and(|c| {
+                c.generation == generation
+                    && c.phase == Phase::Relaying
+                    && c.flows[dir].state == FlowState::WaitBuffer
+            });
+            if waiting {
+                self.submit_recv(index, dir);
+                break;
+            }
+        }
+    }
+
+    // ---- closing ----
+
+    /// Closes both sides at once: shutting both sockets down completes every op in flight, and
+    /// the connection is freed when the last of them has completed.
+    fn abort(&mut self, index: usize) {
+        let conn = self.conn(index);
+        if conn.phase == Phase::Closing {
+            return;
+        }
+        conn.phase = Phase::Closing;
+        for fd in [conn.client.as_raw_fd(), conn.backend_fd()] {
+            if fd >= 0 {
+                // SAFETY: shutdown on descriptors this connection owns; it touches no memory.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            }
+        }
+        self.finish_if_done(index);
+    }
+
+    fn finish_if_done(&mut self, index: usize) {
+        let conn = self.conn(index);
+        if conn.phase != Phase::Closing || conn.inflight > 0 {
+            return;
+        }
+        let mut conn = self.conns[index].take().expect("live connection");
+        self.free.push(index);
+        for flow in &mut conn.flows {
+            if let Some((id, _, _)) = flow.buffer.take() {
+                self.recycle_buffer(id);
+            }
+            if let Some(pipe) = flow.pipe.take() {
+                self.pipes.give(pipe, flow.in_pipe == 0);
+            }
+        }
+        if let Some(backend) = conn.backend_index {
+            self.shared.backends.release(backend);
+        }
+        // Dropping `conn` closes both sockets.
+    }
+}
+
+/// A non-blocking backend socket with Nagle off (MySQL packets are small and latency-bound).
+fn new_backend_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    Ok(socket.into())
+}
+
+fn timespec_ms(ms: u64) -> types::Timespec {
+    types::Timespec::new()
+        .sec(ms / 1000)
+        .nsec(((ms % 1000) * 1_000_000) as u32)
+}
+
+fn errno(result: i32) -> io::Error {
+    io::Error::from_raw_os_error(-result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for op in [Op::Accept, Op::Connect, Op::Recv, Op::SpliceOut, Op::PollOut] {
+            for dir in [0, 1] {
+                let (index, back, d) = untoken(token(123_456, op, dir));
+                assert_eq!((index, back, d), (123_456, Some(op), dir));
+            }
+        }
+        assert_eq!(untoken(0x7f << 1).1, None);
+    }
 }
