@@ -176,3 +176,135 @@ pub fn choose(n: usize, tried: u64, rotor: usize, candidate: impl Fn(usize) -> C
     }
     best.map(|(pos, _)| pos)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(active: u32) -> Candidate {
+        Candidate {
+            up: true,
+            active,
+            weight: 1,
+        }
+    }
+
+    fn pick(all: &[Candidate], tried: u64, rotor: usize) -> Option<usize> {
+        choose(all.len(), tried, rotor, |pos| all[pos])
+    }
+
+    #[test]
+    fn least_connections_wins() {
+        assert_eq!(pick(&[up(3), up(1), up(2)], 0, 0), Some(1));
+        assert_eq!(pick(&[up(3), up(1), up(2)], 0, 2), Some(1));
+    }
+
+    #[test]
+    fn ties_rotate_with_the_rotor() {
+        let all = [up(0), up(0)];
+        let picks: Vec<_> = (0..4).map(|r| pick(&all, 0, r).unwrap()).collect();
+        assert_eq!(picks, vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn down_and_tried_backends_are_skipped() {
+        let mut all = [up(0), up(5), up(9)];
+        all[0].up = false;
+        assert_eq!(pick(&all, 0, 0), Some(1));
+        assert_eq!(pick(&all, 0b010, 0), Some(2));
+        assert_eq!(pick(&all, 0b110, 0), None);
+        assert_eq!(pick(&[], 0, 0), None);
+    }
+
+    #[test]
+    fn weights_scale_the_share() {
+        // 4 active on weight 3 (1.33 each) beats 2 active on weight 1.
+        let heavy = Candidate {
+            up: true,
+            active: 4,
+            weight: 3,
+        };
+        assert_eq!(pick(&[up(2), heavy], 0, 0), Some(1));
+        // 7 on weight 3 (2.33) loses to 2 on weight 1.
+        let busier = Candidate { active: 7, ..heavy };
+        assert_eq!(pick(&[up(2), busier], 0, 0), Some(0));
+    }
+
+    fn table(n: usize) -> Backends {
+        let backends = (0..n)
+            .map(|i| crate::config::BackendConfig {
+                name: format!("127.0.0.1:{}", 3306 + i),
+                addr: format!("127.0.0.1:{}", 3306 + i).parse().unwrap(),
+                weight: 1,
+            })
+            .collect();
+        let config = Config {
+            workers: 1,
+            admin: "127.0.0.1:4041".parse().unwrap(),
+            health: crate::config::HealthConfig {
+                check: crate::config::CheckKind::Tcp,
+                interval_ms: 1000,
+                rise: 2,
+                fall: 3,
+                timeout_ms: 1000,
+                user: String::new(),
+            },
+            listeners: vec![crate::config::ListenerConfig {
+                name: "default".into(),
+                bind: "127.0.0.1:4040".parse().unwrap(),
+                connect_timeout_ms: 1000,
+                backends,
+            }],
+        };
+        Backends::from_config(&config)
+    }
+
+    #[test]
+    fn held_connections_spread_evenly() {
+        let table = table(2);
+        for _ in 0..6 {
+            table.acquire(0, 0, 0).unwrap();
+        }
+        assert_eq!(table.all[0].active_connections(), 3);
+        assert_eq!(table.all[1].active_connections(), 3);
+        table.release(0);
+        assert_eq!(table.acquire(0, 0, 0), Some(0));
+    }
+
+    #[test]
+    fn sequential_connections_alternate() {
+        let table = table(2);
+        let picks: Vec<_> = (0..4)
+            .map(|_| {
+                let b = table.acquire(0, 0, 0).unwrap();
+                table.release(b);
+                b
+            })
+            .collect();
+        assert_eq!(picks, vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn suspect_backends_are_avoided_until_nothing_else_is_left() {
+        let table = table(2);
+        table.mark_suspect(0, 1000);
+        for _ in 0..3 {
+            let b = table.acquire(0, 0, 500).unwrap();
+            assert_eq!(b, 1);
+            table.release(b);
+        }
+        // Backend 1 already tried: the suspect one is still better than nothing.
+        assert_eq!(table.acquire(0, 0b10, 500), Some(0));
+        // After the deadline it is a normal candidate again.
+        table.release(0);
+        assert!(table.acquire(0, 0, 1000).is_some());
+    }
+
+    #[test]
+    fn down_backends_get_nothing() {
+        let table = table(2);
+        table.all[0].live.up.store(false, Ordering::Relaxed);
+        table.all[1].live.up.store(false, Ordering::Relaxed);
+        assert_eq!(table.acquire(0, 0, 0), None);
+    }
+}
