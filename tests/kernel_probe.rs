@@ -58,11 +58,11 @@ fn run_denied(errno: i32) -> (bool, String) {
     cmd.args([
         "run",
         "--listen",
-        "127.0.0.1:0",
+        "127.0.0.1:1",
         "--backend",
         "127.0.0.1:9",
         "--admin",
-        "127.0.0.1:0",
+        "127.0.0.1:2",
     ])
     .stdin(Stdio::null())
     .stdout(Stdio::null())
