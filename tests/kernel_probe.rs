@@ -102,5 +102,8 @@ fn io_uring_missing_from_the_kernel_is_named() {
     assert!(!ok);
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line expected, got: {stderr}");
-    assert!(lines[0].contains("ENOSYS") && lines[0].contains("CONFIG_IO_URING"), "{stderr}");
+    assert!(
+        lines[0].contains("ENOSYS") && lines[0].contains("CONFIG_IO_URING"),
+        "{stderr}"
+    );
 }
