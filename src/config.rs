@@ -11,7 +11,7 @@
 //! 2. parse it into `Raw*` structs that mirror the TOML (`deny_unknown_fields`, every value
 //!    [`Spanned`] so that a later complaint can name its line); a serde error is mapped back to a
 //!    key path by walking the parsed document for the error's byte offset;
-//! 3. [`build`] merges the flags over the raw file and validates into [`Config`]. Name resolution
+//! 3. `build` merges the flags over the raw file and validates into [`Config`]. Name resolution
 //!    is passed in as a function, so that the validation is unit-tested without DNS.
 //!
 //! [`to_toml`] writes a `Config` back in the file's shape (`ringlb check`); what it writes loads
@@ -125,7 +125,7 @@ pub const DEFAULT_CHECK_USER: &str = "ringlb_check";
 pub const DEFAULT_TIMEOUT_CAP_MS: u64 = 1000;
 /// Shortest health-check interval: below it the checker would spend its time probing.
 pub const MIN_INTERVAL_MS: u64 = 10;
-/// Largest backend weight; the least-connections comparison stays well inside `u64` with it.
+/// Largest backend weight (the schema allows 1..=1000).
 pub const MAX_WEIGHT: u32 = 1000;
 /// Upper bound on worker threads, to catch a typo before it asks the kernel for that many rings.
 pub const MAX_WORKERS: usize = 1024;

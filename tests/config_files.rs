@@ -41,7 +41,10 @@ fn shipped_examples_load() {
 fn valid_fixtures_load_and_their_effective_form_loads_back_the_same() {
     let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join("config-files-effective");
     std::fs::create_dir_all(&scratch).unwrap();
-    for path in toml_files("tests/config/valid").into_iter().chain(toml_files("examples")) {
+    for path in toml_files("tests/config/valid")
+        .into_iter()
+        .chain(toml_files("examples"))
+    {
         let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
         let effective = scratch.join(path.file_name().unwrap());
         std::fs::write(&effective, config::to_toml(&config)).unwrap();
@@ -64,7 +67,10 @@ fn invalid_fixtures_fail_with_the_announced_error() {
             Err(e) => e.to_string(),
         };
         let wanted = format!("{}{expected}", path.display());
-        assert!(error.starts_with(&wanted), "\n  got:    {error}\n  wanted: {wanted}...");
+        assert!(
+            error.starts_with(&wanted),
+            "\n  got:    {error}\n  wanted: {wanted}..."
+        );
         assert!(!error.contains('\n'), "{error:?} is more than one line");
     }
 }
