@@ -110,27 +110,18 @@ impl Backends {
             .or_else(|| choose(backends.len(), tried, *rotor, |pos| candidate(pos, false)))?;
         *rotor = rotor.wrapping_add(1);
         let index = pool.start + pick;
-        self.all[index]
-            .live
-            .active_connections
-            .fetch_add(1, Ordering::Relaxed);
+        self.all[index].live.active_connections.fetch_add(1, Ordering::Relaxed);
         Some(index)
     }
 
     /// Undoes [`Backends::acquire`] when a connection ends or its connect fails.
     pub fn release(&self, index: usize) {
-        self.all[index]
-            .live
-            .active_connections
-            .fetch_sub(1, Ordering::Relaxed);
+        self.all[index].live.active_connections.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Marks a backend suspect for `for_ms` after a failed connect.
     pub fn mark_suspect(&self, index: usize, until_ms: u64) {
-        self.all[index]
-            .live
-            .suspect_until_ms
-            .fetch_max(until_ms, Ordering::Relaxed);
+        self.all[index].live.suspect_until_ms.fetch_max(until_ms, Ordering::Relaxed);
     }
 }
 
@@ -159,9 +150,7 @@ pub fn choose(n: usize, tried: u64, rotor: usize, candidate: impl Fn(usize) -> C
         }
         let better = match best {
             None => true,
-            Some((_, b)) => {
-                u64::from(c.active) * u64::from(b.weight) < u64::from(b.active) * u64::from(c.weight)
-            }
+            Some((_, b)) => u64::from(c.active) * u64::from(b.weight) < u64::from(b.active) * u64::from(c.weight),
         };
         if better {
             best = Some((pos, c));

@@ -33,9 +33,7 @@ impl WorkerStats {
     pub fn new(backends: usize) -> Self {
         WorkerStats {
             accepted: CachePadded::new(AtomicU64::new(0)),
-            backends: (0..backends)
-                .map(|_| CachePadded::new(BackendTraffic::default()))
-                .collect(),
+            backends: (0..backends).map(|_| CachePadded::new(BackendTraffic::default())).collect(),
         }
     }
 }
@@ -69,10 +67,7 @@ impl Shared {
             .enumerate()
             .map(|(i, b)| {
                 let sum = |f: fn(&BackendTraffic) -> &AtomicU64| -> u64 {
-                    self.workers
-                        .iter()
-                        .map(|w| f(&w.backends[i]).load(Ordering::Relaxed))
-                        .sum()
+                    self.workers.iter().map(|w| f(&w.backends[i]).load(Ordering::Relaxed)).sum()
                 };
                 BackendSnapshot {
                     backend: b.name.clone(),
