@@ -1,5 +1,339 @@
-//! Command line. (Skeleton: see the helper task.)
+//! Command line: `ringlb run | check | stats`, parsed by clap, then handed to [`config`],
+//! [`runtime`](crate::runtime) or [`admin`](crate::admin).
+//!
+//! Invariant: whatever goes wrong, the user sees one line on stderr, `ringlb: <what>`, naming
+//! the culprit, and the exit status is 1; never a backtrace (a panic hook turns a bug into one
+//! `ringlb: internal error: ...` line too). clap's own usage errors (an unknown flag, a missing
+//! subcommand) keep clap's message and its status 2; `--help` and `--version` exit 0.
+//!
+//! Flag values are plain strings here and are checked by [`config::load`], so that a bad value
+//! gets the same one-line treatment as a bad file, naming the flag.
 
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{self, ConfigError, Overrides};
+use crate::runtime::RunError;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringlb",
+    version,
+    about = "A thread-per-core io_uring load balancer for MySQL and MariaDB"
+)]
+struct Cli {
+    /// Log filter: a level (off, error, warn, info, debug, trace) or tracing directives such as
+    /// "info,ringlb::health=debug". Without it, RUST_LOG is read, else "info". Logs go to stderr.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the load balancer until SIGINT or SIGTERM.
+    Run(ConfigArgs),
+    /// Validate the configuration and print it as `run` would use it (TOML, defaults filled in).
+    Check(ConfigArgs),
+    /// Print the /stats of a running ringlb as a table.
+    Stats(StatsArgs),
+}
+
+/// The configuration flags, shared by `run` and `check` so that `check` shows exactly what `run`
+/// would do with the same command line. Flags override the file.
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// Configuration file (TOML).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Address to listen on, IP:PORT [default: 0.0.0.0:4040]. With a file, replaces the bind of
+    /// its one listener.
+    #[arg(long, short = 'P', visible_alias = "proxy-address", value_name = "IP:PORT")]
+    listen: Option<String>,
+
+    /// Backend server, HOST:PORT; repeat for several [default: 127.0.0.1:3306]. With a file,
+    /// replaces the backends of its one listener.
+    #[arg(
+        long,
+        short = 'b',
+        visible_alias = "proxy-backend-addresses",
+        value_name = "HOST:PORT"
+    )]
+    backend: Vec<String>,
+
+    /// Worker threads, one per core [default: all available cores].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    workers: Option<String>,
+
+    /// Admin HTTP endpoint (/metrics, /stats), IP:PORT [default: 127.0.0.1:4041].
+    #[arg(long, value_name = "IP:PORT")]
+    admin: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct StatsArgs {
+    /// Admin endpoint of the running ringlb.
+    #[arg(long, value_name = "IP:PORT", default_value = config::DEFAULT_ADMIN)]
+    admin: String,
+}
+
+/// Everything that ends a command early. Each variant displays as one line naming the culprit.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Run(#[from] RunError),
+    /// From the stats client, which already names the admin address.
+    #[error("{0}")]
+    Stats(String),
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
+}
+
+/// The binary's whole `main`.
+pub fn main() -> ExitCode {
+    install_panic_hook();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Usage errors, --help and --version: clap's text and clap's status.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    match execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringlb: {}", one_line(&e.to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<(), CliError> {
+    init_logging(cli.log_level.as_deref())?;
+    match cli.command {
+        Command::Run(args) => {
+            let config = load(&args)?;
+            crate::runtime::run(config)?;
+            Ok(())
+        }
+        Command::Check(args) => {
+            let config = load(&args)?;
+            let source = match &args.config {
+                Some(path) => format!("{} and the flags", path.display()),
+                None => "the flags and the defaults".to_string(),
+            };
+            let text = format!(
+                "# ringlb check: valid. Effective configuration from {source}:\n\n{}",
+                config::to_toml(&config)
+            );
+            print_stdout(&text)
+        }
+        Command::Stats(args) => {
+            let admin = parse_admin(&args.admin)?;
+            let table = crate::admin::stats_table(admin).map_err(CliError::Stats)?;
+            let newline = if table.ends_with('\n') { "" } else { "\n" };
+            print_stdout(&format!("{table}{newline}"))
+        }
+    }
+}
+
+fn load(args: &ConfigArgs) -> Result<config::Config, ConfigError> {
+    let overrides = Overrides {
+        listen: args.listen.clone(),
+        backends: args.backend.clone(),
+        workers: args.workers.as_deref().map(parse_workers).transpose()?,
+        admin: args.admin.clone(),
+    };
+    config::load(args.config.as_deref(), &overrides)
+}
+
+/// `--workers` as a count; the range (`0` included) is [`config::load`]'s to judge.
+fn parse_workers(text: &str) -> Result<usize, ConfigError> {
+    text.trim().parse().map_err(|_| ConfigError::Flag {
+        flag: "--workers".into(),
+        message: format!("{text:?} is not a number from 1 to {}", config::MAX_WORKERS),
+    })
+}
+
+fn parse_admin(text: &str) -> Result<SocketAddr, ConfigError> {
+    config::parse_ip_port(text).map_err(|message| ConfigError::Flag {
+        flag: "--admin".into(),
+        message,
+    })
+}
+
+/// Prints to stdout; a reader that went away (`ringlb check | head`) is not an error.
+fn print_stdout(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Stdout(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Starts the tracing subscriber: `--log-level`, else RUST_LOG, else info; fmt to stderr.
+fn init_logging(flag: Option<&str>) -> Result<(), ConfigError> {
+    let (source, directives) = match flag {
+        Some(value) => ("--log-level", value.to_string()),
+        None => match std::env::var("RUST_LOG") {
+            Ok(value) if !value.trim().is_empty() => ("RUST_LOG", value),
+            _ => ("default", "info".to_string()),
+        },
+    };
+    let filter = log_filter(&directives).map_err(|message| ConfigError::Flag {
+        flag: source.into(),
+        message,
+    })?;
+    // try_init fails only when a subscriber is already set (a test harness): keep that one.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    Ok(())
+}
+
+/// Parses a log filter. A lone word must be a level: EnvFilter would take "verbose" as a target
+/// name and silently log nothing.
+fn log_filter(directives: &str) -> Result<EnvFilter, String> {
+    let single_word = !directives.contains(['=', ',', ':', '[']);
+    if single_word && directives.trim().parse::<LevelFilter>().is_err() {
+        return Err(format!(
+            "unknown level {directives:?}, expected off, error, warn, info, debug or trace"
+        ));
+    }
+    EnvFilter::builder()
+        .parse(directives)
+        .map_err(|e| format!("invalid filter {directives:?}: {e}"))
+}
+
+/// Replaces the default panic message and backtrace hint with one line. A panic is a bug in
+/// ringlb, never the user's input; the line says where, so the report can be acted on.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let location = info.location().map(|l| (l.file(), l.line()));
+        eprintln!(
+            "{}",
+            panic_line(
+                info.payload_as_str(),
+                location,
+                thread.name().unwrap_or("unnamed")
+            )
+        );
+    }));
+}
+
+fn panic_line(message: Option<&str>, location: Option<(&str, u32)>, thread: &str) -> String {
+    let message = one_line(message.unwrap_or("panic without a message"));
+    match location {
+        Some((file, line)) => {
+            format!("ringlb: internal error: {message} (thread {thread}, at {file}:{line})")
+        }
+        None => format!("ringlb: internal error: {message} (thread {thread})"),
+    }
+}
+
+/// Keeps a message on one line whatever a lower layer put in it.
+fn one_line(text: &str) -> String {
+    text.trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn mysql_proxy_flag_names_are_aliases() {
+        let cli = Cli::try_parse_from([
+            "ringlb",
+            "run",
+            "--proxy-address",
+            "127.0.0.1:1",
+            "--proxy-backend-addresses=db-01:3306",
+            "--proxy-backend-addresses",
+            "db-02:3306",
+            "-b",
+            "db-03:3306",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as another subcommand")
+        };
+        assert_eq!(args.listen.as_deref(), Some("127.0.0.1:1"));
+        assert_eq!(args.backend, ["db-01:3306", "db-02:3306", "db-03:3306"]);
+    }
+
+    #[test]
+    fn log_level_is_accepted_before_and_after_the_subcommand() {
+        for argv in [
+            ["ringlb", "--log-level", "debug", "check"],
+            ["ringlb", "check", "--log-level", "debug"],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            assert_eq!(cli.log_level.as_deref(), Some("debug"));
+        }
+    }
+
+    #[test]
+    fn workers_flag_must_be_a_number() {
+        assert_eq!(parse_workers("4").unwrap(), 4);
+        assert_eq!(
+            parse_workers("0").unwrap(),
+            0,
+            "the range is config::load's to judge"
+        );
+        for bad in ["abc", "-1", "", "1.5"] {
+            let e = parse_workers(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--workers: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn log_filter_takes_levels_and_directives_but_not_stray_words() {
+        for good in [
+            "info",
+            "DEBUG",
+            "off",
+            "warn,ringlb::health=debug",
+            "ringlb=trace",
+        ] {
+            assert!(log_filter(good).is_ok(), "{good:?}");
+        }
+        for bad in ["verbose", "inf"] {
+            assert!(log_filter(bad).unwrap_err().contains("unknown level"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn panic_line_is_one_line_with_place_and_thread() {
+        assert_eq!(
+            panic_line(Some("boom\nsecond line"), Some(("src/x.rs", 7)), "worker-0"),
+            "ringlb: internal error: boom second line (thread worker-0, at src/x.rs:7)"
+        );
+        assert_eq!(
+            panic_line(None, None, "main"),
+            "ringlb: internal error: panic without a message (thread main)"
+        );
+    }
 }
