@@ -2,8 +2,8 @@
 //! rise/fall hysteresis ([`hysteresis`]) and the verdict is written to the backend's `live.up`
 //! atomic, which the workers read when they choose a backend.
 //!
-//! Each backend has its own checker thread (`health-N`), started by the `health` thread which
-//! then waits on them: a black-holed backend, whose probe waits out the whole timeout, never
+//! Each backend has its own checker thread (`health-N`); the `health` thread [`spawn`] returns
+//! waits on them. A black-holed backend, whose probe waits out the whole timeout, never
 //! delays another backend's checks. Threads are cheap next to the number of backends a MySQL
 //! load balancer fronts, and blocking sockets keep each probe a straight line of code.
 //!
@@ -111,8 +111,8 @@ impl Checker {
                     backend = %backend.name,
                     "health check user '{user}' cannot log in ({error}); the backend counts as up, but \
                      every check now counts in the server's Aborted_connects. Create the user on the \
-                     server, with no password and no privileges: CREATE USER '{user}'@'<this load \
-                     balancer's address>';",
+                     server, with no password and no privileges: CREATE USER '{user}'@'<the host \
+                     named in the error>';",
                     user = self.user,
                 );
             }
