@@ -1,19 +1,196 @@
-//! Admin endpoint. (Skeleton: see the helper task.)
+//! The admin endpoint: HTTP/1.1 on loopback, served by the `admin` thread one connection at a
+//! time. `GET /metrics` is the Prometheus text format ([`metrics`]), `GET /stats` the JSON
+//! [`Snapshot`](crate::stats::Snapshot); [`stats_table`] is the client behind `ringlb stats`.
+//!
+//! Serving one connection at a time keeps this thread simple and its cost fixed; what bounds the
+//! harm one client can do is the 2 s budget for reading a request head (8 KiB at most), so a slow
+//! or silent client holds the endpoint for 2 s at worst. Every response has `Content-Length` and
+//! `Connection: close`. The thread reads only atomics (through [`Shared::snapshot`]) and never
+//! panics on what a client sends.
 
-use std::net::TcpListener;
+pub mod http;
+pub mod metrics;
+pub mod table;
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::stats::Shared;
+use http::{HeadError, MAX_HEAD_BYTES};
+
+/// Budget for receiving a request head, and for sending the response.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// After the response, how long unread request bytes are drained so that closing does not reset
+/// the connection (a reset can destroy the response before the client reads it).
+const LINGER: Duration = Duration::from_millis(200);
+const LINGER_MAX_BYTES: usize = 64 * 1024;
 
 /// Starts the `admin` thread serving HTTP on an already bound listener.
-pub fn spawn(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
-    let _ = (listener, shared);
-    std::thread::Builder::new().name("admin".into()).spawn(|| {})
+pub fn spawn(listener: TcpListener, shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
+    // The accept loop blocks: make sure the socket does, whatever the caller set on it.
+    listener.set_nonblocking(false)?;
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || serve(&listener, &shared))
 }
 
 /// Fetches `/stats` from a running ringlb and renders it as a table (`ringlb stats`).
 /// Errors are one line naming the admin address.
 pub fn stats_table(admin: std::net::SocketAddr) -> Result<String, String> {
-    Err(format!("{admin}: not implemented yet"))
+    table::fetch(admin).map(|snapshot| table::render(&snapshot))
+}
+
+fn serve(listener: &TcpListener, shared: &Shared) {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => handle(stream, shared),
+            // ECONNABORTED and friends concern one connection; EMFILE/ENFILE would repeat at once,
+            // so wait a little before the next try instead of spinning.
+            Err(e)
+                if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::ConnectionAborted => {
+            }
+            Err(e) => {
+                tracing::warn!("admin: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// What came of reading a request head.
+enum Incoming {
+    /// The head is in the buffer.
+    Complete,
+    Error(HeadError),
+    /// The client stopped sending (closed or timed out) before the head was complete.
+    Gone,
+    TimedOut,
+}
+
+fn handle(mut stream: TcpStream, shared: &Shared) {
+    let mut buf = vec![0u8; MAX_HEAD_BYTES];
+    let (len, incoming) = read_head(&mut stream, &mut buf);
+    let response = match incoming {
+        Incoming::Complete => match http::parse_request_head(&buf[..len]) {
+            Ok(Some(head)) => route(head.method, head.path, shared),
+            Ok(None) => error_response(400, "incomplete request head"),
+            Err(e) => head_error_response(e),
+        },
+        Incoming::Error(e) => head_error_response(e),
+        Incoming::TimedOut => error_response(408, "request head not received in time"),
+        Incoming::Gone => return,
+    };
+    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+    if stream.write_all(&response).is_err() {
+        return;
+    }
+    linger_close(stream);
+}
+
+/// Reads until the head is complete, malformed, over the cap, or the time budget is spent.
+fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> (usize, Incoming) {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut len = 0;
+    loop {
+        match http::parse_request_head(&buf[..len]) {
+            Ok(Some(_)) => return (len, Incoming::Complete),
+            Err(e) => return (len, Incoming::Error(e)),
+            Ok(None) => {}
+        }
+        let Some(left) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        else {
+            return (len, Incoming::TimedOut);
+        };
+        if stream.set_read_timeout(Some(left)).is_err() {
+            return (len, Incoming::Gone);
+        }
+        match stream.read(&mut buf[len..]) {
+            // EOF before a complete head: if it sent something, tell it what was wrong.
+            Ok(0) if len > 0 => {
+                return (
+                    len,
+                    Incoming::Error(HeadError::Malformed("incomplete request head")),
+                )
+            }
+            Ok(0) => return (len, Incoming::Gone),
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return (len, Incoming::TimedOut)
+            }
+            Err(_) => return (len, Incoming::Gone),
+        }
+    }
+}
+
+fn route(method: &str, path: &str, shared: &Shared) -> Vec<u8> {
+    match path {
+        "/metrics" | "/stats" if method != "GET" => http::response(
+            405,
+            "text/plain; charset=utf-8",
+            &["Allow: GET"],
+            b"method not allowed: only GET\n",
+        ),
+        "/metrics" => http::response(
+            200,
+            metrics::CONTENT_TYPE,
+            &[],
+            metrics::render(&shared.snapshot()).as_bytes(),
+        ),
+        "/stats" => match serde_json::to_vec(&shared.snapshot()) {
+            Ok(mut body) => {
+                body.push(b'\n');
+                http::response(200, "application/json", &[], &body)
+            }
+            Err(e) => error_response(500, &format!("cannot encode the snapshot: {e}")),
+        },
+        _ => error_response(404, "not found: try /metrics or /stats"),
+    }
+}
+
+fn head_error_response(e: HeadError) -> Vec<u8> {
+    match e {
+        HeadError::TooLarge => error_response(431, &e.to_string()),
+        HeadError::Malformed(_) => error_response(400, &e.to_string()),
+    }
+}
+
+fn error_response(status: u16, message: &str) -> Vec<u8> {
+    http::response(
+        status,
+        "text/plain; charset=utf-8",
+        &[],
+        format!("{message}\n").as_bytes(),
+    )
+}
+
+/// Closes gracefully: FIN first, then drain what the client still sends for a moment, so the
+/// kernel does not answer unread bytes with a reset that could discard the response in flight.
+fn linger_close(mut stream: TcpStream) {
+    if stream.shutdown(Shutdown::Write).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut drained = 0;
+    let mut sink = [0u8; 4096];
+    while drained < LINGER_MAX_BYTES {
+        let Some(left) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        else {
+            return;
+        };
+        if stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n,
+        }
+    }
 }

@@ -1,0 +1,216 @@
+//! `/metrics`: a [`Snapshot`] in the Prometheus text exposition format (version 0.0.4).
+//!
+//! A pure function of the snapshot, so the exact output is unit-tested. Every family has its
+//! `# HELP` and `# TYPE` lines even when it has no samples, and label values are escaped, since
+//! listener names come from the operator's file.
+
+use std::fmt::Write;
+
+use crate::stats::{BackendSnapshot, Snapshot};
+
+/// The `Content-Type` of the exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// A family with one sample per backend.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&BackendSnapshot) -> u64,
+}
+
+const BACKEND_GAUGES_AND_COUNTERS: [Family; 4] = [
+    Family {
+        name: "ringlb_backend_up",
+        kind: "gauge",
+        help: "Whether health checks count the backend up (1) or down (0).",
+        value: |b| u64::from(b.up),
+    },
+    Family {
+        name: "ringlb_backend_active_connections",
+        kind: "gauge",
+        help: "Client connections relayed to the backend right now.",
+        value: |b| b.active_connections,
+    },
+    Family {
+        name: "ringlb_backend_connections_total",
+        kind: "counter",
+        help: "Connections made to the backend.",
+        value: |b| b.connections_total,
+    },
+    Family {
+        name: "ringlb_backend_connect_errors_total",
+        kind: "counter",
+        help: "Connects to the backend that failed or timed out.",
+        value: |b| b.connect_errors_total,
+    },
+];
+
+/// Renders every metric family.
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut out = String::with_capacity(512 + snapshot.backends.len() * 600);
+    let labels: Vec<String> = snapshot
+        .backends
+        .iter()
+        .map(|b| {
+            format!(
+                "backend=\"{}\",listener=\"{}\"",
+                escape(&b.backend),
+                escape(&b.listener)
+            )
+        })
+        .collect();
+    for family in BACKEND_GAUGES_AND_COUNTERS {
+        header(&mut out, family.name, family.kind, family.help);
+        for (b, labels) in snapshot.backends.iter().zip(&labels) {
+            let _ = writeln!(out, "{}{{{labels}}} {}", family.name, (family.value)(b));
+        }
+    }
+    header(
+        &mut out,
+        "ringlb_backend_bytes_total",
+        "counter",
+        "Bytes relayed, by direction: client to backend (to_backend) or backend to client (to_client).",
+    );
+    for (b, labels) in snapshot.backends.iter().zip(&labels) {
+        let _ = writeln!(
+            out,
+            "ringlb_backend_bytes_total{{{labels},direction=\"to_backend\"}} {}",
+            b.bytes_to_backend_total
+        );
+        let _ = writeln!(
+            out,
+            "ringlb_backend_bytes_total{{{labels},direction=\"to_client\"}} {}",
+            b.bytes_to_client_total
+        );
+    }
+    header(
+        &mut out,
+        "ringlb_worker_accepted_total",
+        "counter",
+        "Client connections accepted by each worker thread.",
+    );
+    for w in &snapshot.workers {
+        let _ = writeln!(
+            out,
+            "ringlb_worker_accepted_total{{worker=\"{}\"}} {}",
+            w.worker, w.accepted_total
+        );
+    }
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Escapes a label value: backslash, double quote and line feed, as the format requires.
+pub fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::WorkerSnapshot;
+
+    fn backend(listener: &str, name: &str, up: bool, n: u64) -> BackendSnapshot {
+        BackendSnapshot {
+            backend: name.into(),
+            listener: listener.into(),
+            up,
+            weight: 1,
+            active_connections: n,
+            connections_total: n * 10,
+            connect_errors_total: n * 2,
+            bytes_to_backend_total: n * 1000,
+            bytes_to_client_total: n * 5000,
+        }
+    }
+
+    #[test]
+    fn renders_every_family_with_help_type_and_samples() {
+        let snapshot = Snapshot {
+            backends: vec![
+                backend("default", "db-01:3306", true, 3),
+                backend("default", "db-02:3306", false, 0),
+            ],
+            workers: vec![
+                WorkerSnapshot {
+                    worker: 0,
+                    accepted_total: 17,
+                },
+                WorkerSnapshot {
+                    worker: 1,
+                    accepted_total: 4,
+                },
+            ],
+        };
+        let expected = "\
+# HELP ringlb_backend_up Whether health checks count the backend up (1) or down (0).
+# TYPE ringlb_backend_up gauge
+ringlb_backend_up{backend=\"db-01:3306\",listener=\"default\"} 1
+ringlb_backend_up{backend=\"db-02:3306\",listener=\"default\"} 0
+# HELP ringlb_backend_active_connections Client connections relayed to the backend right now.
+# TYPE ringlb_backend_active_connections gauge
+ringlb_backend_active_connections{backend=\"db-01:3306\",listener=\"default\"} 3
+ringlb_backend_active_connections{backend=\"db-02:3306\",listener=\"default\"} 0
+# HELP ringlb_backend_connections_total Connections made to the backend.
+# TYPE ringlb_backend_connections_total counter
+ringlb_backend_connections_total{backend=\"db-01:3306\",listener=\"default\"} 30
+ringlb_backend_connections_total{backend=\"db-02:3306\",listener=\"default\"} 0
+# HELP ringlb_backend_connect_errors_total Connects to the backend that failed or timed out.
+# TYPE ringlb_backend_connect_errors_total counter
+ringlb_backend_connect_errors_total{backend=\"db-01:3306\",listener=\"default\"} 6
+ringlb_backend_connect_errors_total{backend=\"db-02:3306\",listener=\"default\"} 0
+# HELP ringlb_backend_bytes_total Bytes relayed, by direction: client to backend (to_backend) or backend to client (to_client).
+# TYPE ringlb_backend_bytes_total counter
+ringlb_backend_bytes_total{backend=\"db-01:3306\",listener=\"default\",direction=\"to_backend\"} 3000
+ringlb_backend_bytes_total{backend=\"db-01:3306\",listener=\"default\",direction=\"to_client\"} 15000
+ringlb_backend_bytes_total{backend=\"db-02:3306\",listener=\"default\",direction=\"to_backend\"} 0
+ringlb_backend_bytes_total{backend=\"db-02:3306\",listener=\"default\",direction=\"to_client\"} 0
+# HELP ringlb_worker_accepted_total Client connections accepted by each worker thread.
+# TYPE ringlb_worker_accepted_total counter
+ringlb_worker_accepted_total{worker=\"0\"} 17
+ringlb_worker_accepted_total{worker=\"1\"} 4
+";
+        assert_eq!(render(&snapshot), expected);
+    }
+
+    #[test]
+    fn empty_snapshot_still_declares_every_family() {
+        let out = render(&Snapshot {
+            backends: vec![],
+            workers: vec![],
+        });
+        assert_eq!(out.lines().filter(|l| l.starts_with("# TYPE ")).count(), 6);
+        assert!(out.lines().all(|l| l.starts_with('#')));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape("line\nbreak"), "line\\nbreak");
+        assert_eq!(escape("plain:3306"), "plain:3306");
+        let out = render(&Snapshot {
+            backends: vec![backend("we\"ird\\\n", "db:1", true, 1)],
+            workers: vec![],
+        });
+        assert!(
+            out.contains("ringlb_backend_up{backend=\"db:1\",listener=\"we\\\"ird\\\\\\n\"} 1\n"),
+            "{out}"
+        );
+        // Every sample stays on one line.
+        assert_eq!(out.lines().filter(|l| !l.starts_with('#')).count(), 6);
+    }
+}

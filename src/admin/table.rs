@@ -1,0 +1,232 @@
+//! `ringlb stats`: fetch `/stats` from a running instance and render it as an aligned table.
+//!
+//! The fetch is a plain blocking HTTP/1.1 GET bounded by timeouts, so a wedged instance cannot
+//! hang the command. Errors are one line naming the admin address, which is what the operator
+//! must check.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::http;
+use crate::stats::Snapshot;
+
+/// Bound on the connect, and on the whole exchange after it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A /stats body is a few hundred bytes per backend; anything near this is not ringlb.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Fetches and parses `/stats`; the error is one line naming `admin`.
+pub fn fetch(admin: SocketAddr) -> Result<Snapshot, String> {
+    let fail = |what: String| format!("{admin}: {what}");
+    let mut stream = TcpStream::connect_timeout(&admin, CONNECT_TIMEOUT).map_err(|e| fail(describe(&e)))?;
+    let deadline = Instant::now() + EXCHANGE_TIMEOUT;
+    stream
+        .set_write_timeout(Some(EXCHANGE_TIMEOUT))
+        .map_err(|e| fail(describe(&e)))?;
+    let request = format!(
+        "GET /stats HTTP/1.1\r\nHost: {admin}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| fail(describe(&e)))?;
+
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                fail(format!(
+                    "no complete answer within {} s",
+                    EXCHANGE_TIMEOUT.as_secs()
+                ))
+            })?;
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|e| fail(describe(&e)))?;
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                response.extend_from_slice(&chunk[..n]);
+                if response.len() > MAX_RESPONSE_BYTES {
+                    return Err(fail("answer too large: is this a ringlb admin endpoint?".into()));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(fail(describe(&e))),
+        }
+    }
+    let (status, body) = http::parse_response(&response)
+        .map_err(|e| fail(format!("{e}: is this a ringlb admin endpoint?")))?;
+    if status != 200 {
+        return Err(fail(format!("GET /stats answered HTTP {status}")));
+    }
+    serde_json::from_slice(body).map_err(|e| fail(format!("invalid /stats JSON: {e}")))
+}
+
+/// Words for an I/O error that tell the operator what to check.
+fn describe(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused: is ringlb running?".into(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+            "timed out: is ringlb running and reachable?".into()
+        }
+        io::ErrorKind::ConnectionReset => "connection reset: is this a ringlb admin endpoint?".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Renders the snapshot: one row per backend, then the per-worker accepted counts.
+pub fn render(snapshot: &Snapshot) -> String {
+    let header = [
+        "LISTENER",
+        "BACKEND",
+        "STATE",
+        "ACTIVE",
+        "CONNECTIONS",
+        "CONNECT_ERRORS",
+        "BYTES_TO_BACKEND",
+        "BYTES_TO_CLIENT",
+    ];
+    // The first three columns are text (left-aligned), the rest numbers (right-aligned).
+    let text_columns = 3;
+    let rows: Vec<Vec<String>> = snapshot
+        .backends
+        .iter()
+        .map(|b| {
+            vec![
+                b.listener.clone(),
+                b.backend.clone(),
+                if b.up { "up" } else { "down" }.to_string(),
+                b.active_connections.to_string(),
+                b.connections_total.to_string(),
+                b.connect_errors_total.to_string(),
+                b.bytes_to_backend_total.to_string(),
+                b.bytes_to_client_total.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = String::new();
+    aligned(&mut out, &header, &rows, text_columns);
+    out.push('\n');
+    let worker_rows: Vec<Vec<String>> = snapshot
+        .workers
+        .iter()
+        .map(|w| vec![w.worker.to_string(), w.accepted_total.to_string()])
+        .collect();
+    aligned(&mut out, &["WORKER", "ACCEPTED"], &worker_rows, 0);
+    out
+}
+
+/// Appends `header` and `rows` with columns two spaces apart; columns before `text_columns` are
+/// left-aligned, the others right-aligned. No trailing spaces.
+fn aligned(out: &mut String, header: &[&str], rows: &[Vec<String>], text_columns: usize) {
+    let width = |c: usize| {
+        rows.iter()
+            .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+            .chain(std::iter::once(header[c].len()))
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..header.len()).map(width).collect();
+    let header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c > 0 {
+                line.push_str("  ");
+            }
+            let w = widths.get(c).copied().unwrap_or(0);
+            if c < text_columns {
+                line.push_str(&format!("{cell:<w$}"));
+            } else {
+                line.push_str(&format!("{cell:>w$}"));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{BackendSnapshot, WorkerSnapshot};
+
+    #[test]
+    fn table_aligns_text_left_and_numbers_right() {
+        let snapshot = Snapshot {
+            backends: vec![
+                BackendSnapshot {
+                    backend: "db-01:3306".into(),
+                    listener: "default".into(),
+                    up: true,
+                    weight: 1,
+                    active_connections: 12,
+                    connections_total: 3456,
+                    connect_errors_total: 0,
+                    bytes_to_backend_total: 1_048_576,
+                    bytes_to_client_total: 99,
+                },
+                BackendSnapshot {
+                    backend: "10.0.0.2:3306".into(),
+                    listener: "ro".into(),
+                    up: false,
+                    weight: 2,
+                    active_connections: 0,
+                    connections_total: 7,
+                    connect_errors_total: 3,
+                    bytes_to_backend_total: 0,
+                    bytes_to_client_total: 0,
+                },
+            ],
+            workers: vec![
+                WorkerSnapshot {
+                    worker: 0,
+                    accepted_total: 3000,
+                },
+                WorkerSnapshot {
+                    worker: 1,
+                    accepted_total: 463,
+                },
+            ],
+        };
+        let expected = "\
+LISTENER  BACKEND        STATE  ACTIVE  CONNECTIONS  CONNECT_ERRORS  BYTES_TO_BACKEND  BYTES_TO_CLIENT
+default   db-01:3306     up         12         3456               0           1048576               99
+ro        10.0.0.2:3306  down        0            7               3                 0                0
+
+WORKER  ACCEPTED
+     0      3000
+     1       463
+";
+        assert_eq!(render(&snapshot), expected);
+    }
+
+    #[test]
+    fn empty_snapshot_renders_headers_only() {
+        let out = render(&Snapshot {
+            backends: vec![],
+            workers: vec![],
+        });
+        assert_eq!(
+            out,
+            "LISTENER  BACKEND  STATE  ACTIVE  CONNECTIONS  CONNECT_ERRORS  BYTES_TO_BACKEND  BYTES_TO_CLIENT\n\nWORKER  ACCEPTED\n"
+        );
+    }
+
+    #[test]
+    fn refused_connect_names_the_address_and_asks_if_ringlb_runs() {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        assert_eq!(
+            fetch(addr),
+            Err(format!("{addr}: connection refused: is ringlb running?"))
+        );
+    }
+}

@@ -1,0 +1,528 @@
+//! One probe of one backend: blocking std sockets under one deadline.
+//!
+//! The `mysql` probe reads the greeting and, with a check user, logs in and sends `COM_QUIT`, so
+//! the server sees a client that came and left properly: nothing counts in `Aborted_connects` and
+//! nothing moves the server toward blocking our host (`max_connect_errors`). The `tcp` probe only
+//! connects.
+//!
+//! Invariant: a probe never takes longer than its timeout (plus scheduling slack): every connect,
+//! read and write is bounded by the time left until one deadline.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::mysql::{self, AuthReply, ErrPacket, InitialPacket, ProtocolError};
+use crate::config::CheckKind;
+
+/// The largest packet the check accepts; a greeting or login reply is a few hundred bytes, so a
+/// bigger announced length means the peer is not a MySQL server.
+const MAX_CHECK_PAYLOAD: usize = 64 * 1024;
+
+/// Auth switches followed before the login is called a protocol error: a server asking for a
+/// second switch is not going to accept an empty password.
+const MAX_AUTH_SWITCHES: u32 = 1;
+
+/// What a successful probe saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Alive {
+    /// `tcp` check: the connect succeeded.
+    Connected,
+    /// `mysql` check without a user: the greeting arrived.
+    Greeted { server_version: String },
+    /// Logged in and quit cleanly.
+    LoggedIn { server_version: String },
+    /// The server greeted us but refused the check user (1044, 1045, 1698): alive, but each such
+    /// check counts as an aborted connect on the server.
+    AccessDenied {
+        server_version: String,
+        error: ErrPacket,
+    },
+}
+
+impl fmt::Display for Alive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Alive::Connected => f.write_str("TCP connect succeeded"),
+            Alive::Greeted { server_version } => write!(f, "greeting from {server_version}"),
+            Alive::LoggedIn { server_version } => write!(f, "logged in to {server_version}"),
+            Alive::AccessDenied {
+                server_version,
+                error,
+            } => {
+                write!(f, "{server_version} is alive but refused the check user: {error}")
+            }
+        }
+    }
+}
+
+/// The step a probe was at when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connect,
+    Greeting,
+    Login,
+    LoginReply,
+    Quit,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Connect => "connecting",
+            Stage::Greeting => "reading the greeting",
+            Stage::Login => "sending the login",
+            Stage::LoginReply => "reading the login reply",
+            Stage::Quit => "sending COM_QUIT",
+        })
+    }
+}
+
+/// Why a probe counts as failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("timed out after {timeout_ms} ms while {stage}")]
+    Timeout { stage: Stage, timeout_ms: u64 },
+    #[error("{stage}: {source}")]
+    Io { stage: Stage, source: io::Error },
+    #[error("connection closed by the server while {stage}")]
+    Closed { stage: Stage },
+    /// An ERR packet instead of the greeting: too many connections, host blocked, ...
+    #[error("server refused the connection: {0}")]
+    Refused(ErrPacket),
+    /// An ERR after the login other than access denied.
+    #[error("login failed: {0}")]
+    LoginFailed(ErrPacket),
+    #[error("{stage}: {error}")]
+    Protocol { stage: Stage, error: ProtocolError },
+}
+
+/// Probes `addr` once; the whole probe is bounded by `timeout`.
+pub fn probe(kind: CheckKind, addr: SocketAddr, user: &str, timeout: Duration) -> Result<Alive, ProbeError> {
+    let mut conn = Conn {
+        stream: None,
+        deadline: Instant::now() + timeout,
+        timeout_ms: timeout.as_millis() as u64,
+    };
+    conn.connect(addr)?;
+    match kind {
+        CheckKind::Tcp => Ok(Alive::Connected),
+        CheckKind::Mysql => mysql_check(&mut conn, user),
+    }
+}
+
+fn mysql_check(conn: &mut Conn, user: &str) -> Result<Alive, ProbeError> {
+    let (sequence, payload) = conn.read_packet(Stage::Greeting)?;
+    let greeting = match mysql::parse_initial(&payload).map_err(protocol(Stage::Greeting))? {
+        InitialPacket::Greeting(g) => g,
+        InitialPacket::Error(e) => return Err(ProbeError::Refused(e)),
+    };
+    let server_version = greeting.server_version.clone();
+    if user.is_empty() {
+        return Ok(Alive::Greeted { server_version });
+    }
+
+    let response = mysql::handshake_response(&greeting, user).map_err(protocol(Stage::Login))?;
+    let mut next = sequence.wrapping_add(1);
+    conn.write_all(
+        &mysql::packet(next, &response).map_err(protocol(Stage::Login))?,
+        Stage::Login,
+    )?;
+    let mut switches = 0;
+    loop {
+        let (sequence, payload) = conn.read_packet(Stage::LoginReply)?;
+        next = sequence.wrapping_add(1);
+        match mysql::parse_auth_reply(&payload).map_err(protocol(Stage::LoginReply))? {
+            AuthReply::Ok => break,
+            AuthReply::Err(error) if error.is_access_denied() => {
+                return Ok(Alive::AccessDenied {
+                    server_version,
+                    error,
+                });
+            }
+            AuthReply::Err(error) => return Err(ProbeError::LoginFailed(error)),
+            AuthReply::AuthSwitch { .. } if switches < MAX_AUTH_SWITCHES => {
+                switches += 1;
+                conn.write_all(&mysql::empty_auth_packet(next), Stage::Login)?;
+            }
+            AuthReply::AuthSwitch { .. } => {
+                return Err(ProbeError::Protocol {
+                    stage: Stage::LoginReply,
+                    error: ProtocolError::UnexpectedPacket(0xFE),
+                })
+            }
+            // caching_sha2_password's "fast auth succeeded": the OK follows.
+            AuthReply::MoreData(data) if data == mysql::FAST_AUTH_SUCCESS => {}
+            AuthReply::MoreData(_) => {
+                return Err(ProbeError::Protocol {
+                    stage: Stage::LoginReply,
+                    error: ProtocolError::UnexpectedPacket(0x01),
+                })
+            }
+        }
+    }
+    // As the mysql client does: COM_QUIT, then close. The server ends the session as a normal
+    // disconnect.
+    conn.write_all(&mysql::com_quit(), Stage::Quit)?;
+    conn.shutdown_write();
+    Ok(Alive::LoggedIn { server_version })
+}
+
+fn protocol(stage: Stage) -> impl Fn(ProtocolError) -> ProbeError {
+    move |error| ProbeError::Protocol { stage, error }
+}
+
+/// A connection with a deadline applied to every operation.
+struct Conn {
+    stream: Option<TcpStream>,
+    deadline: Instant,
+    timeout_ms: u64,
+}
+
+impl Conn {
+    fn remaining(&self, stage: Stage) -> Result<Duration, ProbeError> {
+        match self.deadline.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(left),
+            _ => Err(self.timeout(stage)),
+        }
+    }
+
+    fn timeout(&self, stage: Stage) -> ProbeError {
+        ProbeError::Timeout {
+            stage,
+            timeout_ms: self.timeout_ms,
+        }
+    }
+
+    fn io_error(&self, stage: Stage, source: io::Error) -> ProbeError {
+        match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.timeout(stage),
+            io::ErrorKind::UnexpectedEof => ProbeError::Closed { stage },
+            _ => ProbeError::Io { stage, source },
+        }
+    }
+
+    fn connect(&mut self, addr: SocketAddr) -> Result<(), ProbeError> {
+        let left = self.remaining(Stage::Connect)?;
+        let stream = TcpStream::connect_timeout(&addr, left).map_err(|e| self.io_error(Stage::Connect, e))?;
+        // Login packets are tiny and each waits for an answer: do not let Nagle hold them.
+        let _ = stream.set_nodelay(true);
+        self.stream = Some(stream);
+        Ok(())
+    }
+
+    fn stream(&mut self, stage: Stage) -> Result<&mut TcpStream, ProbeError> {
+        self.stream.as_mut().ok_or(ProbeError::Closed { stage })
+    }
+
+    fn read_exact(&mut self, mut buf: &mut [u8], stage: Stage) -> Result<(), ProbeError> {
+        while !buf.is_empty() {
+            let left = self.remaining(stage)?;
+            let stream = self.stream(stage)?;
+            stream
+                .set_read_timeout(Some(left))
+                .map_err(|source| ProbeError::Io { stage, source })?;
+            match stream.read(buf) {
+                Ok(0) => return Err(ProbeError::Closed { stage }),
+                Ok(n) => buf = &mut buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io_error(stage, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one packet: its sequence id and payload.
+    fn read_packet(&mut self, stage: Stage) -> Result<(u8, Vec<u8>), ProbeError> {
+        let mut header = [0u8; mysql::HEADER_LEN];
+        self.read_exact(&mut header, stage)?;
+        let header = mysql::parse_header(&header).map_err(protocol(stage))?;
+        if header.payload_len > MAX_CHECK_PAYLOAD {
+            return Err(ProbeError::Protocol {
+                stage,
+                error: ProtocolError::PacketTooLarge(header.payload_len),
+            });
+        }
+        let mut payload = vec![0u8; header.payload_len];
+        self.read_exact(&mut payload, stage)?;
+        Ok((header.sequence, payload))
+    }
+
+    fn write_all(&mut self, bytes: &[u8], stage: Stage) -> Result<(), ProbeError> {
+        let left = self.remaining(stage)?;
+        let stream = self.stream(stage)?;
+        stream
+            .set_write_timeout(Some(left))
+            .map_err(|source| ProbeError::Io { stage, source })?;
+        let result = stream.write_all(bytes);
+        result.map_err(|e| self.io_error(stage, e))
+    }
+
+    fn shutdown_write(&mut self) {
+        if let Some(stream) = &self.stream {
+            let _ = stream.shutdown(Shutdown::Write);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::thread;
+
+    /// A greeting packet (header included) from a server that supports plugin auth.
+    pub(crate) fn greeting_packet() -> Vec<u8> {
+        let mut p = vec![10];
+        p.extend_from_slice(b"10.11.6-MariaDB\0");
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.extend_from_slice(b"abcdefgh\0");
+        p.extend_from_slice(&0xF7FEu16.to_le_bytes());
+        p.push(45);
+        p.extend_from_slice(&2u16.to_le_bytes());
+        p.extend_from_slice(&0x81FFu16.to_le_bytes());
+        p.push(21);
+        p.extend_from_slice(&[0; 10]);
+        p.extend_from_slice(b"ijklmnopqrst\0mysql_native_password\0");
+        mysql::packet(0, &p).unwrap()
+    }
+
+    pub(crate) fn err_packet(sequence: u8, code: u16, message: &str) -> Vec<u8> {
+        let mut p = vec![0xFF];
+        p.extend_from_slice(&code.to_le_bytes());
+        p.extend_from_slice(b"#28000");
+        p.extend_from_slice(message.as_bytes());
+        mysql::packet(sequence, &p).unwrap()
+    }
+
+    fn read_packet(s: &mut TcpStream) -> io::Result<(u8, Vec<u8>)> {
+        let mut h = [0u8; 4];
+        s.read_exact(&mut h)?;
+        let h = mysql::parse_header(&h).unwrap();
+        let mut p = vec![0; h.payload_len];
+        s.read_exact(&mut p)?;
+        Ok((h.sequence, p))
+    }
+
+    /// What a scripted server received: (sequence, payload) of each client packet.
+    pub(crate) type Seen = thread::JoinHandle<Vec<(u8, Vec<u8>)>>;
+
+    /// One scripted server connection: after the greeting, each reply in `replies` is sent after
+    /// reading one client packet. Everything the client sent (sequence, payload) comes back through
+    /// the join handle, read until EOF.
+    pub(crate) fn scripted_server(first: Vec<u8>, replies: Vec<Vec<u8>>) -> (SocketAddr, Seen) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(&first).unwrap();
+            let mut seen = Vec::new();
+            let mut replies = replies.into_iter();
+            while let Ok(packet) = read_packet(&mut s) {
+                seen.push(packet);
+                if let Some(reply) = replies.next() {
+                    let _ = s.write_all(&reply);
+                }
+            }
+            seen
+        });
+        (addr, handle)
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn login_then_quit_leaves_the_server_cleanly() {
+        let ok = mysql::packet(2, &[0, 0, 0, 2, 0, 0, 0]).unwrap();
+        let (addr, server) = scripted_server(greeting_packet(), vec![ok]);
+        let alive = probe(CheckKind::Mysql, addr, "ringlb_check", TIMEOUT).unwrap();
+        assert_eq!(
+            alive,
+            Alive::LoggedIn {
+                server_version: "10.11.6-MariaDB".into()
+            }
+        );
+        let seen = server.join().unwrap();
+        assert_eq!(seen.len(), 2, "handshake response then COM_QUIT: {seen:?}");
+        assert_eq!(seen[0].0, 1);
+        assert!(seen[0].1.ends_with(b"ringlb_check\0\0mysql_native_password\0"));
+        assert_eq!(seen[1], (0, vec![mysql::COM_QUIT]));
+    }
+
+    #[test]
+    fn auth_switch_is_answered_with_an_empty_packet() {
+        let mut switch = vec![0xFE];
+        switch.extend_from_slice(b"mysql_native_password\0aaaaaaaaaaaaaaaaaaaa\0");
+        let replies = vec![
+            mysql::packet(2, &switch).unwrap(),
+            mysql::packet(4, &[0, 0, 0, 2, 0, 0, 0]).unwrap(),
+        ];
+        let (addr, server) = scripted_server(greeting_packet(), replies);
+        let alive = probe(CheckKind::Mysql, addr, "ringlb_check", TIMEOUT).unwrap();
+        assert!(matches!(alive, Alive::LoggedIn { .. }), "{alive:?}");
+        let seen = server.join().unwrap();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen[1], (3, Vec::new()));
+        assert_eq!(seen[2], (0, vec![mysql::COM_QUIT]));
+    }
+
+    #[test]
+    fn fast_auth_more_data_is_followed_by_ok() {
+        let replies = vec![[
+            mysql::packet(2, &[0x01, 0x03]).unwrap(),
+            mysql::packet(3, &[0, 0, 0, 2, 0, 0, 0]).unwrap(),
+        ]
+        .concat()];
+        let (addr, server) = scripted_server(greeting_packet(), replies);
+        let alive = probe(CheckKind::Mysql, addr, "ringlb_check", TIMEOUT).unwrap();
+        assert!(matches!(alive, Alive::LoggedIn { .. }), "{alive:?}");
+        assert_eq!(server.join().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn access_denied_counts_as_alive() {
+        let (addr, server) = scripted_server(
+            greeting_packet(),
+            vec![err_packet(
+                2,
+                1045,
+                "Access denied for user 'ringlb_check'@'localhost'",
+            )],
+        );
+        match probe(CheckKind::Mysql, addr, "ringlb_check", TIMEOUT) {
+            Ok(Alive::AccessDenied { error, .. }) => assert_eq!(error.code, 1045),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            server.join().unwrap().len(),
+            1,
+            "no COM_QUIT after a refused login"
+        );
+    }
+
+    #[test]
+    fn other_login_error_is_down() {
+        let (addr, _server) =
+            scripted_server(greeting_packet(), vec![err_packet(2, 1226, "User has exceeded")]);
+        match probe(CheckKind::Mysql, addr, "ringlb_check", TIMEOUT) {
+            Err(ProbeError::LoginFailed(e)) => assert_eq!(e.code, 1226),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn err_instead_of_greeting_is_down() {
+        let (addr, _server) = scripted_server(err_packet(0, 1129, "Host is blocked"), vec![]);
+        match probe(CheckKind::Mysql, addr, "ringlb_check", TIMEOUT) {
+            Err(e @ ProbeError::Refused(_)) => {
+                assert_eq!(
+                    e.to_string(),
+                    "server refused the connection: ERROR 1129 (28000): Host is blocked"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_user_reads_the_greeting_only() {
+        let (addr, server) = scripted_server(greeting_packet(), vec![]);
+        let alive = probe(CheckKind::Mysql, addr, "", TIMEOUT).unwrap();
+        assert!(matches!(alive, Alive::Greeted { .. }), "{alive:?}");
+        assert!(server.join().unwrap().is_empty());
+    }
+
+    #[test]
+    fn non_mysql_peer_is_a_protocol_error() {
+        let (addr, _server) = scripted_server(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec(), vec![]);
+        match probe(CheckKind::Mysql, addr, "ringlb_check", TIMEOUT) {
+            Err(ProbeError::Protocol {
+                stage: Stage::Greeting,
+                error: ProtocolError::PacketTooLarge(_),
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn server_closing_mid_greeting_is_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let greeting = greeting_packet();
+        let server = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(&greeting[..10]).unwrap();
+        });
+        match probe(CheckKind::Mysql, addr, "ringlb_check", TIMEOUT) {
+            Err(ProbeError::Closed {
+                stage: Stage::Greeting,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn silent_server_times_out_within_the_bound() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let start = Instant::now();
+        // The kernel completes the handshake from the backlog; nobody ever writes.
+        match probe(CheckKind::Mysql, addr, "ringlb_check", Duration::from_millis(200)) {
+            Err(ProbeError::Timeout {
+                stage: Stage::Greeting,
+                timeout_ms: 200,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(190) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        drop(listener);
+    }
+
+    #[test]
+    fn refused_connect_is_an_io_error() {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        for kind in [CheckKind::Tcp, CheckKind::Mysql] {
+            match probe(kind, addr, "u", TIMEOUT) {
+                Err(ProbeError::Io {
+                    stage: Stage::Connect,
+                    source,
+                }) => assert_eq!(source.kind(), io::ErrorKind::ConnectionRefused),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tcp_check_needs_only_the_connect() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert_eq!(
+            probe(CheckKind::Tcp, addr, "", TIMEOUT).unwrap(),
+            Alive::Connected
+        );
+    }
+
+    #[test]
+    fn server_that_never_answers_the_login_times_out() {
+        let (addr, server) = scripted_server(greeting_packet(), vec![]);
+        match probe(CheckKind::Mysql, addr, "u", Duration::from_millis(300)) {
+            Err(ProbeError::Timeout {
+                stage: Stage::LoginReply,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        // The probe closed its socket, so the scripted server sees EOF and ends.
+        assert_eq!(server.join().unwrap().len(), 1);
+    }
+}
