@@ -627,7 +627,7 @@ impl Worker {
         let (id, sent, received) = conn.flows[dir].buffer.expect("buffer to send");
         conn.flows[dir].state = FlowState::Send;
         conn.inflight += 1;
-        // SAFETY (pointer arithmetic): sent < received <= buffer size, inside buffer `id`.
+        // SAFETY: sent < received <= the buffer size, so the pointer stays inside buffer `id`.
         let data = unsafe { self.buffers.buffer(id).add(sent as usize) };
         let entry = opcode::Send::new(types::Fd(conn.dst(dir)), data, received - sent)
             .flags(libc::MSG_NOSIGNAL)
