@@ -56,7 +56,7 @@ const RECVSEND_POLL_FIRST: u16 = 1;
 const BUFFER_GROUP: u16 = 0;
 /// Requested size of pooled pipes, and how many idle pipes a worker keeps.
 const PIPE_BYTES: usize = 256 * 1024;
-const PIPES_KEPT: usize = 32;
+const PIPES_KEPT: usize = 8;
 /// A backend whose connect failed is skipped by new connections for this long, or until its
 /// health check brings it up again.
 const SUSPECT_MS: u64 = 2000;
