@@ -28,24 +28,36 @@ fn two_servers_answer_direct_logins_with_their_own_port() {
 fn app_user_owns_the_test_schema_and_check_user_logs_in_without_password() {
     let db = MariaDb::start();
     let mut app = db.conn();
-    app.query_drop("CREATE TABLE ringlb_test.t (id INT PRIMARY KEY, v VARCHAR(10))").unwrap();
-    app.query_drop("INSERT INTO ringlb_test.t VALUES (1, 'one')").unwrap();
-    let v: String = app.query_first("SELECT v FROM ringlb_test.t WHERE id = 1").unwrap().unwrap();
+    app.query_drop("CREATE TABLE ringlb_test.t (id INT PRIMARY KEY, v VARCHAR(10))")
+        .unwrap();
+    app.query_drop("INSERT INTO ringlb_test.t VALUES (1, 'one')")
+        .unwrap();
+    let v: String = app
+        .query_first("SELECT v FROM ringlb_test.t WHERE id = 1")
+        .unwrap()
+        .unwrap();
     assert_eq!(v, "one");
 
     // The health-check user: a login with no password, and nothing else.
     let mut check = db.conn_as(CHECK_USER, "");
     let user: String = check.query_first("SELECT CURRENT_USER()").unwrap().unwrap();
     assert_eq!(user, "ringlb_check@%");
-    assert!(check.query_drop("SELECT * FROM ringlb_test.t").is_err(), "ringlb_check must have no privileges");
+    assert!(
+        check.query_drop("SELECT * FROM ringlb_test.t").is_err(),
+        "ringlb_check must have no privileges"
+    );
 }
 
 #[test]
 fn killed_server_refuses_then_restarts_on_the_same_port_with_its_data() {
     let mut db = MariaDb::start();
     let port = db.port();
-    db.conn().query_drop("CREATE TABLE ringlb_test.kept (id INT) ENGINE=InnoDB").unwrap();
-    db.conn().query_drop("INSERT INTO ringlb_test.kept VALUES (7)").unwrap();
+    db.conn()
+        .query_drop("CREATE TABLE ringlb_test.kept (id INT) ENGINE=InnoDB")
+        .unwrap();
+    db.conn()
+        .query_drop("INSERT INTO ringlb_test.kept VALUES (7)")
+        .unwrap();
 
     db.kill();
     assert!(!db.is_running());
@@ -55,7 +67,10 @@ fn killed_server_refuses_then_restarts_on_the_same_port_with_its_data() {
     db.restart();
     assert_eq!(db.port(), port);
     let mut conn = db.conn();
-    let kept: u32 = conn.query_first("SELECT id FROM ringlb_test.kept").unwrap().unwrap();
+    let kept: u32 = conn
+        .query_first("SELECT id FROM ringlb_test.kept")
+        .unwrap()
+        .unwrap();
     assert_eq!(kept, 7, "the data directory survives a crash and restart");
     assert!(db.status("Uptime") < 600);
 }
@@ -73,7 +88,11 @@ fn status_counters_are_read_without_moving_connections() {
     wait_until(Duration::from_secs(5), "Connections to count a new login", || {
         db.status("Connections") == before + 1
     });
-    assert_eq!(db.status("Aborted_connects"), 0, "a login that quits cleanly is not aborted");
+    assert_eq!(
+        db.status("Aborted_connects"),
+        0,
+        "a login that quits cleanly is not aborted"
+    );
 }
 
 #[test]
@@ -103,14 +122,32 @@ odd{path=\"a \\\"quoted\\\" \\\\ value\"} +Inf
 plain_metric 42
 ";
     assert_eq!(parse_metrics(text).len(), 8);
-    let up = |b: &str| metric_value(text, "ringlb_backend_up", &[("backend", b), ("listener", "default")]);
+    let up = |b: &str| {
+        metric_value(
+            text,
+            "ringlb_backend_up",
+            &[("backend", b), ("listener", "default")],
+        )
+    };
     assert_eq!(up("127.0.0.1:3306"), Some(1.0));
     assert_eq!(up("127.0.0.1:3307"), Some(0.0));
     assert_eq!(up("127.0.0.1:9999"), None);
-    assert_eq!(metric_value(text, "ringlb_backend_bytes_total", &[("direction", "to_client")]), Some(3500.0));
-    assert_eq!(metric_value(text, "ringlb_backend_bytes_total", &[]), Some(3620.0));
-    assert_eq!(metric_value(text, "ringlb_worker_accepted_total", &[]), Some(10.0));
-    assert_eq!(metric_value(text, "odd", &[("path", "a \"quoted\" \\ value")]), Some(f64::INFINITY));
+    assert_eq!(
+        metric_value(text, "ringlb_backend_bytes_total", &[("direction", "to_client")]),
+        Some(3500.0)
+    );
+    assert_eq!(
+        metric_value(text, "ringlb_backend_bytes_total", &[]),
+        Some(3620.0)
+    );
+    assert_eq!(
+        metric_value(text, "ringlb_worker_accepted_total", &[]),
+        Some(10.0)
+    );
+    assert_eq!(
+        metric_value(text, "odd", &[("path", "a \"quoted\" \\ value")]),
+        Some(f64::INFINITY)
+    );
     assert_eq!(metric_value(text, "plain_metric", &[]), Some(42.0));
     assert_eq!(metric_value(text, "missing", &[]), None);
 }

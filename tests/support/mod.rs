@@ -52,14 +52,22 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Polls `condition` every 20 ms until it holds; panics naming `what` once `deadline` has passed.
-pub fn wait_until(deadline: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+pub fn wait_until(deadline: Duration, what: &str, condition: impl FnMut() -> bool) {
+    if !poll_until(deadline, condition) {
+        panic!("timed out after {deadline:?} waiting for {what}");
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds (true) or `deadline` passes (false). For callers
+/// that must not panic yet, e.g. while other threads wait on a barrier.
+pub fn poll_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     loop {
         if condition() {
-            return;
+            return true;
         }
         if start.elapsed() > deadline {
-            panic!("timed out after {deadline:?} waiting for {what}");
+            return false;
         }
         std::thread::sleep(POLL_INTERVAL);
     }
@@ -69,7 +77,10 @@ pub fn wait_until(deadline: Duration, what: &str, mut condition: impl FnMut() ->
 /// binds it; the starters below retry with a new port when that happens.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-    listener.local_addr().expect("local_addr of a bound socket").port()
+    listener
+        .local_addr()
+        .expect("local_addr of a bound socket")
+        .port()
 }
 
 /// A directory under the system temp dir, removed with everything in it on drop.
@@ -81,8 +92,9 @@ pub struct TempDir {
 impl TempDir {
     pub fn new(prefix: &str) -> TempDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         // Short names: a server's Unix socket lives inside, and socket paths are limited to 107 bytes.
         let name = format!(
             "{prefix}-{}-{}-{nanos:x}",
@@ -130,10 +142,16 @@ fn die_with_parent(command: &mut Command) {
 fn find_program(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
+        .chain([
+            PathBuf::from("/usr/sbin"),
+            PathBuf::from("/usr/bin"),
+            PathBuf::from("/usr/local/bin"),
+        ])
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("{name} not found in PATH or /usr/sbin: run scripts/test, which installs MariaDB"))
+        .unwrap_or_else(|| {
+            panic!("{name} not found in PATH or /usr/sbin: run scripts/test, which installs MariaDB")
+        })
 }
 
 fn is_root() -> bool {
@@ -203,7 +221,11 @@ fn template() -> PathBuf {
             command.arg("--user=root");
         }
         let status = command.status().expect("run mariadb-install-db");
-        assert!(status.success(), "mariadb-install-db failed ({status}):\n{}", log_tail(&log, 30));
+        assert!(
+            status.success(),
+            "mariadb-install-db failed ({status}):\n{}",
+            log_tail(&log, 30)
+        );
         root
     });
     static HOOK: std::sync::Once = std::sync::Once::new();
@@ -307,7 +329,10 @@ impl MariaDb {
     pub fn status(&self, name: &str) -> u64 {
         let mut admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         if admin.is_none() {
-            *admin = Some(self.root_conn().unwrap_or_else(|e| panic!("root login to {}: {e}", self.port)));
+            *admin = Some(
+                self.root_conn()
+                    .unwrap_or_else(|e| panic!("root login to {}: {e}", self.port)),
+            );
         }
         let conn = admin.as_mut().expect("just set");
         // SHOW cannot be prepared, so the name goes into the text; it is checked to be an identifier.
@@ -319,7 +344,9 @@ impl MariaDb {
             .query_first(format!("SHOW GLOBAL STATUS LIKE '{name}'"))
             .unwrap_or_else(|e| panic!("SHOW GLOBAL STATUS on {}: {e}", self.port));
         let (_, value) = row.unwrap_or_else(|| panic!("no status variable {name}"));
-        value.parse().unwrap_or_else(|e| panic!("status {name} = {value:?}: {e}"))
+        value
+            .parse()
+            .unwrap_or_else(|e| panic!("status {name} = {value:?}: {e}"))
     }
 
     /// Kills the server with SIGKILL (a crash: no clean shutdown) and waits for it to exit.
@@ -386,7 +413,9 @@ impl MariaDb {
             command.arg("--user=root");
         }
         die_with_parent(&mut command);
-        let child = command.spawn().map_err(|e| StartFailure::Other(format!("spawn mariadbd: {e}")))?;
+        let child = command
+            .spawn()
+            .map_err(|e| StartFailure::Other(format!("spawn mariadbd: {e}")))?;
         self.child = Some(child);
 
         let start = Instant::now();
@@ -490,9 +519,14 @@ impl Ringlb {
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
         die_with_parent(&mut command);
-        let child = command.spawn().map_err(|e| StartFailure::Other(format!("spawn ringlb: {e}")))?;
+        let child = command
+            .spawn()
+            .map_err(|e| StartFailure::Other(format!("spawn ringlb: {e}")))?;
         self.child = Some(child);
 
         let start = Instant::now();
@@ -543,11 +577,17 @@ impl Ringlb {
 
     /// A connection through the proxy as `app`.
     pub fn conn(&self) -> Conn {
-        self.try_conn().unwrap_or_else(|e| panic!("login through ringlb {}: {e}", self.listen))
+        self.try_conn()
+            .unwrap_or_else(|e| panic!("login through ringlb {}: {e}", self.listen))
     }
 
     pub fn try_conn(&self) -> mysql::Result<Conn> {
-        Conn::new(tcp_opts(self.listen.port(), APP_USER, APP_PASSWORD, Some(TEST_SCHEMA)))
+        Conn::new(tcp_opts(
+            self.listen.port(),
+            APP_USER,
+            APP_PASSWORD,
+            Some(TEST_SCHEMA),
+        ))
     }
 
     /// The body of `GET /metrics`.
@@ -555,7 +595,11 @@ impl Ringlb {
         match http_get(self.admin, "/metrics") {
             Ok((200, body)) => body,
             Ok((status, body)) => panic!("GET /metrics: HTTP {status}: {body}"),
-            Err(e) => panic!("GET /metrics from {}: {e}\nringlb stderr:\n{}", self.admin, self.log_tail()),
+            Err(e) => panic!(
+                "GET /metrics from {}: {e}\nringlb stderr:\n{}",
+                self.admin,
+                self.log_tail()
+            ),
         }
     }
 
@@ -616,11 +660,17 @@ impl Drop for Ringlb {
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}"));
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
     let head = String::from_utf8_lossy(&response[..split]).into_owned();
     let mut body = response[split + 4..].to_vec();
     let status = head
@@ -721,7 +771,12 @@ fn parse_sample(line: &str) -> Option<Sample> {
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let matching: Vec<f64> = parse_metrics(text)
         .into_iter()
-        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .map(|s| s.value)
         .collect();
     (!matching.is_empty()).then(|| matching.iter().sum())
