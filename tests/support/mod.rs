@@ -173,6 +173,14 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A `tmpdir` of the server's own: servers sharing /tmp have been seen to delete each other's
+/// internal temporary tables during `mariadb-install-db`.
+fn private_tmpdir(dir: &Path) -> PathBuf {
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("create {}: {e}", tmp.display()));
+    tmp
+}
+
 /// Server options shared by `mariadb-install-db` and every start, so that the template's InnoDB
 /// files match what the server expects. Small and fast: a test server holds little data.
 const SMALL_SERVER_OPTIONS: &[&str] = &[
@@ -199,12 +207,13 @@ fn template() -> PathBuf {
         }
     }
     let root = TEMPLATE.get_or_init(|| {
-        // Statics are never dropped, so the directory is not a `TempDir`: the atexit hook below
-        // removes it when the test process exits.
-        let root = TempDir::new("rlb-tpl");
-        let root = std::mem::ManuallyDrop::new(root).path().to_owned();
+        // Dropped (removed) if the install panics; forgotten once it succeeded, because statics
+        // are never dropped: the atexit hook below removes it when the test process exits.
+        let dir = TempDir::new("rlb-tpl");
+        let root = dir.path().to_owned();
         let data = root.join("data");
         let log = root.join("install.log");
+        let tmp = private_tmpdir(&root);
         let log_file = std::fs::File::create(&log).expect("create install.log");
         let mut command = Command::new(find_program("mariadb-install-db"));
         command
@@ -213,6 +222,7 @@ fn template() -> PathBuf {
             // root@localhost and root@127.0.0.1 with no password: the harness's admin login.
             .arg("--auth-root-authentication-method=normal")
             .arg("--skip-test-db")
+            .arg(format!("--tmpdir={}", tmp.display()))
             .args(SMALL_SERVER_OPTIONS)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone install.log handle"))
@@ -226,6 +236,7 @@ fn template() -> PathBuf {
             "mariadb-install-db failed ({status}):\n{}",
             log_tail(&log, 30)
         );
+        std::mem::forget(dir);
         root
     });
     static HOOK: std::sync::Once = std::sync::Once::new();
@@ -396,6 +407,7 @@ impl MariaDb {
             .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
             .arg(format!("--log-error={}", log.display()))
             .arg(format!("--init-file={}", dir.join("init.sql").display()))
+            .arg(format!("--tmpdir={}", private_tmpdir(dir).display()))
             .args(SMALL_SERVER_OPTIONS)
             .args([
                 "--skip-log-bin",
