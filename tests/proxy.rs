@@ -1,0 +1,495 @@
+//! The single-node proxy against real MariaDB servers: what a client of the article's setup sees
+//! through one ringlb (queries answer, connections spread, a dead server is skipped at once and
+//! a restarted one comes back), plus the byte-exactness, half-close, concurrency, health-check
+//! manners and metrics the product promises.
+
+mod support;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use mysql::prelude::Queryable;
+use mysql::Conn;
+use support::{poll_until, wait_until, EofReplyServer, MariaDb, Ringlb};
+
+/// Fast health checks for the tests that wait on them: up/down within about half a second.
+const FAST_HEALTH: &str = "[health]\ninterval_ms = 200\nrise = 2\nfall = 2\nuser = \"ringlb_check\"\n";
+
+/// Taken by every test here, so they run one at a time within a test process (nextest runs them
+/// one at a time too: see .config/nextest.toml). They make timing promises (an answer within a
+/// second of a kill, health checks that finish inside their timeout) that a neighbour opening
+/// 1,000 connections on the same two cores could break for reasons that are not ringlb's.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    // A failed test poisons the lock; the next test must still run.
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn port_of(conn: &mut Conn) -> u16 {
+    conn.query_first("SELECT @@port")
+        .expect("SELECT @@port")
+        .expect("a row")
+}
+
+/// A fresh connection through the proxy, one query, and a clean quit: the port that answered.
+fn one_shot_port(lb: &Ringlb) -> u16 {
+    port_of(&mut lb.conn())
+}
+
+fn up(lb: &Ringlb, db: &MariaDb) -> Option<f64> {
+    lb.backend_metric("ringlb_backend_up", db.addr())
+}
+
+#[test]
+fn queries_answer_through_the_proxy() {
+    let _serial = one_at_a_time();
+    let a = MariaDb::start();
+    let b = MariaDb::start();
+    let lb = Ringlb::start(&[&a, &b], "");
+    let mut conn = lb.conn();
+    conn.query_drop("CREATE TABLE IF NOT EXISTS greetings (id INT PRIMARY KEY, word VARCHAR(20))")
+        .unwrap();
+    conn.query_drop("REPLACE INTO greetings VALUES (1, 'hello')")
+        .unwrap();
+    let word: String = conn
+        .query_first("SELECT word FROM greetings WHERE id = 1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(word, "hello");
+    let sum: i64 = conn.exec_first("SELECT ? + ?", (40, 2)).unwrap().unwrap();
+    assert_eq!(sum, 42, "prepared statements work through the proxy");
+    let port = port_of(&mut conn);
+    assert!(
+        port == a.port() || port == b.port(),
+        "answered by {port}, not a configured backend"
+    );
+}
+
+#[test]
+fn sequential_connections_alternate_between_two_backends() {
+    let _serial = one_at_a_time();
+    let a = MariaDb::start();
+    let b = MariaDb::start();
+    let lb = Ringlb::start(&[&a, &b], "");
+    let ports: Vec<u16> = (0..10).map(|_| one_shot_port(&lb)).collect();
+    for pair in ports.windows(2) {
+        assert_ne!(
+            pair[0], pair[1],
+            "two sequential connections went to the same backend: {ports:?}"
+        );
+    }
+    for db in [&a, &b] {
+        assert!(
+            ports.contains(&db.port()),
+            "backend {} never chosen: {ports:?}",
+            db.port()
+        );
+    }
+}
+
+#[test]
+fn held_connections_balance_by_least_connections() {
+    let _serial = one_at_a_time();
+    let a = MariaDb::start();
+    let b = MariaDb::start();
+    let lb = Ringlb::start(&[&a, &b], "");
+    let mut held: Vec<Conn> = (0..6).map(|_| lb.conn()).collect();
+    let mut per_port: HashMap<u16, usize> = HashMap::new();
+    for conn in &mut held {
+        *per_port.entry(port_of(conn)).or_default() += 1;
+    }
+    assert_eq!(per_port.get(&a.port()), Some(&3), "split {per_port:?}");
+    assert_eq!(per_port.get(&b.port()), Some(&3), "split {per_port:?}");
+    for db in [&a, &b] {
+        wait_until(
+            Duration::from_secs(5),
+            "active_connections = 3 on each backend",
+            || lb.backend_metric("ringlb_backend_active_connections", db.addr()) == Some(3.0),
+        );
+    }
+    drop(held);
+    for db in [&a, &b] {
+        wait_until(
+            Duration::from_secs(5),
+            "active_connections back to 0 after the clients quit",
+            || lb.backend_metric("ringlb_backend_active_connections", db.addr()) == Some(0.0),
+        );
+    }
+}
+
+#[test]
+fn killed_backend_is_skipped_within_a_second() {
+    let _serial = one_at_a_time();
+    let mut a = MariaDb::start();
+    let b = MariaDb::start();
+    // Default health settings (1 s interval, fall 3): the checker is far too slow to notice the
+    // kill in time, so this proves the redispatch on a refused connect.
+    let lb = Ringlb::start(&[&a, &b], "");
+    let before: Vec<u16> = (0..4).map(|_| one_shot_port(&lb)).collect();
+    assert!(
+        before.contains(&a.port()),
+        "backend a takes traffic before the kill: {before:?}"
+    );
+
+    let promise = Duration::from_secs(1);
+    a.kill();
+    let killed_at = Instant::now();
+    let mut first_success = None;
+    let mut connections = 0;
+    while killed_at.elapsed() < Duration::from_secs(4) {
+        let started = Instant::now();
+        let result = lb
+            .try_conn()
+            .and_then(|mut conn| conn.query_first::<u16, _>("SELECT @@port"));
+        let took = started.elapsed();
+        let port = match result {
+            Ok(Some(port)) => port,
+            Ok(None) => panic!("SELECT @@port returned no row"),
+            Err(e) => panic!("connection {connections} after the kill failed after {took:?}: {e}"),
+        };
+        assert_eq!(
+            port,
+            b.port(),
+            "connection {connections} after the kill answered by {port}"
+        );
+        assert!(
+            took < promise,
+            "connection {connections} after the kill took {took:?}"
+        );
+        first_success.get_or_insert(killed_at.elapsed());
+        connections += 1;
+    }
+    let first = first_success.expect("at least one connection after the kill");
+    assert!(first < promise, "first answer {first:?} after the kill");
+    assert!(connections > 10, "only {connections} connections in 4 s");
+    wait_until(
+        Duration::from_secs(10),
+        "the refused connects to be counted",
+        || {
+            lb.backend_metric("ringlb_backend_connect_errors_total", a.addr())
+                .unwrap_or(0.0)
+                >= 1.0
+        },
+    );
+}
+
+#[test]
+fn restarted_backend_takes_traffic_again_after_rise_checks() {
+    let _serial = one_at_a_time();
+    let mut a = MariaDb::start();
+    let b = MariaDb::start();
+    let lb = Ringlb::start(&[&a, &b], FAST_HEALTH);
+    wait_until(Duration::from_secs(10), "both backends up", || {
+        up(&lb, &a) == Some(1.0) && up(&lb, &b) == Some(1.0)
+    });
+
+    a.kill();
+    wait_until(
+        Duration::from_secs(10),
+        "the killed backend to be marked down",
+        || up(&lb, &a) == Some(0.0),
+    );
+    let while_down: Vec<u16> = (0..6).map(|_| one_shot_port(&lb)).collect();
+    assert!(
+        while_down.iter().all(|&p| p == b.port()),
+        "a down backend got traffic: {while_down:?}"
+    );
+
+    a.restart();
+    wait_until(
+        Duration::from_secs(10),
+        "the restarted backend to be marked up",
+        || up(&lb, &a) == Some(1.0),
+    );
+    let after: Vec<u16> = (0..10).map(|_| one_shot_port(&lb)).collect();
+    let on_a = after.iter().filter(|&&p| p == a.port()).count();
+    assert!(
+        on_a >= 3,
+        "the restarted backend took {on_a} of 10 connections: {after:?}"
+    );
+}
+
+/// Hashes every row's bytes in order; returns (rows, bytes, hash).
+fn digest_result(conn: &mut Conn, query: &str) -> (usize, usize, u64) {
+    let mut hasher = DefaultHasher::new();
+    let (mut rows, mut bytes) = (0, 0);
+    for row in conn.query_iter(query).expect(query) {
+        let row = row.expect("a row");
+        for column in 0..row.len() {
+            let value: Vec<u8> = row.get(column).expect("a non-NULL column");
+            bytes += value.len();
+            hasher.write_usize(value.len());
+            hasher.write(&value);
+        }
+        rows += 1;
+    }
+    (rows, bytes, hasher.finish())
+}
+
+#[test]
+fn large_results_are_byte_identical_through_the_proxy_and_direct() {
+    let _serial = one_at_a_time();
+    let db = MariaDb::start();
+    let lb = Ringlb::start(&[&db], "");
+    let queries = [
+        // One 33 MiB value: a single MySQL packet split at 16 MiB boundaries. The 33-byte period
+        // does not divide 16 MiB, so a lost or repeated chunk changes the hash.
+        "SELECT REPEAT(CONCAT(MD5('ringlb'), '!'), 1050000)".to_owned(),
+        // 32 MiB in 512 rows of 64 KiB, each row different.
+        "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 512) \
+         SELECT n, REPEAT(SHA2(n, 256), 1024) FROM s ORDER BY n"
+            .to_owned(),
+    ];
+    for query in &queries {
+        let direct = digest_result(&mut db.conn(), query);
+        let proxied = digest_result(&mut lb.conn(), query);
+        assert!(
+            direct.1 >= 32 * 1024 * 1024,
+            "the query must return at least 32 MiB: {direct:?}"
+        );
+        assert_eq!(
+            proxied, direct,
+            "(rows, bytes, hash) through the proxy vs direct for {query}"
+        );
+    }
+}
+
+#[test]
+fn half_closed_client_still_reads_the_whole_reply() {
+    let _serial = one_at_a_time();
+    let backend = EofReplyServer::start();
+    let lb = Ringlb::start_with_addrs(&[backend.addr()], "[health]\ncheck = \"tcp\"\n");
+    let request: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut stream = TcpStream::connect(lb.addr()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    // The backend answers only once it reads EOF, so the reply arrives only if the proxy passes
+    // the client's half-close on while keeping the other direction open.
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        let request = request.clone();
+        std::thread::spawn(move || {
+            stream.write_all(&request).unwrap();
+            stream.shutdown(Shutdown::Write).unwrap();
+        })
+    };
+    let mut reply = Vec::new();
+    stream
+        .read_to_end(&mut reply)
+        .expect("the reply after the half-close");
+    writer.join().unwrap();
+    assert_eq!(reply.len(), request.len());
+    assert!(reply == request, "the reply differs from the request");
+}
+
+#[test]
+fn a_thousand_concurrent_connections_each_complete_a_query() -> Result<(), String> {
+    let _serial = one_at_a_time();
+    const CONNECTIONS: usize = 1000;
+    // Threads that open and drive the connections; each holds CONNECTIONS / THREADS at once.
+    const THREADS: usize = 20;
+    let a = MariaDb::start();
+    let b = MariaDb::start();
+    let lb = Arc::new(Ringlb::start(&[&a, &b], ""));
+    let all_open = Arc::new(Barrier::new(THREADS + 1));
+    let may_query = Arc::new(Barrier::new(THREADS + 1));
+    // No thread panics before both barriers are passed: a panic there would leave the others
+    // waiting forever. Failures travel back as errors and are asserted after the joins.
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (lb, all_open, may_query) = (lb.clone(), all_open.clone(), may_query.clone());
+            std::thread::Builder::new()
+                .stack_size(512 * 1024)
+                .spawn(move || -> Result<Vec<u16>, String> {
+                    let conns: Result<Vec<Conn>, _> =
+                        (0..CONNECTIONS / THREADS).map(|_| lb.try_conn()).collect();
+                    all_open.wait();
+                    may_query.wait();
+                    let mut conns = conns.map_err(|e| format!("connect: {e}"))?;
+                    conns
+                        .iter_mut()
+                        .map(|c| c.query_first::<u16, _>("SELECT @@port"))
+                        .map(|r| match r {
+                            Ok(Some(port)) => Ok(port),
+                            Ok(None) => Err("SELECT @@port: no row".to_owned()),
+                            Err(e) => Err(format!("SELECT @@port: {e}")),
+                        })
+                        .collect()
+                })
+                .unwrap()
+        })
+        .collect();
+    all_open.wait();
+    let all_counted = poll_until(Duration::from_secs(10), || {
+        lb.metric("ringlb_backend_active_connections", &[("listener", "default")]) == Some(CONNECTIONS as f64)
+    });
+    let active = lb.metric("ringlb_backend_active_connections", &[("listener", "default")]);
+    may_query.wait();
+    let mut ports = Vec::with_capacity(CONNECTIONS);
+    for thread in threads {
+        ports.extend(thread.join().expect("a client thread panicked")?);
+    }
+    assert!(
+        all_counted,
+        "with 1,000 connections open, /metrics counts {active:?} active"
+    );
+    assert_eq!(ports.len(), CONNECTIONS);
+    for db in [&a, &b] {
+        let n = ports.iter().filter(|&&p| p == db.port()).count();
+        assert!(n >= 400, "backend {} holds {n} of 1,000 connections", db.port());
+    }
+    Ok(())
+}
+
+#[test]
+fn health_checks_leave_aborted_connects_and_clients_unchanged() {
+    let _serial = one_at_a_time();
+    const CHECKS: u64 = 30;
+    let a = MariaDb::start();
+    let b = MariaDb::start();
+    // A probe that times out mid-login is an aborted connect by definition; the generous timeout
+    // keeps a slow moment of a busy test machine from being mistaken for an unclean check.
+    let lb = Ringlb::start(
+        &[&a, &b],
+        "[health]\ninterval_ms = 100\ntimeout_ms = 1000\nrise = 2\nfall = 2\n",
+    );
+    wait_until(Duration::from_secs(10), "both backends up", || {
+        up(&lb, &a) == Some(1.0) && up(&lb, &b) == Some(1.0)
+    });
+    let before: Vec<(u64, u64, u64)> = [&a, &b]
+        .iter()
+        .map(|db| {
+            (
+                db.status("Connections"),
+                db.status("Aborted_connects"),
+                db.status("Aborted_clients"),
+            )
+        })
+        .collect();
+    // The observation window is "until each server has seen 30 more logins", all of them health
+    // checks: nothing else connects to the servers meanwhile (the harness reads status over a
+    // connection it already holds).
+    for (db, (connections, _, _)) in [&a, &b].iter().zip(&before) {
+        wait_until(
+            Duration::from_secs(30),
+            "30 health checks on each backend",
+            || db.status("Connections") >= connections + CHECKS,
+        );
+    }
+    for (db, (_, aborted_connects, aborted_clients)) in [&a, &b].iter().zip(&before) {
+        assert_eq!(
+            db.status("Aborted_connects"),
+            *aborted_connects,
+            "health checks aborted a login"
+        );
+        assert_eq!(
+            db.status("Aborted_clients"),
+            *aborted_clients,
+            "health checks left without COM_QUIT"
+        );
+        assert_eq!(
+            up(&lb, db),
+            Some(1.0),
+            "backend {} went down during the checks",
+            db.port()
+        );
+    }
+}
+
+#[test]
+fn metrics_and_stats_report_backends_workers_and_growing_byte_counters() {
+    let _serial = one_at_a_time();
+    let a = MariaDb::start();
+    let b = MariaDb::start();
+    let lb = Ringlb::start(&[&a, &b], "");
+    let mut conn = lb.conn();
+    let port = port_of(&mut conn);
+    let (used, other) = if port == a.port() { (&a, &b) } else { (&b, &a) };
+    let used_name = used.addr().to_string();
+    let bytes = |direction: &str| {
+        lb.metric(
+            "ringlb_backend_bytes_total",
+            &[
+                ("backend", &used_name),
+                ("listener", "default"),
+                ("direction", direction),
+            ],
+        )
+    };
+
+    for db in [&a, &b] {
+        assert_eq!(up(&lb, db), Some(1.0), "ringlb_backend_up of {}", db.addr());
+        assert_eq!(
+            lb.backend_metric("ringlb_backend_connect_errors_total", db.addr()),
+            Some(0.0)
+        );
+        assert!(lb
+            .backend_metric("ringlb_backend_connections_total", db.addr())
+            .is_some());
+        assert!(lb
+            .backend_metric("ringlb_backend_active_connections", db.addr())
+            .is_some());
+    }
+    assert_eq!(
+        lb.backend_metric("ringlb_backend_connections_total", used.addr()),
+        Some(1.0)
+    );
+    assert_eq!(
+        lb.backend_metric("ringlb_backend_active_connections", used.addr()),
+        Some(1.0)
+    );
+    assert_eq!(
+        lb.backend_metric("ringlb_backend_active_connections", other.addr()),
+        Some(0.0)
+    );
+    for worker in ["0", "1"] {
+        assert!(
+            lb.metric("ringlb_worker_accepted_total", &[("worker", worker)])
+                .is_some(),
+            "ringlb_worker_accepted_total of worker {worker}"
+        );
+    }
+    assert_eq!(lb.metric("ringlb_worker_accepted_total", &[]), Some(1.0));
+
+    // Counters may be published a little after the bytes move: poll, never read once.
+    wait_until(
+        Duration::from_secs(5),
+        "the login's bytes to be counted both ways",
+        || bytes("to_backend").unwrap_or(0.0) > 0.0 && bytes("to_client").unwrap_or(0.0) > 0.0,
+    );
+    let to_backend = bytes("to_backend").expect("bytes to_backend of the used backend");
+    let to_client = bytes("to_client").expect("bytes to_client of the used backend");
+    let reply: String = conn.query_first("SELECT REPEAT('m', 100000)").unwrap().unwrap();
+    assert_eq!(reply.len(), 100_000);
+    wait_until(
+        Duration::from_secs(5),
+        "the byte counters to count the query and its reply",
+        || {
+            bytes("to_backend").unwrap_or(0.0) > to_backend
+                && bytes("to_client").unwrap_or(0.0) >= to_client + 100_000.0
+        },
+    );
+
+    let stats = lb.stats_json();
+    let backends = stats["backends"].as_array().expect("/stats has a backends array");
+    assert_eq!(backends.len(), 2);
+    for db in [&a, &b] {
+        let name = db.addr().to_string();
+        assert!(
+            backends
+                .iter()
+                .any(|s| s["backend"] == name.as_str() && s["up"] == true),
+            "/stats lists {name} as up: {stats}"
+        );
+    }
+    assert_eq!(
+        stats["workers"].as_array().map(Vec::len),
+        Some(2),
+        "/stats lists two workers: {stats}"
+    );
+}

@@ -1,0 +1,848 @@
+//! The integration-test harness: real MariaDB servers, a real `ringlb` process, and small helpers
+//! to talk to both.
+//!
+//! Every test file includes it with `mod support;`. What it promises:
+//!
+//! - [`MariaDb::start`] gives a private server on a free port of 127.0.0.1, in its own temporary
+//!   directory, with the users every test needs (`app`/`app` with all privileges on
+//!   [`TEST_SCHEMA`]; `ringlb_check` with no password and no privileges, for the health check).
+//!   `SELECT @@port` tells servers apart through the proxy.
+//! - [`Ringlb::start`] runs the binary under test in front of given backends, with stderr captured
+//!   to a file whose tail is printed when start-up fails.
+//! - Nothing outlives the test: `Drop` kills servers and ringlb and removes their directories, and
+//!   every child gets `PR_SET_PDEATHSIG` so that even a test killed by a timeout leaves no server
+//!   running.
+//! - Nothing sleeps a fixed time: readiness is polled with a deadline, and a timeout panics with a
+//!   message naming what was awaited (and the log tail where there is one).
+//!
+//! `mariadb-install-db` runs once per test process into a template data directory that every
+//! server copies, because installing is much slower than copying.
+
+// Each test binary uses a different subset of the harness.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mysql::prelude::Queryable;
+use mysql::{Conn, OptsBuilder};
+
+/// The schema `app` owns on every test server.
+pub const TEST_SCHEMA: &str = "ringlb_test";
+/// The test user, as in the article's `some_user`.
+pub const APP_USER: &str = "app";
+pub const APP_PASSWORD: &str = "app";
+/// The user ringlb's mysql health check logs in as (no password, no privileges).
+pub const CHECK_USER: &str = "ringlb_check";
+
+/// How long a MariaDB server or ringlb may take to become ready before the test fails.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+/// Between two readiness probes.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Bound on a test's client connections, so that a proxy that swallows a connection fails the
+/// test instead of hanging it.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Polls `condition` every 20 ms until it holds; panics naming `what` once `deadline` has passed.
+pub fn wait_until(deadline: Duration, what: &str, condition: impl FnMut() -> bool) {
+    if !poll_until(deadline, condition) {
+        panic!("timed out after {deadline:?} waiting for {what}");
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds (true) or `deadline` passes (false). For callers
+/// that must not panic yet, e.g. while other threads wait on a barrier.
+pub fn poll_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if condition() {
+            return true;
+        }
+        if start.elapsed() > deadline {
+            return false;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago. Another process may take it before the caller
+/// binds it; the starters below retry with a new port when that happens.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+    listener
+        .local_addr()
+        .expect("local_addr of a bound socket")
+        .port()
+}
+
+/// A directory under the system temp dir, removed with everything in it on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        // Short names: a server's Unix socket lives inside, and socket paths are limited to 107 bytes.
+        let name = format!(
+            "{prefix}-{}-{}-{nanos:x}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The last `lines` lines of a log file, for panic messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => return format!("(cannot read {}: {e})", path.display()),
+    };
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Makes a child die with the test process, even when the test is killed and no `Drop` runs.
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl, which is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+fn find_program(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([
+            PathBuf::from("/usr/sbin"),
+            PathBuf::from("/usr/bin"),
+            PathBuf::from("/usr/local/bin"),
+        ])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} not found in PATH or /usr/sbin: run scripts/test, which installs MariaDB")
+        })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// A `tmpdir` of the server's own: servers sharing /tmp have been seen to delete each other's
+/// internal temporary tables during `mariadb-install-db`.
+fn private_tmpdir(dir: &Path) -> PathBuf {
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("create {}: {e}", tmp.display()));
+    tmp
+}
+
+/// Server options shared by `mariadb-install-db` and every start, so that the template's InnoDB
+/// files match what the server expects. Small and fast: a test server holds little data.
+const SMALL_SERVER_OPTIONS: &[&str] = &[
+    "--innodb-buffer-pool-size=16M",
+    "--innodb-log-file-size=4M",
+    // Native AIO needs a kernel AIO budget that parallel test servers can exhaust.
+    "--innodb-use-native-aio=0",
+];
+
+/// Statements run at every start (`--init-file`), so a restarted server has them too.
+const INIT_SQL: &str = "\
+CREATE DATABASE IF NOT EXISTS ringlb_test;
+CREATE USER IF NOT EXISTS 'app'@'%' IDENTIFIED BY 'app';
+GRANT ALL PRIVILEGES ON ringlb_test.* TO 'app'@'%';
+CREATE USER IF NOT EXISTS 'ringlb_check'@'%';
+";
+
+/// The template data directory, installed once per test process and removed at its exit.
+fn template() -> PathBuf {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    extern "C" fn remove_template() {
+        if let Some(root) = TEMPLATE.get() {
+            let _ = std::fs::remove_dir_all(root);
+        }
+    }
+    let root = TEMPLATE.get_or_init(|| {
+        // Dropped (removed) if the install panics; forgotten once it succeeded, because statics
+        // are never dropped: the atexit hook below removes it when the test process exits.
+        let dir = TempDir::new("rlb-tpl");
+        let root = dir.path().to_owned();
+        let data = root.join("data");
+        let log = root.join("install.log");
+        let tmp = private_tmpdir(&root);
+        let log_file = std::fs::File::create(&log).expect("create install.log");
+        let mut command = Command::new(find_program("mariadb-install-db"));
+        command
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            // root@localhost and root@127.0.0.1 with no password: the harness's admin login.
+            .arg("--auth-root-authentication-method=normal")
+            .arg("--skip-test-db")
+            .arg(format!("--tmpdir={}", tmp.display()))
+            .args(SMALL_SERVER_OPTIONS)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone install.log handle"))
+            .stderr(log_file);
+        if is_root() {
+            command.arg("--user=root");
+        }
+        let status = command.status().expect("run mariadb-install-db");
+        assert!(
+            status.success(),
+            "mariadb-install-db failed ({status}):\n{}",
+            log_tail(&log, 30)
+        );
+        std::mem::forget(dir);
+        root
+    });
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        // SAFETY: `remove_template` is an argument-less extern "C" fn that only reads a OnceLock
+        // that is already set and never written again, and removes a directory.
+        unsafe {
+            libc::atexit(remove_template);
+        }
+    });
+    root.join("data")
+}
+
+/// Connection options for a login over TCP (never the Unix socket: the mysql crate would
+/// otherwise switch to the server's socket and bypass the proxy).
+pub fn tcp_opts(port: u16, user: &str, password: &str, schema: Option<&str>) -> OptsBuilder {
+    OptsBuilder::new()
+        .ip_or_hostname(Some("127.0.0.1"))
+        .tcp_port(port)
+        .user(Some(user))
+        .pass(Some(password))
+        .db_name(schema)
+        .prefer_socket(false)
+        .tcp_connect_timeout(Some(CLIENT_TIMEOUT))
+        .read_timeout(Some(CLIENT_TIMEOUT))
+        .write_timeout(Some(CLIENT_TIMEOUT))
+}
+
+/// A private MariaDB server. Killed and removed on drop.
+pub struct MariaDb {
+    dir: TempDir,
+    port: u16,
+    child: Option<Child>,
+    /// A root login kept open for [`MariaDb::status`], so that reading a counter does not itself
+    /// open connections (and move `Connections`) on every poll.
+    admin: Mutex<Option<Conn>>,
+}
+
+/// Why one attempt to start a server failed.
+enum StartFailure {
+    PortTaken,
+    Other(String),
+}
+
+impl MariaDb {
+    /// Starts a fresh server on a free port; panics with the error log tail if it does not
+    /// accept a login in time.
+    pub fn start() -> MariaDb {
+        let template = template();
+        let dir = TempDir::new("rlb-db");
+        copy_dir(&template, &dir.path().join("data")).expect("copy the template data directory");
+        std::fs::write(dir.path().join("init.sql"), INIT_SQL).expect("write init.sql");
+        let mut server = MariaDb {
+            dir,
+            port: 0,
+            child: None,
+            admin: Mutex::new(None),
+        };
+        for _attempt in 0..5 {
+            server.port = free_port();
+            match server.spawn_and_wait() {
+                Ok(()) => return server,
+                // Another process took the port between free_port() and the server's bind.
+                Err(StartFailure::PortTaken) => continue,
+                Err(StartFailure::Other(message)) => panic!("{message}"),
+            }
+        }
+        panic!("MariaDB: no free port after 5 attempts");
+    }
+
+    /// The server's TCP port on 127.0.0.1 (what `SELECT @@port` returns).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn error_log(&self) -> PathBuf {
+        self.dir.path().join("error.log")
+    }
+
+    /// A direct connection as `app`, with [`TEST_SCHEMA`] selected.
+    pub fn conn(&self) -> Conn {
+        self.conn_as(APP_USER, APP_PASSWORD)
+    }
+
+    /// A direct connection as any user, over TCP.
+    pub fn conn_as(&self, user: &str, password: &str) -> Conn {
+        Conn::new(tcp_opts(self.port, user, password, None))
+            .unwrap_or_else(|e| panic!("direct login as {user} to 127.0.0.1:{}: {e}", self.port))
+    }
+
+    /// A direct connection as root (all privileges), over TCP.
+    pub fn root_conn(&self) -> mysql::Result<Conn> {
+        Conn::new(tcp_opts(self.port, "root", "", None))
+    }
+
+    /// `SHOW GLOBAL STATUS LIKE name`, read over the harness's own long-lived root connection.
+    pub fn status(&self, name: &str) -> u64 {
+        let mut admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        if admin.is_none() {
+            *admin = Some(
+                self.root_conn()
+                    .unwrap_or_else(|e| panic!("root login to {}: {e}", self.port)),
+            );
+        }
+        let conn = admin.as_mut().expect("just set");
+        // SHOW cannot be prepared, so the name goes into the text; it is checked to be an identifier.
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "status variable name {name:?} must be an identifier"
+        );
+        let row: Option<(String, String)> = conn
+            .query_first(format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+            .unwrap_or_else(|e| panic!("SHOW GLOBAL STATUS on {}: {e}", self.port));
+        let (_, value) = row.unwrap_or_else(|| panic!("no status variable {name}"));
+        value
+            .parse()
+            .unwrap_or_else(|e| panic!("status {name} = {value:?}: {e}"))
+    }
+
+    /// Kills the server with SIGKILL (a crash: no clean shutdown) and waits for it to exit.
+    pub fn kill(&mut self) {
+        // Dropped first: its COM_QUIT would otherwise go to a dead socket later.
+        *self.admin.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data directory (killing it first if it runs).
+    pub fn restart(&mut self) {
+        self.kill();
+        // The port was ours until the kill; a few retries cover a late release by the kernel.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn_and_wait() {
+                Ok(()) => return,
+                Err(StartFailure::PortTaken) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(StartFailure::PortTaken) => panic!("MariaDB restart: port {} stays taken", self.port),
+                Err(StartFailure::Other(message)) => panic!("{message}"),
+            }
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), StartFailure> {
+        let dir = self.dir.path();
+        let log = self.error_log();
+        // Each attempt's log is read on its own: an old "in use" must not decide a new attempt.
+        let _ = std::fs::remove_file(&log);
+        let mut command = Command::new(find_program("mariadbd"));
+        command
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
+            .arg(format!("--port={}", self.port))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--skip-name-resolve")
+            .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+            .arg(format!("--log-error={}", log.display()))
+            .arg(format!("--init-file={}", dir.join("init.sql").display()))
+            .arg(format!("--tmpdir={}", private_tmpdir(dir).display()))
+            .args(SMALL_SERVER_OPTIONS)
+            .args([
+                "--skip-log-bin",
+                "--innodb-doublewrite=0",
+                "--performance-schema=OFF",
+                // The concurrency test holds 1,000 connections across two servers.
+                "--max-connections=1200",
+                // Room for a 32 MiB row.
+                "--max-allowed-packet=64M",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if is_root() {
+            command.arg("--user=root");
+        }
+        die_with_parent(&mut command);
+        let child = command
+            .spawn()
+            .map_err(|e| StartFailure::Other(format!("spawn mariadbd: {e}")))?;
+        self.child = Some(child);
+
+        let start = Instant::now();
+        loop {
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                let tail = log_tail(&log, 30);
+                if tail.contains("Address already in use") || tail.contains("Can't start server: Bind") {
+                    return Err(StartFailure::PortTaken);
+                }
+                return Err(StartFailure::Other(format!(
+                    "mariadbd on port {} exited during start-up ({status}); {}:\n{tail}",
+                    self.port,
+                    log.display()
+                )));
+            }
+            if let Ok(conn) = Conn::new(
+                tcp_opts(self.port, "root", "", None).tcp_connect_timeout(Some(Duration::from_secs(1))),
+            ) {
+                *self.admin.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+                return Ok(());
+            }
+            if start.elapsed() > START_DEADLINE {
+                self.kill();
+                return Err(StartFailure::Other(format!(
+                    "mariadbd on port {} accepted no login within {START_DEADLINE:?}; {}:\n{}",
+                    self.port,
+                    log.display(),
+                    log_tail(&log, 30)
+                )));
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running ringlb. Stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Ringlb {
+    dir: TempDir,
+    child: Option<Child>,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Ringlb {
+    /// Starts ringlb with two workers in front of `backends`. `extra_config` is TOML for a
+    /// config file (e.g. a `[health]` section); empty means no file.
+    pub fn start(backends: &[&MariaDb], extra_config: &str) -> Ringlb {
+        let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
+        Ringlb::start_with_addrs(&addrs, extra_config)
+    }
+
+    /// Like [`Ringlb::start`], for backends that are not MariaDB (raw TCP servers).
+    pub fn start_with_addrs(backends: &[SocketAddr], extra_config: &str) -> Ringlb {
+        let dir = TempDir::new("rlb-lb");
+        let config = (!extra_config.trim().is_empty()).then(|| {
+            let path = dir.path().join("ringlb.toml");
+            std::fs::write(&path, extra_config).expect("write ringlb.toml");
+            path
+        });
+        let mut ringlb = Ringlb {
+            dir,
+            child: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        for _attempt in 0..5 {
+            ringlb.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            ringlb.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            match ringlb.spawn_and_wait(backends, config.as_deref()) {
+                Ok(()) => return ringlb,
+                Err(StartFailure::PortTaken) => continue,
+                Err(StartFailure::Other(message)) => panic!("{message}"),
+            }
+        }
+        panic!("ringlb: no free port pair after 5 attempts");
+    }
+
+    fn spawn_and_wait(&mut self, backends: &[SocketAddr], config: Option<&Path>) -> Result<(), StartFailure> {
+        let log = self.log_path();
+        let log_file = std::fs::File::create(&log).expect("create ringlb.log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringlb"));
+        command
+            .arg("run")
+            .arg("--listen")
+            .arg(self.listen.to_string())
+            .arg("--admin")
+            .arg(self.admin.to_string())
+            .arg("--workers")
+            .arg("2");
+        for backend in backends {
+            command.arg("--backend").arg(backend.to_string());
+        }
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        die_with_parent(&mut command);
+        let child = command
+            .spawn()
+            .map_err(|e| StartFailure::Other(format!("spawn ringlb: {e}")))?;
+        self.child = Some(child);
+
+        let start = Instant::now();
+        loop {
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                let tail = log_tail(&log, 30);
+                if tail.contains("Address already in use") || tail.contains("in use") {
+                    return Err(StartFailure::PortTaken);
+                }
+                return Err(StartFailure::Other(format!(
+                    "ringlb exited during start-up ({status}); stderr:\n{tail}"
+                )));
+            }
+            if matches!(http_get(self.admin, "/metrics"), Ok((200, _))) {
+                return Ok(());
+            }
+            if start.elapsed() > START_DEADLINE {
+                self.stop();
+                return Err(StartFailure::Other(format!(
+                    "ringlb's admin endpoint {} did not answer /metrics within {START_DEADLINE:?}; stderr:\n{}",
+                    self.admin,
+                    log_tail(&log, 30)
+                )));
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// The proxy's listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// Where ringlb's stderr goes.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("ringlb.log")
+    }
+
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log_path(), 40)
+    }
+
+    /// A connection through the proxy as `app`.
+    pub fn conn(&self) -> Conn {
+        self.try_conn()
+            .unwrap_or_else(|e| panic!("login through ringlb {}: {e}", self.listen))
+    }
+
+    pub fn try_conn(&self) -> mysql::Result<Conn> {
+        Conn::new(tcp_opts(
+            self.listen.port(),
+            APP_USER,
+            APP_PASSWORD,
+            Some(TEST_SCHEMA),
+        ))
+    }
+
+    /// The body of `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        match http_get(self.admin, "/metrics") {
+            Ok((200, body)) => body,
+            Ok((status, body)) => panic!("GET /metrics: HTTP {status}: {body}"),
+            Err(e) => panic!(
+                "GET /metrics from {}: {e}\nringlb stderr:\n{}",
+                self.admin,
+                self.log_tail()
+            ),
+        }
+    }
+
+    /// The sum of every sample of `name` whose labels include all of `labels`; `None` when no
+    /// sample matches. With all labels given it is the one series' value.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_value(&self.metrics(), name, labels)
+    }
+
+    /// A per-backend metric of the `default` listener.
+    pub fn backend_metric(&self, name: &str, backend: SocketAddr) -> Option<f64> {
+        let backend = backend.to_string();
+        self.metric(name, &[("backend", &backend), ("listener", "default")])
+    }
+
+    /// The body of `GET /stats`, parsed.
+    pub fn stats_json(&self) -> serde_json::Value {
+        match http_get(self.admin, "/stats") {
+            Ok((200, body)) => {
+                serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET /stats is not JSON ({e}): {body}"))
+            }
+            Ok((status, body)) => panic!("GET /stats: HTTP {status}: {body}"),
+            Err(e) => panic!("GET /stats from {}: {e}", self.admin),
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 5 s.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: `pid` is our own child, not yet reaped (we hold its Child), so the id
+            // cannot have been reused by another process.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Ringlb {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A minimal HTTP/1.0 GET: returns the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let mut body = response[split + 4..].to_vec();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status code"))?;
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn dechunk(mut input: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = input.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&input[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        input = &input[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(input.get(..size)?);
+        input = input.get(size + 2..)?;
+    }
+}
+
+/// One sample of Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses Prometheus text format: comment lines skipped, `name{k="v",...} value [timestamp]`.
+/// Lines that do not parse are skipped (the metrics test checks the series it needs exist).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(parse_sample)
+        .collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
+    let name = line[..name_end].to_owned();
+    let bytes = line.as_bytes();
+    let mut labels = BTreeMap::new();
+    let mut i = name_end;
+    if bytes[i] == b'{' {
+        i += 1;
+        loop {
+            while matches!(bytes.get(i)?, b',' | b' ' | b'\t') {
+                i += 1;
+            }
+            if bytes[i] == b'}' {
+                i += 1;
+                break;
+            }
+            let eq = i + line[i..].find('=')?;
+            let key = line[i..eq].trim().to_owned();
+            i = eq + 1;
+            if *bytes.get(i)? != b'"' {
+                return None;
+            }
+            i += 1;
+            let mut value = String::new();
+            loop {
+                // Label values are UTF-8; step by chars so multi-byte values survive.
+                let c = line[i..].chars().next()?;
+                i += c.len_utf8();
+                match c {
+                    '"' => break,
+                    '\\' => {
+                        let escaped = line[i..].chars().next()?;
+                        i += escaped.len_utf8();
+                        value.push(if escaped == 'n' { '\n' } else { escaped });
+                    }
+                    other => value.push(other),
+                }
+            }
+            labels.insert(key, value);
+        }
+    }
+    let value_text = line[i..].split_whitespace().next()?;
+    let value = match value_text {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        other => other.parse().ok()?,
+    };
+    Some(Sample { name, labels, value })
+}
+
+/// The sum of every sample of `name` whose labels include all of `labels`; `None` if none match.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<f64> = parse_metrics(text)
+        .into_iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .collect();
+    (!matching.is_empty()).then(|| matching.iter().sum())
+}
+
+/// A TCP backend that reads until the client's EOF, then sends back everything it read and
+/// closes: it answers only a client whose half-close made it through the proxy.
+pub struct EofReplyServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EofReplyServer {
+    pub fn start() -> EofReplyServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the EOF reply server");
+        let addr = listener.local_addr().expect("local_addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut stream) = stream else { continue };
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+                    let mut received = Vec::new();
+                    if stream.read_to_end(&mut received).is_ok() {
+                        let _ = stream.write_all(&received);
+                    }
+                    let _ = stream.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        EofReplyServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for EofReplyServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the blocking accept so the thread sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
