@@ -121,8 +121,10 @@ pub const DEFAULT_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_FALL: u32 = 3;
 pub const DEFAULT_CHECK_USER: &str = "ringlb_check";
-/// The default probe timeout is `min(interval_ms, this)`.
-pub const DEFAULT_TIMEOUT_CAP_MS: u64 = 1000;
+/// The default probe timeout, whatever the interval: a probe cut short mid-login counts in the
+/// server's Aborted_connects, which the mysql check exists to avoid, so a short interval must not
+/// shorten it. A probe that overruns its interval only delays that backend's next probe.
+pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
 /// Shortest health-check interval: below it the checker would spend its time probing.
 pub const MIN_INTERVAL_MS: u64 = 10;
 /// Largest backend weight (the schema allows 1..=1000).
@@ -615,7 +617,7 @@ fn build_health(origin: &Origin<'_>, raw: Option<RawHealth>) -> Result<HealthCon
             interval_ms: DEFAULT_INTERVAL_MS,
             rise: DEFAULT_RISE,
             fall: DEFAULT_FALL,
-            timeout_ms: DEFAULT_INTERVAL_MS.min(DEFAULT_TIMEOUT_CAP_MS),
+            timeout_ms: DEFAULT_TIMEOUT_MS,
             user: DEFAULT_CHECK_USER.to_string(),
         });
     };
@@ -647,7 +649,7 @@ fn build_health(origin: &Origin<'_>, raw: Option<RawHealth>) -> Result<HealthCon
     };
     let timeout_ms: u64 = match &raw.timeout_ms {
         Some(v) => int_in(origin, v, "health.timeout_ms", 1, i64::MAX)?,
-        None => interval_ms.min(DEFAULT_TIMEOUT_CAP_MS),
+        None => DEFAULT_TIMEOUT_MS,
     };
     let user = match raw.user {
         None => DEFAULT_CHECK_USER.to_string(),
@@ -1036,9 +1038,9 @@ address = "[::1]:3307"
     }
 
     #[test]
-    fn probe_timeout_defaults_to_the_interval_capped_at_one_second() {
+    fn probe_timeout_defaults_to_one_second_whatever_the_interval() {
         let short = load_text("[health]\ninterval_ms = 200\n", &Overrides::default()).unwrap();
-        assert_eq!(short.health.timeout_ms, 200);
+        assert_eq!(short.health.timeout_ms, 1000);
         let long = load_text("[health]\ninterval_ms = 5000\n", &Overrides::default()).unwrap();
         assert_eq!(long.health.timeout_ms, 1000);
     }
