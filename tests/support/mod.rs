@@ -21,7 +21,7 @@
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -574,6 +574,27 @@ impl Ringlb {
         self.listen
     }
 
+    /// The ringlb process's id; panics if it has been stopped.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("ringlb is running").id()
+    }
+
+    /// The descriptors ringlb holds now, by kind.
+    pub fn descriptors(&self) -> Descriptors {
+        Descriptors::of(self.pid())
+    }
+
+    /// ringlb's resident set size now, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.pid())
+    }
+
+    /// ringlb's own TCP sockets whose peer has closed and ringlb has not: each one a leak or a
+    /// close that never came.
+    pub fn sockets_in_close_wait(&self) -> usize {
+        sockets_in_close_wait(self.pid())
+    }
+
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
     }
@@ -840,6 +861,309 @@ impl Drop for EofReplyServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Wakes the blocking accept so the thread sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Serialises the tests of one test binary that make resource or timing promises, which a
+/// neighbour opening hundreds of connections on the same cores could break for reasons that are
+/// not ringlb's (nextest runs them one at a time too: see .config/nextest.toml).
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    // A failed test poisons the lock; the next test must still run.
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A process's open descriptors, counted by what `/proc/<pid>/fd/<n>` links to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Descriptors {
+    pub total: usize,
+    /// Pipe ends (`pipe:[inode]`): two per pipe.
+    pub pipes: usize,
+    /// Sockets of any family (`socket:[inode]`).
+    pub sockets: usize,
+}
+
+impl Descriptors {
+    /// Counts `pid`'s descriptors. One that closes while the directory is read is skipped.
+    pub fn of(pid: u32) -> Descriptors {
+        let mut counts = Descriptors::default();
+        for target in fd_targets(pid) {
+            counts.total += 1;
+            if target.starts_with("pipe:") {
+                counts.pipes += 1;
+            } else if target.starts_with("socket:") {
+                counts.sockets += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// Where each of `pid`'s descriptors links to (`socket:[123]`, `pipe:[456]`, a path...).
+fn fd_targets(pid: u32) -> Vec<String> {
+    let dir = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}"));
+    entries
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The inode numbers of `pid`'s sockets, as `/proc/net/tcp` names them.
+fn socket_inodes(pid: u32) -> HashSet<u64> {
+    fd_targets(pid)
+        .iter()
+        .filter_map(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+        .collect()
+}
+
+/// VmRSS of `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {path}"));
+    kib * 1024
+}
+
+/// `st` of a socket in CLOSE_WAIT in `/proc/net/tcp`.
+const TCP_CLOSE_WAIT: &str = "08";
+
+/// How many of `pid`'s own TCP sockets (v4 and v6) are in CLOSE_WAIT. `/proc/<pid>/net/tcp`
+/// lists every socket of the network namespace; the inode column says whose each one is.
+pub fn sockets_in_close_wait(pid: u32) -> usize {
+    let own = socket_inodes(pid);
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .map(|text| {
+            text.lines()
+                .skip(1)
+                .filter(|line| {
+                    // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.get(3) == Some(&TCP_CLOSE_WAIT)
+                        && fields
+                            .get(9)
+                            .and_then(|inode| inode.parse::<u64>().ok())
+                            .is_some_and(|inode| own.contains(&inode))
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// How one [`StreamServer`] connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// A write failed: the peer reset or closed the connection.
+    WriteFailed(String),
+    /// After the whole stream, a read saw EOF or failed.
+    PeerClosed(String),
+    /// The server was dropped first.
+    Stopped,
+}
+
+/// One connection of a [`StreamServer`].
+#[derive(Debug, Default)]
+pub struct StreamConn {
+    /// Bytes the kernel accepted from our writes so far.
+    pub written: AtomicU64,
+    end: Mutex<Option<StreamEnd>>,
+}
+
+impl StreamConn {
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// How the connection ended, once it has.
+    pub fn end(&self) -> Option<StreamEnd> {
+        self.end.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn finish(&self, end: StreamEnd) {
+        *self.end.lock().unwrap_or_else(|e| e.into_inner()) = Some(end);
+    }
+}
+
+/// A raw TCP backend that writes to every connection as fast as the kernel takes the bytes:
+/// forever, or `limit` bytes and then it reads until the peer closes. Each connection's count and
+/// end are kept, in accept order, so a test can tell what the far side of a proxy saw.
+pub struct StreamServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<Arc<StreamConn>>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Write size of the stream servers and the bulk clients.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
+impl StreamServer {
+    pub fn start(limit: Option<u64>) -> StreamServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the stream server");
+        let addr = listener.local_addr().expect("local_addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<Arc<StreamConn>>>> = Arc::default();
+        let (stopping, accepted) = (stop.clone(), conns.clone());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let conn = Arc::new(StreamConn::default());
+                accepted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(conn.clone());
+                let stopping = stopping.clone();
+                std::thread::spawn(move || {
+                    let end = stream_to(stream, limit, &conn, &stopping);
+                    conn.finish(end);
+                });
+            }
+        });
+        StreamServer {
+            addr,
+            stop,
+            conns,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every connection accepted so far, in order.
+    pub fn connections(&self) -> Vec<Arc<StreamConn>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The body of one [`StreamServer`] connection. A write or read that times out only re-checks
+/// `stop`, so that a stalled connection ends when the server is dropped.
+fn stream_to(mut stream: TcpStream, limit: Option<u64>, conn: &StreamConn, stop: &AtomicBool) -> StreamEnd {
+    let chunk: Vec<u8> = (0..CHUNK_BYTES).map(|i| (i % 253) as u8).collect();
+    let tick = Some(Duration::from_millis(200));
+    let _ = stream.set_write_timeout(tick);
+    let _ = stream.set_read_timeout(tick);
+    let timed_out = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+        )
+    };
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return StreamEnd::Stopped;
+        }
+        let written = conn.written();
+        let Some(left) = limit.map_or(Some(CHUNK_BYTES as u64), |l| {
+            l.checked_sub(written).filter(|&n| n > 0)
+        }) else {
+            break;
+        };
+        match stream.write(&chunk[..left.min(CHUNK_BYTES as u64) as usize]) {
+            Ok(0) => return StreamEnd::WriteFailed("write returned 0".into()),
+            Ok(n) => {
+                conn.written.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) if timed_out(&e) => {}
+            Err(e) => return StreamEnd::WriteFailed(e.to_string()),
+        }
+    }
+    let mut sink = [0u8; 4096];
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return StreamEnd::Stopped;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) => return StreamEnd::PeerClosed("EOF".into()),
+            Ok(_) => {}
+            Err(e) if timed_out(&e) => {}
+            Err(e) => return StreamEnd::PeerClosed(e.to_string()),
+        }
+    }
+}
+
+impl Drop for StreamServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the blocking accept so the thread sees the flag; connection threads see it
+        // within one write or read timeout.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A raw TCP backend that echoes every byte as it arrives and half-closes after the client's
+/// EOF, so a client can stream both directions at once through a proxy.
+pub struct EchoServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EchoServer {
+    pub fn start() -> EchoServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the echo server");
+        let addr = listener.local_addr().expect("local_addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut stream) = stream else { continue };
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+                    let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+                    let mut buffer = vec![0u8; CHUNK_BYTES];
+                    loop {
+                        match stream.read(&mut buffer) {
+                            Ok(0) => {
+                                let _ = stream.shutdown(Shutdown::Write);
+                                return;
+                            }
+                            Ok(n) => {
+                                if stream.write_all(&buffer[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
+        });
+        EchoServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         let _ = TcpStream::connect(self.addr);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
