@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::hash::Hasher;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
@@ -19,16 +19,6 @@ use support::{poll_until, wait_until, EofReplyServer, MariaDb, Ringlb};
 
 /// Fast health checks for the tests that wait on them: up/down within about half a second.
 const FAST_HEALTH: &str = "[health]\ninterval_ms = 200\nrise = 2\nfall = 2\nuser = \"ringlb_check\"\n";
-
-/// Taken by every test here, so they run one at a time within a test process (nextest runs them
-/// one at a time too: see .config/nextest.toml). They make timing promises (an answer within a
-/// second of a kill, health checks that finish inside their timeout) that a neighbour opening
-/// 1,000 connections on the same two cores could break for reasons that are not ringlb's.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    // A failed test poisons the lock; the next test must still run.
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn port_of(conn: &mut Conn) -> u16 {
     conn.query_first("SELECT @@port")
@@ -47,7 +37,7 @@ fn up(lb: &Ringlb, db: &MariaDb) -> Option<f64> {
 
 #[test]
 fn queries_answer_through_the_proxy() {
-    let _serial = one_at_a_time();
+    let _serial = support::one_at_a_time();
     let a = MariaDb::start();
     let b = MariaDb::start();
     let lb = Ringlb::start(&[&a, &b], "");
@@ -72,7 +62,7 @@ fn queries_answer_through_the_proxy() {
 
 #[test]
 fn sequential_connections_alternate_between_two_backends() {
-    let _serial = one_at_a_time();
+    let _serial = support::one_at_a_time();
     let a = MariaDb::start();
     let b = MariaDb::start();
     let lb = Ringlb::start(&[&a, &b], "");
@@ -94,7 +84,7 @@ fn sequential_connections_alternate_between_two_backends() {
 
 #[test]
 fn held_connections_balance_by_least_connections() {
-    let _serial = one_at_a_time();
+    let _serial = support::one_at_a_time();
     let a = MariaDb::start();
     let b = MariaDb::start();
     let lb = Ringlb::start(&[&a, &b], "");
@@ -124,7 +114,7 @@ fn held_connections_balance_by_least_connections() {
 
 #[test]
 fn killed_backend_is_skipped_within_a_second() {
-    let _serial = one_at_a_time();
+    let _serial = support::one_at_a_time();
     let mut a = MariaDb::start();
     let b = MariaDb::start();
     // Default health settings (1 s interval, fall 3): the checker is far too slow to notice the
@@ -180,7 +170,7 @@ fn killed_backend_is_skipped_within_a_second() {
 
 #[test]
 fn restarted_backend_takes_traffic_again_after_rise_checks() {
-    let _serial = one_at_a_time();
+    let _serial = support::one_at_a_time();
     let mut a = MariaDb::start();
     let b = MariaDb::start();
     let lb = Ringlb::start(&[&a, &b], FAST_HEALTH);
@@ -233,7 +223,7 @@ fn digest_result(conn: &mut Conn, query: &str) -> (usize, usize, u64) {
 
 #[test]
 fn large_results_are_byte_identical_through_the_proxy_and_direct() {
-    let _serial = one_at_a_time();
+    let _serial = support::one_at_a_time();
     let db = MariaDb::start();
     let lb = Ringlb::start(&[&db], "");
     let queries = [
@@ -261,7 +251,7 @@ fn large_results_are_byte_identical_through_the_proxy_and_direct() {
 
 #[test]
 fn half_closed_client_still_reads_the_whole_reply() {
-    let _serial = one_at_a_time();
+    let _serial = support::one_at_a_time();
     let backend = EofReplyServer::start();
     let lb = Ringlb::start_with_addrs(&[backend.addr()], "[health]\ncheck = \"tcp\"\n");
     let request: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -289,7 +279,7 @@ fn half_closed_client_still_reads_the_whole_reply() {
 
 #[test]
 fn a_thousand_concurrent_connections_each_complete_a_query() -> Result<(), String> {
-    let _serial = one_at_a_time();
+    let _serial = support::one_at_a_time();
     const CONNECTIONS: usize = 1000;
     // Threads that open and drive the connections; each holds CONNECTIONS / THREADS at once.
     const THREADS: usize = 20;
@@ -348,7 +338,7 @@ fn a_thousand_concurrent_connections_each_complete_a_query() -> Result<(), Strin
 
 #[test]
 fn health_checks_leave_aborted_connects_and_clients_unchanged() {
-    let _serial = one_at_a_time();
+    let _serial = support::one_at_a_time();
     const CHECKS: u64 = 30;
     let a = MariaDb::start();
     let b = MariaDb::start();
@@ -403,7 +393,7 @@ fn health_checks_leave_aborted_connects_and_clients_unchanged() {
 
 #[test]
 fn metrics_and_stats_report_backends_workers_and_growing_byte_counters() {
-    let _serial = one_at_a_time();
+    let _serial = support::one_at_a_time();
     let a = MariaDb::start();
     let b = MariaDb::start();
     let lb = Ringlb::start(&[&a, &b], "");
