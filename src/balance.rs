@@ -255,6 +255,7 @@ mod tests {
                 connect_timeout_ms: 1000,
                 backends,
             }],
+            tuning: Default::default(),
         };
         Backends::from_config(&config)
     }

@@ -73,6 +73,49 @@ pub struct ListenerConfig {
     pub backends: Vec<BackendConfig>,
 }
 
+/// How a direction moves its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayMode {
+    /// Small messages through provided buffers (recv + send); a direction switches to splice when
+    /// a read fills its whole buffer, and back when the socket is drained.
+    Auto,
+    /// Every byte through splice (socket → pipe → socket), after a poll for readability.
+    Splice,
+}
+
+/// Data-path knobs; each one's measured effect is in tuning.md.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TuningConfig {
+    pub relay: RelayMode,
+    /// Size of each provided buffer; a read that fills one marks its direction as bulk.
+    pub buffer_bytes: u32,
+    /// Provided buffers per worker (a power of two).
+    pub buffers: u16,
+    /// Requested size of each pooled pipe.
+    pub pipe_bytes: u32,
+    /// Idle pipes each worker keeps for reuse.
+    pub pipes_kept: u32,
+    /// Submission queue entries per worker ring (a power of two).
+    pub ring_entries: u32,
+    /// Cap on the kernel's io-wq workers per ring for unbounded work (splice); 0 = kernel default.
+    pub iowq_max_workers: u32,
+}
+
+impl Default for TuningConfig {
+    fn default() -> Self {
+        TuningConfig {
+            relay: RelayMode::Auto,
+            buffer_bytes: 16 * 1024,
+            buffers: 256,
+            pipe_bytes: 256 * 1024,
+            pipes_kept: 8,
+            ring_entries: 4096,
+            iowq_max_workers: 0,
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Config {
@@ -82,6 +125,7 @@ pub struct Config {
     pub admin: SocketAddr,
     pub health: HealthConfig,
     pub listeners: Vec<ListenerConfig>,
+    pub tuning: TuningConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4040";
@@ -263,6 +307,19 @@ pub fn to_toml(config: &Config) -> String {
             out.push_str(&format!("weight = {}\n", backend.weight));
         }
     }
+    let tuning = &config.tuning;
+    let relay = match tuning.relay {
+        RelayMode::Auto => "auto",
+        RelayMode::Splice => "splice",
+    };
+    out.push_str("\n[tuning]\n");
+    out.push_str(&format!("relay = {}\n", toml_string(relay)));
+    out.push_str(&format!("buffer_bytes = {}\n", tuning.buffer_bytes));
+    out.push_str(&format!("buffers = {}\n", tuning.buffers));
+    out.push_str(&format!("pipe_bytes = {}\n", tuning.pipe_bytes));
+    out.push_str(&format!("pipes_kept = {}\n", tuning.pipes_kept));
+    out.push_str(&format!("ring_entries = {}\n", tuning.ring_entries));
+    out.push_str(&format!("iowq_max_workers = {}\n", tuning.iowq_max_workers));
     out
 }
 
@@ -294,6 +351,7 @@ fn toml_string(text: &str) -> String {
 struct RawFile {
     global: Option<RawGlobal>,
     health: Option<RawHealth>,
+    tuning: Option<RawTuning>,
     #[serde(default)]
     listener: Vec<Spanned<RawListener>>,
 }
@@ -314,6 +372,18 @@ struct RawHealth {
     fall: Option<Spanned<i64>>,
     timeout_ms: Option<Spanned<i64>>,
     user: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawTuning {
+    relay: Option<Spanned<String>>,
+    buffer_bytes: Option<Spanned<i64>>,
+    buffers: Option<Spanned<i64>>,
+    pipe_bytes: Option<Spanned<i64>>,
+    pipes_kept: Option<Spanned<i64>>,
+    ring_entries: Option<Spanned<i64>>,
+    iowq_max_workers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -578,6 +648,7 @@ fn build(
     let admin = parse_ip_port(admin_text).map_err(|m| admin_site.error(origin, m))?;
 
     let health = build_health(origin, raw.health)?;
+    let tuning = build_tuning(origin, raw.tuning)?;
 
     let mut drafts = Vec::new();
     if raw.listener.is_empty() {
@@ -607,6 +678,63 @@ fn build(
         admin,
         health,
         listeners: drafts.into_iter().map(|d| d.config).collect(),
+        tuning,
+    })
+}
+
+fn build_tuning(origin: &Origin<'_>, raw: Option<RawTuning>) -> Result<TuningConfig, ConfigError> {
+    let defaults = TuningConfig::default();
+    let Some(raw) = raw else {
+        return Ok(defaults);
+    };
+    let relay = match &raw.relay {
+        None => defaults.relay,
+        Some(r) => match r.get_ref().as_str() {
+            "auto" => RelayMode::Auto,
+            "splice" => RelayMode::Splice,
+            other => {
+                return Err(origin.at(
+                    r.span().start,
+                    "tuning.relay",
+                    format!("unknown relay {other:?}, expected \"auto\" or \"splice\""),
+                ))
+            }
+        },
+    };
+    let power_of_two = |v: &Spanned<i64>, key: &str, min: i64, max: i64| -> Result<i64, ConfigError> {
+        let n: i64 = int_in(origin, v, key, min, max)?;
+        if (n as u64).is_power_of_two() {
+            Ok(n)
+        } else {
+            Err(origin.at(v.span().start, key, format!("{n} is not a power of two")))
+        }
+    };
+    Ok(TuningConfig {
+        relay,
+        buffer_bytes: match &raw.buffer_bytes {
+            Some(v) => int_in(origin, v, "tuning.buffer_bytes", 512, 1 << 20)?,
+            None => defaults.buffer_bytes,
+        },
+        buffers: match &raw.buffers {
+            Some(v) => power_of_two(v, "tuning.buffers", 1, 32768)? as u16,
+            None => defaults.buffers,
+        },
+        pipe_bytes: match &raw.pipe_bytes {
+            Some(v) => int_in(origin, v, "tuning.pipe_bytes", 4096, 1 << 30)?,
+            None => defaults.pipe_bytes,
+        },
+        pipes_kept: match &raw.pipes_kept {
+            Some(v) => int_in(origin, v, "tuning.pipes_kept", 0, 4096)?,
+            None => defaults.pipes_kept,
+        },
+        ring_entries: match &raw.ring_entries {
+            Some(v) => power_of_two(v, "tuning.ring_entries", 64, 32768)? as u32,
+            None => defaults.ring_entries,
+        },
+        iowq_max_workers: match &raw.iowq_max_workers {
+            Some(v) => int_in(origin, v, "tuning.iowq_max_workers", 0, 4096)?,
+            None => defaults.iowq_max_workers,
+        },
     })
 }
 

@@ -75,6 +75,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
             id,
             core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
             connect_timeout_ms: config.listeners.iter().map(|l| l.connect_timeout_ms).collect(),
+            tuning: config.tuning.clone(),
         };
         let shared = shared.clone();
         let ready = ready_tx.clone();

@@ -43,6 +43,7 @@ fn config() -> Config {
                 backends: vec![backend("127.0.0.1:13308")],
             },
         ],
+        tuning: Default::default(),
     }
 }
 

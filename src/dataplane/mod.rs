@@ -15,4 +15,5 @@ pub struct WorkerConfig {
     pub core: Option<core_affinity::CoreId>,
     /// Per listener index.
     pub connect_timeout_ms: Vec<u64>,
+    pub tuning: crate::config::TuningConfig,
 }

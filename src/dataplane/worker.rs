@@ -42,21 +42,13 @@ use super::bufring::BufRing;
 use super::pipes::{Pipe, PipePool};
 use super::WorkerConfig;
 use crate::clock;
+use crate::config::RelayMode;
 use crate::stats::{BackendTraffic, Shared};
 
-/// Submission queue entries per worker ring (the completion queue gets twice as many).
-const RING_ENTRIES: u32 = 4096;
-/// Buffers in the provided-buffer ring, and the size of each. A recv that fills a whole buffer
-/// marks its direction as bulk, which then moves by splice.
-const BUFFERS: u16 = 256;
-const BUFFER_BYTES: u32 = 16 * 1024;
 /// `IORING_RECVSEND_POLL_FIRST`: arm poll before trying, since a fresh recv usually finds no data.
 const RECVSEND_POLL_FIRST: u16 = 1;
 /// Buffer group id of the ring.
 const BUFFER_GROUP: u16 = 0;
-/// Requested size of pooled pipes, and how many idle pipes a worker keeps.
-const PIPE_BYTES: usize = 256 * 1024;
-const PIPES_KEPT: usize = 8;
 /// A backend whose connect failed is skipped by new connections for this long, or until its
 /// health check brings it up again.
 const SUSPECT_MS: u64 = 2000;
@@ -78,6 +70,7 @@ enum Op {
     SpliceIn = 6,
     SpliceOut = 7,
     PollOut = 8,
+    PollIn = 9,
 }
 
 impl Op {
@@ -92,6 +85,7 @@ impl Op {
             6 => Op::SpliceIn,
             7 => Op::SpliceOut,
             8 => Op::PollOut,
+            9 => Op::PollIn,
             _ => return None,
         })
     }
@@ -124,6 +118,8 @@ enum FlowState {
     SpliceOut,
     /// Waiting for the destination to take more bytes after a splice found it full.
     PollOut,
+    /// Splice-only relay: waiting for the source to have bytes.
+    PollIn,
     /// The buffer ring was empty: parked until a buffer comes back.
     WaitBuffer,
     /// EOF seen and passed on as `shutdown(SHUT_WR)`.
@@ -236,6 +232,7 @@ pub fn run(
 struct Worker {
     // Field order is drop order: the ring goes before the buffer memory it may write into.
     ring: IoUring,
+    relay: RelayMode,
     buffers: BufRing,
     pipes: PipePool,
     conns: Vec<Option<Conn>>,
@@ -261,18 +258,21 @@ struct Worker {
 
 impl Worker {
     fn new(config: WorkerConfig, listeners: Vec<Socket>, shared: Arc<Shared>) -> io::Result<Worker> {
+        let tuning = &config.tuning;
+        let entries = tuning.ring_entries;
         let ring = IoUring::builder()
-            .setup_cqsize(RING_ENTRIES * 2)
+            .setup_cqsize(entries * 2)
             .setup_coop_taskrun()
             .setup_single_issuer()
             .setup_defer_taskrun()
-            .build(RING_ENTRIES)
-            .or_else(|_| {
-                IoUring::builder()
-                    .setup_cqsize(RING_ENTRIES * 2)
-                    .build(RING_ENTRIES)
-            })?;
-        let buffers = BufRing::new(&ring, BUFFER_GROUP, BUFFERS, BUFFER_BYTES)
+            .build(entries)
+            .or_else(|_| IoUring::builder().setup_cqsize(entries * 2).build(entries))?;
+        if tuning.iowq_max_workers > 0 {
+            // [bounded, unbounded]: splice on sockets and pipes is unbounded work; 0 keeps a value.
+            let mut max = [0, tuning.iowq_max_workers];
+            ring.submitter().register_iowq_max_workers(&mut max)?;
+        }
+        let buffers = BufRing::new(&ring, BUFFER_GROUP, tuning.buffers, tuning.buffer_bytes)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot register the buffer ring: {e}")))?;
         let backend_addrs = shared
             .backends
@@ -288,8 +288,12 @@ impl Worker {
         let backends = shared.backends.len();
         let mut worker = Worker {
             ring,
+            relay: config.tuning.relay,
             buffers,
-            pipes: PipePool::new(PIPES_KEPT, PIPE_BYTES),
+            pipes: PipePool::new(
+                config.tuning.pipes_kept as usize,
+                config.tuning.pipe_bytes as usize,
+            ),
             conns: Vec::new(),
             free: Vec::new(),
             next_generation: 0,
@@ -302,7 +306,7 @@ impl Worker {
             backlog: VecDeque::new(),
             waiting_for_buffer: VecDeque::new(),
             last_warning_ms: vec![0; backends],
-            completions: Vec::with_capacity(RING_ENTRIES as usize),
+            completions: Vec::with_capacity(config.tuning.ring_entries as usize),
         };
         for listener in 0..worker.listeners.len() {
             worker.arm_accept(listener);
@@ -415,6 +419,7 @@ impl Worker {
                     Op::SpliceIn => self.on_splice_in(index, dir, result),
                     Op::SpliceOut => self.on_splice_out(index, dir, result),
                     Op::PollOut => self.on_poll_out(index, dir, result),
+                    Op::PollIn => self.on_poll_in(index, dir, result),
                     Op::Accept | Op::AcceptRetry => unreachable!("handled above"),
                 }
             }
@@ -560,8 +565,37 @@ impl Worker {
         }
         conn.phase = Phase::Relaying;
         self.traffic(backend).connections.fetch_add(1, Ordering::Relaxed);
-        self.submit_recv(index, TO_BACKEND);
-        self.submit_recv(index, TO_CLIENT);
+        self.wait_readable(index, TO_BACKEND);
+        self.wait_readable(index, TO_CLIENT);
+    }
+
+    /// Waits for the source of `dir` to have bytes, holding no buffer or pipe meanwhile.
+    fn wait_readable(&mut self, index: usize, dir: usize) {
+        match self.relay {
+            RelayMode::Auto => self.submit_recv(index, dir),
+            RelayMode::Splice => {
+                let conn = self.conn(index);
+                conn.flows[dir].state = FlowState::PollIn;
+                conn.inflight += 1;
+                let entry = opcode::PollAdd::new(types::Fd(conn.src(dir)), libc::POLLIN as u32)
+                    .build()
+                    .user_data(token(index, Op::PollIn, dir));
+                self.push(&[entry]);
+            }
+        }
+    }
+
+    fn on_poll_in(&mut self, index: usize, dir: usize, result: i32) {
+        if self.conn(index).phase == Phase::Closing {
+            self.finish_if_done(index);
+            return;
+        }
+        if result < 0 && !matches!(-result, libc::EINTR | libc::EAGAIN) {
+            self.abort(index);
+        } else {
+            // Readable, at EOF, or an error the splice will report.
+            self.submit_splice_in(index, dir);
+        }
     }
 
     // ---- relaying ----
@@ -717,9 +751,9 @@ impl Worker {
                 self.end_of_stream(index, dir);
             }
             _ if matches!(-result, libc::EAGAIN | libc::EINTR) => {
-                // Drained: back to waiting on the buffered path, holding no pipe.
+                // Drained: back to waiting, holding no pipe.
                 self.return_pipe(index, dir);
-                self.submit_recv(index, dir);
+                self.wait_readable(index, dir);
             }
             _ => {
                 tracing::debug!(worker = self.id, dir, error = %errno(result), "splice from socket failed; closing");
@@ -758,7 +792,7 @@ impl Worker {
                 self.submit_splice_in(index, dir);
             } else {
                 self.return_pipe(index, dir);
-                self.submit_recv(index, dir);
+                self.wait_readable(index, dir);
             }
         } else if matches!(-result, libc::EAGAIN | libc::EINTR) {
             // The destination is full: wait until it can take more (backpressure).

@@ -234,6 +234,7 @@ mod tests {
                     })
                     .collect(),
             }],
+            tuning: Default::default(),
         };
         Arc::new(Backends::from_config(&config))
     }
