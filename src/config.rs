@@ -100,6 +100,10 @@ pub struct TuningConfig {
     pub ring_entries: u32,
     /// Cap on the kernel's io-wq workers per ring for unbounded work (splice); 0 = kernel default.
     pub iowq_max_workers: u32,
+    /// Pin worker N to core N (modulo the cores this process may use).
+    pub pin_workers: bool,
+    /// Idle time of a kernel submission-polling thread per ring (IORING_SETUP_SQPOLL); 0 = off.
+    pub sqpoll_idle_ms: u32,
 }
 
 impl Default for TuningConfig {
@@ -112,6 +116,8 @@ impl Default for TuningConfig {
             pipes_kept: 8,
             ring_entries: 4096,
             iowq_max_workers: 0,
+            pin_workers: true,
+            sqpoll_idle_ms: 0,
         }
     }
 }
@@ -320,6 +326,8 @@ pub fn to_toml(config: &Config) -> String {
     out.push_str(&format!("pipes_kept = {}\n", tuning.pipes_kept));
     out.push_str(&format!("ring_entries = {}\n", tuning.ring_entries));
     out.push_str(&format!("iowq_max_workers = {}\n", tuning.iowq_max_workers));
+    out.push_str(&format!("pin_workers = {}\n", tuning.pin_workers));
+    out.push_str(&format!("sqpoll_idle_ms = {}\n", tuning.sqpoll_idle_ms));
     out
 }
 
@@ -384,6 +392,8 @@ struct RawTuning {
     pipes_kept: Option<Spanned<i64>>,
     ring_entries: Option<Spanned<i64>>,
     iowq_max_workers: Option<Spanned<i64>>,
+    pin_workers: Option<bool>,
+    sqpoll_idle_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -734,6 +744,11 @@ fn build_tuning(origin: &Origin<'_>, raw: Option<RawTuning>) -> Result<TuningCon
         iowq_max_workers: match &raw.iowq_max_workers {
             Some(v) => int_in(origin, v, "tuning.iowq_max_workers", 0, 4096)?,
             None => defaults.iowq_max_workers,
+        },
+        pin_workers: raw.pin_workers.unwrap_or(defaults.pin_workers),
+        sqpoll_idle_ms: match &raw.sqpoll_idle_ms {
+            Some(v) => int_in(origin, v, "tuning.sqpoll_idle_ms", 0, 60_000)?,
+            None => defaults.sqpoll_idle_ms,
         },
     })
 }

@@ -73,7 +73,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
     for (id, sockets) in per_worker.into_iter().enumerate() {
         let worker_config = WorkerConfig {
             id,
-            core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
+            core: (config.tuning.pin_workers && !cores.is_empty()).then(|| cores[id % cores.len()]),
             connect_timeout_ms: config.listeners.iter().map(|l| l.connect_timeout_ms).collect(),
             tuning: config.tuning.clone(),
         };

@@ -260,13 +260,24 @@ impl Worker {
     fn new(config: WorkerConfig, listeners: Vec<Socket>, shared: Arc<Shared>) -> io::Result<Worker> {
         let tuning = &config.tuning;
         let entries = tuning.ring_entries;
-        let ring = IoUring::builder()
-            .setup_cqsize(entries * 2)
-            .setup_coop_taskrun()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(entries)
-            .or_else(|_| IoUring::builder().setup_cqsize(entries * 2).build(entries))?;
+        let ring = if tuning.sqpoll_idle_ms > 0 {
+            // A kernel thread polls the submission queue; deferred task running needs the
+            // submitting task itself to enter the kernel, so it is left off here.
+            IoUring::builder()
+                .setup_cqsize(entries * 2)
+                .setup_sqpoll(tuning.sqpoll_idle_ms)
+                .build(entries)?
+        } else {
+            // Completions are run only when the worker asks for them (one batch per wait), and
+            // the kernel need not interrupt the worker to run them.
+            IoUring::builder()
+                .setup_cqsize(entries * 2)
+                .setup_coop_taskrun()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .build(entries)
+                .or_else(|_| IoUring::builder().setup_cqsize(entries * 2).build(entries))?
+        };
         if tuning.iowq_max_workers > 0 {
             // [bounded, unbounded]: splice on sockets and pipes is unbounded work; 0 keeps a value.
             let mut max = [0, tuning.iowq_max_workers];
@@ -452,7 +463,7 @@ impl Worker {
         self.shared.workers[self.id]
             .accepted
             .fetch_add(1, Ordering::Relaxed);
-        let _ = socket2::SockRef::from(&client).set_tcp_nodelay(true);
+        // TCP_NODELAY comes from the listening socket (accepted sockets inherit it): no syscall.
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let conn = Conn {
