@@ -151,3 +151,30 @@ plain_metric 42
     assert_eq!(metric_value(text, "plain_metric", &[]), Some(42.0));
     assert_eq!(metric_value(text, "missing", &[]), None);
 }
+
+#[test]
+fn cpu_seconds_counts_the_work_of_every_thread_of_a_process() {
+    let pid = std::process::id();
+    let before = support::cpu_seconds(pid);
+    // Two threads spin for 150 ms of their own CPU time each; the kernel's 10 ms ticks leave a
+    // wide margin below 300 ms.
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(|| {
+                let start = std::time::Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < std::time::Duration::from_millis(150) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                x
+            })
+        })
+        .collect();
+    for spinner in spinners {
+        spinner.join().expect("spinner");
+    }
+    let used = support::cpu_seconds(pid) - before;
+    // On a loaded machine a thread gets less CPU than its wall time; it never gets none.
+    assert!(used >= 0.05, "two threads spinning 150 ms each were counted {used} s");
+    assert!(used < 5.0, "implausible CPU count {used} s");
+}
