@@ -1148,7 +1148,8 @@ fn write_hdr_logs(dir: &Path, workload: &str, runs: &[Run], t0: f64) {
 }
 
 /// Latency percentile curves of workload (b): x is the percentile on a log scale
-/// (-log10(1 - p), so 0, 90, 99, 99.9, 99.99 are evenly spaced), y the latency in ms.
+/// (-log10(1 - p), so 0, 90, 99, 99.9, 99.99 are evenly spaced), y the latency in ms, also on a
+/// log scale (it spans three orders of magnitude or more).
 fn plot_percentiles(path: &Path, title: &str, curves: &[(&str, Histogram<u64>)]) -> Result<(), String> {
     use plotters::prelude::*;
     use plotters::style::FontStyle;
@@ -1164,7 +1165,13 @@ fn plot_percentiles(path: &Path, title: &str, curves: &[(&str, Histogram<u64>)])
         .map(|(_, h)| h.value_at_quantile(0.9999) as f64 / 1000.0)
         .fold(0.0, f64::max)
         .max(0.001)
-        * 1.1;
+        * 1.5;
+    let y_min = curves
+        .iter()
+        .map(|(_, h)| h.min() as f64 / 1000.0)
+        .fold(f64::INFINITY, f64::min)
+        .clamp(0.001, y_max / 10.0)
+        * 0.8;
     let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
@@ -1172,13 +1179,13 @@ fn plot_percentiles(path: &Path, title: &str, curves: &[(&str, Histogram<u64>)])
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..X_MAX, 0f64..y_max)
+        .build_cartesian_2d(0f64..X_MAX, (y_min..y_max).log_scale())
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .x_desc("percentile")
-        .y_desc("latency (ms)")
-        .x_labels(9)
+        .y_desc("latency (ms, log scale)")
+        .x_labels(5)
         .x_label_formatter(&|x| {
             let p = 100.0 * (1.0 - 10f64.powf(-x));
             if p < 99.0 {
