@@ -100,6 +100,7 @@ struct Settings {
     /// (e) seconds the idle connections are watched.
     idle_secs: f64,
     /// Workloads to run (`RINGLB_BENCH_ONLY=bd` runs (b) and (d) only); all by default.
+    /// `RINGLB_BENCH_PAIRS` overrides `pairs`.
     only: String,
 }
 
@@ -120,7 +121,7 @@ impl Settings {
         if let Some(bad) = only.chars().find(|c| !"abcde".contains(*c)) {
             panic!("RINGLB_BENCH_ONLY={only:?}: {bad:?} is not a workload (a to e)");
         }
-        if quick {
+        let mut settings = if quick {
             Settings {
                 only,
                 quick,
@@ -146,7 +147,13 @@ impl Settings {
                 bulk_stream_bytes: 512 << 20,
                 idle_secs: 5.0,
             }
+        };
+        if let Ok(text) = std::env::var("RINGLB_BENCH_PAIRS") {
+            settings.pairs = text.parse::<usize>().ok().filter(|&n| n >= 1).unwrap_or_else(|| {
+                panic!("RINGLB_BENCH_PAIRS={text:?} is not a number of pairs (1 or more)")
+            });
         }
+        settings
     }
 }
 
