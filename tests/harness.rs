@@ -151,3 +151,41 @@ plain_metric 42
     assert_eq!(metric_value(text, "plain_metric", &[]), Some(42.0));
     assert_eq!(metric_value(text, "missing", &[]), None);
 }
+
+#[test]
+fn cpu_seconds_counts_the_work_of_every_thread_of_a_process() {
+    /// This thread's own CPU time, from the kernel's per-thread clock.
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes only the timespec we pass.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+    let pid = std::process::id();
+    let before = support::cpu_seconds(pid);
+    // Two threads spin until each has had 100 ms of CPU by its own clock, however loaded the
+    // machine is; the process's count must hold both, less the kernel's 10 ms ticks.
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(|| {
+                let mut x = 0u64;
+                while thread_cpu() < Duration::from_millis(100) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                x
+            })
+        })
+        .collect();
+    for spinner in spinners {
+        spinner.join().expect("spinner");
+    }
+    let used = support::cpu_seconds(pid) - before;
+    assert!(
+        used >= 0.15,
+        "two threads that used 100 ms of CPU each were counted {used} s"
+    );
+    assert!(used < 5.0, "implausible CPU count {used} s");
+}

@@ -128,7 +128,9 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 }
 
 /// Makes a child die with the test process, even when the test is killed and no `Drop` runs.
-fn die_with_parent(command: &mut Command) {
+/// The signal comes when the *thread* that spawned the child exits, so spawn long-lived children
+/// from a thread that lives as long as they should.
+pub fn die_with_parent(command: &mut Command) {
     // SAFETY: the closure runs in the forked child before exec and calls only prctl, which is
     // async-signal-safe and touches no memory of the parent.
     unsafe {
@@ -139,7 +141,9 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
-fn find_program(name: &str) -> PathBuf {
+/// The path of an installed program, looked up in PATH and the sbin directories; panics naming
+/// the program when it is missing.
+pub fn find_program(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([
@@ -270,6 +274,8 @@ pub struct MariaDb {
     dir: TempDir,
     port: u16,
     child: Option<Child>,
+    /// Server options given after the harness's own (a later value of an option wins).
+    extra_options: Vec<String>,
     /// A root login kept open for [`MariaDb::status`], so that reading a counter does not itself
     /// open connections (and move `Connections`) on every poll.
     admin: Mutex<Option<Conn>>,
@@ -285,6 +291,12 @@ impl MariaDb {
     /// Starts a fresh server on a free port; panics with the error log tail if it does not
     /// accept a login in time.
     pub fn start() -> MariaDb {
+        MariaDb::start_with_options(&[])
+    }
+
+    /// [`MariaDb::start`] with more server options, given after the harness's own so that they
+    /// override them (the benchmark raises `--max-connections`).
+    pub fn start_with_options(extra_options: &[&str]) -> MariaDb {
         let template = template();
         let dir = TempDir::new("rlb-db");
         copy_dir(&template, &dir.path().join("data")).expect("copy the template data directory");
@@ -293,6 +305,7 @@ impl MariaDb {
             dir,
             port: 0,
             child: None,
+            extra_options: extra_options.iter().map(|o| o.to_string()).collect(),
             admin: Mutex::new(None),
         };
         for _attempt in 0..5 {
@@ -418,6 +431,7 @@ impl MariaDb {
                 // Room for a 32 MiB row.
                 "--max-allowed-packet=64M",
             ])
+            .args(&self.extra_options)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -475,6 +489,7 @@ impl Drop for MariaDb {
 pub struct Ringlb {
     dir: TempDir,
     child: Option<Child>,
+    workers: usize,
     listen: SocketAddr,
     admin: SocketAddr,
 }
@@ -489,6 +504,11 @@ impl Ringlb {
 
     /// Like [`Ringlb::start`], for backends that are not MariaDB (raw TCP servers).
     pub fn start_with_addrs(backends: &[SocketAddr], extra_config: &str) -> Ringlb {
+        Ringlb::start_with_workers(backends, extra_config, 2)
+    }
+
+    /// Like [`Ringlb::start_with_addrs`] with `workers` worker threads.
+    pub fn start_with_workers(backends: &[SocketAddr], extra_config: &str, workers: usize) -> Ringlb {
         let dir = TempDir::new("rlb-lb");
         let config = (!extra_config.trim().is_empty()).then(|| {
             let path = dir.path().join("ringlb.toml");
@@ -498,6 +518,7 @@ impl Ringlb {
         let mut ringlb = Ringlb {
             dir,
             child: None,
+            workers,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
@@ -524,7 +545,7 @@ impl Ringlb {
             .arg("--admin")
             .arg(self.admin.to_string())
             .arg("--workers")
-            .arg("2");
+            .arg(self.workers.to_string());
         for backend in backends {
             command.arg("--backend").arg(backend.to_string());
         }
@@ -587,6 +608,11 @@ impl Ringlb {
     /// ringlb's resident set size now, in bytes.
     pub fn rss_bytes(&self) -> u64 {
         rss_bytes(self.pid())
+    }
+
+    /// CPU seconds ringlb has used so far (see [`cpu_seconds`]).
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid())
     }
 
     /// ringlb's own TCP sockets whose peer has closed and ringlb has not: each one a leak or a
@@ -919,6 +945,29 @@ fn socket_inodes(pid: u32) -> HashSet<u64> {
         .iter()
         .filter_map(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
         .collect()
+}
+
+/// CPU time `pid` has used so far, all its threads, user plus system (`utime + stime` of
+/// `/proc/<pid>/stat`), in seconds. The kernel counts in clock ticks (10 ms on most systems).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    // The command name in parentheses may hold spaces; the fields after its last ')' do not.
+    // After it: state (field 3), ..., utime (field 14), stime (field 15).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |index: usize| -> u64 {
+        fields
+            .get(index)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("{path}: no field {} in {stat:?}", index + 3))
+    };
+    // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name, handled below.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    (ticks(11) + ticks(12)) as f64 / hz
 }
 
 /// VmRSS of `pid`, in bytes.
