@@ -4,5 +4,6 @@ use mimalloc::MiMalloc;
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    ringlb::runtime::disable_huge_pages();
     ringlb::cli::main()
 }

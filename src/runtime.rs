@@ -112,6 +112,16 @@ pub fn run(config: Config) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Keeps the heap on small pages. mimalloc asks for transparent huge pages for its arenas, and
+/// each 2 MiB page a thread's first allocations touch becomes resident whole: measured here,
+/// 6 MiB of a fresh process's 10 MiB RSS, a third of the memory budget for 5,000 idle
+/// connections. A proxy's heap is small and gains nothing measurable from huge pages.
+/// Call first thing in `main`.
+pub fn disable_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments and touches no memory of ours.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
 /// Blocks the signals the main thread waits for, before any other thread exists, so that every
 /// thread inherits the mask and only `sigwait` here sees them.
 fn block_signals() -> libc::sigset_t {
