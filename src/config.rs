@@ -111,7 +111,7 @@ impl Default for TuningConfig {
         TuningConfig {
             relay: RelayMode::Auto,
             buffer_bytes: 16 * 1024,
-            buffers: 256,
+            buffers: 128,
             pipe_bytes: 256 * 1024,
             pipes_kept: 8,
             ring_entries: 4096,

@@ -105,8 +105,8 @@ fn reset_on_close(stream: &TcpStream) {
 fn idle_connections_hold_no_pipes_and_no_buffers() {
     let _serial = one_at_a_time();
     const IDLE: usize = 500;
-    // What ringlb may hold with 500 idle connections: per worker the buffer ring (256 x 16 KiB =
-    // 4 MiB), the io_uring rings (4096 SQEs, 8192 CQEs: under 1 MiB) and a slot of a few hundred
+    // What ringlb may hold with 500 idle connections: per worker the buffer ring (128 x 16 KiB =
+    // 2 MiB), the io_uring rings (4096 SQEs, 8192 CQEs: under 1 MiB) and a slot of a few hundred
     // bytes per connection; plus the binary, the admin and health threads' stacks as touched, and
     // the allocator. About 16 MiB all told; 64 MiB leaves room for allocator slack while still
     // failing if each connection held a 16 KiB buffer per direction (16 MiB more) plus a pipe.
@@ -175,7 +175,7 @@ fn idle_connections_hold_no_pipes_and_no_buffers() {
     );
 
     // Each worker accepted about 250 of the idle connections, each with a receive parked in both
-    // directions: some 500 parked receives against 256 buffers per worker. Were a parked receive
+    // directions: some 500 parked receives against 128 buffers per worker. Were a parked receive
     // holding a buffer, the ring would be empty and these new connections could not be answered.
     for _ in 0..4 {
         let mut conn = lb.conn();
