@@ -47,7 +47,7 @@ CATEGORIES=(
     "tcp_recvmsg|tcp_recvmsg"
     "net softirq (__do_softirq / net_rx_action)|net_rx_action"
     "poll arming and wake-ups (io_arm_poll_handler, io_poll_wake)|io_arm_poll_handler|io_poll_wake|__io_arm_poll_handler"
-    "  waking the peer's thread (try_to_wake_up)|try_to_wake_up"
+    "  waking the receiving thread (sock_def_readable; try_to_wake_up runs with irqs off)|sock_def_readable"
     "epoll_wait|do_epoll_wait"
     "scheduler (__schedule)|__schedule"
     "memory allocation (kmalloc/kmem_cache_alloc, __alloc_skb)|kmem_cache_alloc|__kmalloc|__alloc_skb|kmalloc_reserve"
@@ -83,6 +83,13 @@ summarise() {
     echo
     echo "== top symbols by self time"
     report "$data" sym 30
+    echo
+    echo "== hottest leaf chains: the sampled frame <- its 3 callers (cpu-clock samples taken with"
+    echo "   interrupts off land on the frame that turns them back on, e.g. _raw_spin_unlock_irqrestore)"
+    awk '{ n = $NF; all += n; stack = $0; sub(/ [0-9]+$/, "", stack); k = split(stack, f, ";")
+            chain = f[k]; for (i = k - 1; i > 1 && i >= k - 3; i--) chain = chain " <- " f[i]
+            c[chain] += n }
+        END { for (x in c) printf "%6.1f%%  %s\n", 100 * c[x] / all, x }' "$folded" | sort -rn | sed -n 1,15p
 }
 
 record() {

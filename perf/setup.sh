@@ -109,7 +109,7 @@ perf_start_ringlb() {
 
 perf_start_haproxy() {
     local pin=""
-    [ "$PERF_PIN_PROXY" = 1 ] && [ "$RINGLB_WORKERS" = 1 ] && pin="    cpu-map 1/1 0"
+    [ "$PERF_PIN_PROXY" = 1 ] && [ "$RINGLB_WORKERS" = 1 ] && pin="    cpu-map 1/all 0"
     cat >"$WORK/haproxy.cfg" <<CFG
 global
     nbthread $RINGLB_WORKERS
@@ -158,7 +158,10 @@ perf_start_proxy() {
         [ "$SECONDS" -lt "$deadline" ] || die "$PROXY_KIND did not reach both servers within 30s"
         sleep 0.2
     done
-    echo "$LIB_TAG: $PROXY_KIND (pid $PROXY_PID) on 127.0.0.1:$PROXY_PORT"
+    local cpus
+    cpus=$(for t in /proc/"$PROXY_PID"/task/*; do taskset -pc "${t##*/}" 2>/dev/null | sed 's/.*: //'; done |
+        sort | uniq -c | awk '{ printf "%s%d on %s", (NR > 1 ? ", " : ""), $1, $2 }')
+    echo "$LIB_TAG: $PROXY_KIND (pid $PROXY_PID) on 127.0.0.1:$PROXY_PORT; threads on CPUs: $cpus"
 }
 
 perf_stop_proxy() {

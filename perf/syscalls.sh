@@ -9,7 +9,8 @@
 # One sysbench run per proxy, measured in three back-to-back windows of PERF_WINDOW seconds
 # (default 10) after PERF_WARMUP seconds (default 3):
 #   1. untraced: CPU (utime + stime of every thread, /proc/PID/stat), user/system split,
-#      context switches (/proc/PID/task/*/status, voluntary + involuntary), queries per second;
+#      context switches (/proc/PID/task/*/status, voluntary + involuntary, and the involuntary
+#      share: preempted rather than blocked), queries per second;
 #   2. `perf stat -p PID`: software events and tracepoints, all cheap counters, no sampling:
 #      raw_syscalls:sys_enter (every syscall), syscalls:sys_enter_io_uring_enter,
 #      io_uring:io_uring_submit_req (SQEs), io_uring:io_uring_complete (CQEs posted),
@@ -45,24 +46,27 @@ EVENTS=task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter
 EVENTS+=,syscalls:sys_enter_io_uring_enter,io_uring:io_uring_submit_req,io_uring:io_uring_complete
 EVENTS+=,io_uring:io_uring_poll_arm,io_uring:io_uring_queue_async_work,io_uring:io_uring_local_work_run
 
-COLUMNS=(qps cpu_us_q user_pct csw_q syscalls_q enters_q cqe_per_enter sqe_q cqe_q poll_arm_q
+COLUMNS=(qps cpu_us_q user_pct csw_q invol_csw_pct syscalls_q enters_q cqe_per_enter sqe_q cqe_q poll_arm_q
     iowq_q local_work_q perf_csw_q migrations_q strace_syscalls_q)
 if [ ! -s "$TSV" ]; then
     printf 'invocation\tproxy\t%s\tstrace_top\n' "$(IFS=$'\t'; echo "${COLUMNS[*]}")" >"$TSV"
 fi
 
-# "utime stime context-switches" of every thread of the proxy now (ticks, ticks, count).
+# "utime stime voluntary involuntary" of every thread of the proxy now (ticks, ticks, context
+# switches, context switches).
 proc_sample() {
-    local stat rest csw=0 f n f_status
+    local stat rest f f_status vol=0 invol=0 v i
     stat=$(<"/proc/$PROXY_PID/stat")
     rest=${stat##*) } # fields from the 3rd on; the command name may hold spaces
     read -r -a f <<<"$rest"
     for f_status in /proc/"$PROXY_PID"/task/*/status; do
-        n=$(awk '/^(non)?voluntary_ctxt_switches/ { s += $2 } END { print s + 0 }' "$f_status" 2>/dev/null || echo 0)
-        csw=$((csw + n))
+        read -r v i < <(awk '/^voluntary_ctxt_switches/ { v = $2 } /^nonvoluntary_ctxt_switches/ { i = $2 }
+            END { print v + 0, i + 0 }' "$f_status" 2>/dev/null || echo 0 0)
+        vol=$((vol + v))
+        invol=$((invol + i))
     done
     # utime and stime are fields 14 and 15, so 12 and 13 of what follows the name.
-    echo "${f[11]} ${f[12]} $csw"
+    echo "${f[11]} ${f[12]} $vol $invol"
 }
 
 # div A B [SCALE]: A * SCALE / B with three decimals.
@@ -91,12 +95,14 @@ measure() {
     read -r -a b <<<"$(proc_sample)"
     t1=$(date +%s%N)
     q1=$(perf_queries)
-    local queries=$((q1 - q0)) utime=$((b[0] - a[0])) stime=$((b[1] - a[1])) csw=$((b[2] - a[2]))
-    local qps cpu_us_q user_pct csw_q
+    local queries=$((q1 - q0)) utime=$((b[0] - a[0])) stime=$((b[1] - a[1]))
+    local csw=$((b[2] - a[2] + b[3] - a[3])) invol=$((b[3] - a[3]))
+    local qps cpu_us_q user_pct csw_q invol_pct
     qps=$(div "$queries" $((t1 - t0)) 1000000000)
     cpu_us_q=$(div $((utime + stime)) "$queries" $((1000000 / CLK_TCK)))
     user_pct=$(div "$utime" $((utime + stime)) 100)
     csw_q=$(div "$csw" "$queries")
+    invol_pct=$(div "$invol" "$csw" 100)
 
     # 2. perf stat; the queries are counted inside the command perf stat runs, so inside the
     # window its counters cover.
@@ -116,17 +122,20 @@ measure() {
     pcsw=$(perf_count "$pstat" context-switches)
     migrations=$(perf_count "$pstat" cpu-migrations)
 
-    # 3. strace, from attach to detach; attaching to every thread takes milliseconds.
+    # 3. strace, from when every thread is attached until just before the detach: strace slows
+    # the proxy several-fold, so untraced queries at either edge would skew the ratio.
     local strace_out=$RESULTS/raw/strace-$tag.txt
-    q0=$(perf_queries)
-    strace -c -f -p "$PROXY_PID" -o "$strace_out" 2>/dev/null &
+    strace -c -f -p "$PROXY_PID" -o "$strace_out" 2>"$WORK/strace.err" &
     local tracer=$!
     STARTED_PIDS+=("$tracer")
+    wait_until 10 "strace attaching to $kind" grep -q attached "$WORK/strace.err"
+    sleep 0.2
+    q0=$(perf_queries)
     sleep "$PERF_WINDOW"
+    q1=$(perf_queries)
     kill -INT "$tracer"
     wait "$tracer" || true
     forget_started "$tracer"
-    q1=$(perf_queries)
     local squeries=$((q1 - q0)) strace_total strace_top
     echo "# queries in this window: $squeries" >>"$strace_out"
     # Rows of the summary: "% time  seconds  usecs/call  calls  [errors]  syscall".
@@ -136,9 +145,10 @@ measure() {
         sort -rn | head -6 | cut -d' ' -f2 | paste -sd' ')
     wait "$bench" || true
     forget_started "$bench"
+    cp "$WORK/sysbench-$tag.log" "$RESULTS/raw/"
     perf_stop_proxy
 
-    local row=("$INVOCATION" "$kind" "$qps" "$cpu_us_q" "$user_pct" "$csw_q"
+    local row=("$INVOCATION" "$kind" "$qps" "$cpu_us_q" "$user_pct" "$csw_q" "$invol_pct"
         "$(div "$syscalls" "$queries")" "$(div "$enters" "$queries")" "$(div "$cqes" "$enters")"
         "$(div "$sqes" "$queries")" "$(div "$cqes" "$queries")" "$(div "$arms" "$queries")"
         "$(div "$iowq" "$queries")" "$(div "$local_work" "$queries")" "$(div "$pcsw" "$queries")"
