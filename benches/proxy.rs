@@ -24,6 +24,8 @@
 //! Output: a table on stdout, `target/bench/results.json`, one HdrHistogram interval log per
 //! workload and target, and `target/bench/latency-b.png`.
 //!
+//! `RINGLB_BENCH_TUNING="pin_workers = false; buffers = 64"` adds `[tuning]` keys to ringlb's
+//! configuration.
 //! `RINGLB_BENCH_QUICK=1` runs one pair of shorter runs (the smoke test in scripts/test);
 //! `RINGLB_BENCH_WORKERS` sets both proxies' worker threads (default 1: the clients and MariaDB
 //! need the other core of a 2-core machine). The bench fails (non-zero exit) only when the
@@ -533,12 +535,26 @@ impl Proxy {
         if tcp_check {
             config.push_str("[health]\ncheck = \"tcp\"\n");
         }
-        match target {
-            Target::Ringlb => Proxy::Ringlb(start_ringlb(backends, &config, workers)),
-            Target::RinglbSplice => {
-                config.push_str("[tuning]\nrelay = \"splice\"\n");
-                Proxy::Ringlb(start_ringlb(backends, &config, workers))
+        // RINGLB_BENCH_TUNING: extra `[tuning]` keys for ringlb, separated by `;` (tuning.md's
+        // figures come from runs with one knob changed this way).
+        let mut tuning: Vec<String> = std::env::var("RINGLB_BENCH_TUNING")
+            .unwrap_or_default()
+            .split(';')
+            .map(|kv| kv.trim().to_string())
+            .filter(|kv| !kv.is_empty())
+            .collect();
+        if target == Target::RinglbSplice {
+            tuning.push("relay = \"splice\"".into());
+        }
+        if !tuning.is_empty() {
+            config.push_str("[tuning]\n");
+            for kv in &tuning {
+                config.push_str(kv);
+                config.push('\n');
             }
+        }
+        match target {
+            Target::Ringlb | Target::RinglbSplice => Proxy::Ringlb(start_ringlb(backends, &config, workers)),
             Target::Haproxy => {
                 let check = if tcp_check {
                     HaproxyCheck::Tcp

@@ -112,7 +112,7 @@ impl Default for TuningConfig {
             relay: RelayMode::Auto,
             buffer_bytes: 16 * 1024,
             buffers: 128,
-            pipe_bytes: 256 * 1024,
+            pipe_bytes: 1024 * 1024,
             pipes_kept: 8,
             ring_entries: 4096,
             iowq_max_workers: 0,
