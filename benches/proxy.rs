@@ -57,7 +57,7 @@ use serde_json::{json, Value};
 
 use support::{Descriptors, MariaDb, Ringlb, TempDir};
 
-/// Client threads of workloads (a) and (b), as the issue names them.
+/// Client threads of workloads (a) and (b), as the performance targets name them.
 const CLIENTS: usize = 32;
 /// Rows in sysbench's table: small enough to stay in the servers' 16 MiB buffer pools.
 const SYSBENCH_ROWS: u32 = 10_000;
@@ -987,7 +987,7 @@ fn close_idle(conns: Vec<Conn>) {
 // ---------------------------------------------------------------------------------------------
 // Reporting
 
-/// A workload's name, units and targets from the issue.
+/// A workload's name, units and performance targets.
 struct Workload {
     key: &'static str,
     title: String,
