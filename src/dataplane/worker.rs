@@ -503,41 +503,40 @@ impl Worker {
     /// Picks the next backend not yet tried and connects to it; closes the client when none is left.
     fn connect_next(&mut self, index: usize) {
         let backends = self.shared.backends.clone();
-        loop {
-            let conn = self.conns[index].as_mut().expect("live connection");
-            let (listener, tried) = (conn.listener, conn.tried);
-            let Some(backend) = backends.acquire(listener, tried, clock::now_ms()) else {
-                tracing::debug!(worker = self.id, "no backend left for a client; closing it");
+        let conn = self.conns[index].as_mut().expect("live connection");
+        let (listener, tried) = (conn.listener, conn.tried);
+        let Some(backend) = backends.acquire(listener, tried, clock::now_ms()) else {
+            tracing::debug!(worker = self.id, "no backend left for a client; closing it");
+            self.abort(index);
+            return;
+        };
+        let position = backend - backends.pools[listener].start;
+        let conn = self.conn(index);
+        conn.tried |= 1u64.checked_shl(position as u32).unwrap_or(0);
+        let fd = match new_backend_socket(backends.all[backend].addr) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // No socket to be had (out of descriptors or memory): a local failure, not the
+                // backend's, so no backend is marked suspect and no other is tried.
+                backends.release(backend);
+                tracing::debug!(worker = self.id, error = %e, "cannot create a backend socket; closing the client");
                 self.abort(index);
                 return;
-            };
-            let position = backend - backends.pools[listener].start;
-            let conn = self.conn(index);
-            conn.tried |= 1u64.checked_shl(position as u32).unwrap_or(0);
-            conn.backend_index = Some(backend);
-            match new_backend_socket(backends.all[backend].addr) {
-                Ok(fd) => {
-                    let raw = fd.as_raw_fd();
-                    conn.backend = Some(fd);
-                    conn.inflight += 2;
-                    let addr = &self.backend_addrs[backend];
-                    let connect = opcode::Connect::new(types::Fd(raw), addr.as_ptr().cast(), addr.len())
-                        .build()
-                        .flags(squeue::Flags::IO_LINK)
-                        .user_data(token(index, Op::Connect, 0));
-                    let timeout = opcode::LinkTimeout::new(&self.connect_timeouts[listener])
-                        .build()
-                        .user_data(token(index, Op::ConnectTimeout, 0));
-                    self.push(&[connect, timeout]);
-                    return;
-                }
-                Err(e) => {
-                    conn.backend_index = None;
-                    backends.release(backend);
-                    self.connect_failed(backend, &e);
-                }
             }
-        }
+        };
+        let raw = fd.as_raw_fd();
+        conn.backend_index = Some(backend);
+        conn.backend = Some(fd);
+        conn.inflight += 2;
+        let addr = &self.backend_addrs[backend];
+        let connect = opcode::Connect::new(types::Fd(raw), addr.as_ptr().cast(), addr.len())
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(token(index, Op::Connect, 0));
+        let timeout = opcode::LinkTimeout::new(&self.connect_timeouts[listener])
+            .build()
+            .user_data(token(index, Op::ConnectTimeout, 0));
+        self.push(&[connect, timeout]);
     }
 
     fn connect_failed(&mut self, backend: usize, error: &io::Error) {
