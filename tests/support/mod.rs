@@ -12,6 +12,8 @@
 //! - Nothing outlives the test: `Drop` kills servers and ringlb and removes their directories, and
 //!   every child gets `PR_SET_PDEATHSIG` so that even a test killed by a timeout leaves no server
 //!   running.
+//! - [`netns::Topology`] gives private network namespaces on a bridge of their own, for the HA
+//!   tests: nodes, links to cut and restore, code run inside a node.
 //! - Nothing sleeps a fixed time: readiness is polled with a deadline, and a timeout panics with a
 //!   message naming what was awaited (and the log tail where there is one).
 //!
@@ -34,6 +36,9 @@ use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
 use mysql::{Conn, OptsBuilder};
+
+/// Network namespaces joined by a bridge, for the HA tests.
+pub mod netns;
 
 /// The schema `app` owns on every test server.
 pub const TEST_SCHEMA: &str = "ringlb_test";
