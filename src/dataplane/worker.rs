@@ -4,10 +4,10 @@
 //!
 //! # A connection's life
 //!
-//! 1. Multishot accept completes → pick a backend by least connections ([`Backends::acquire`]).
+//! 1. Multishot accept completes → pick a backend by least connections ([`crate::balance::Backends::acquire`]).
 //! 2. Connect through the ring, linked to a timeout. Refused or timed out → count the error, mark
 //!    the backend suspect and try the next backend at once (redispatch).
-//! 3. Relay each direction ([`Flow`]) independently until both have seen EOF:
+//! 3. Relay each direction (`Flow`) independently until both have seen EOF:
 //!    - buffered: a recv that selects a buffer from the provided-buffer ring only when data
 //!      arrives (poll first, so waiting costs no buffer), then a send of exactly those bytes;
 //!    - bulk: when a recv fills its whole buffer, the direction switches to splice
