@@ -45,6 +45,15 @@ enum Command {
     Check(ConfigArgs),
     /// Print the /stats of a running ringlb as a table.
     Stats(StatsArgs),
+    /// High availability: the floating IP and the peer.
+    #[command(subcommand)]
+    Ha(HaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum HaCommand {
+    /// Print this node's HA role, the VIP, the peers and the dropped heartbeats.
+    Status(StatsArgs),
 }
 
 /// The configuration flags, shared by `run` and `check` so that `check` shows exactly what `run`
@@ -145,6 +154,12 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             let table = crate::admin::stats_table(admin).map_err(CliError::Stats)?;
             let newline = if table.ends_with('\n') { "" } else { "\n" };
             print_stdout(&format!("{table}{newline}"))
+        }
+        Command::Ha(HaCommand::Status(args)) => {
+            let admin = parse_admin(&args.admin)?;
+            let status: crate::ha::status::HaStatus =
+                crate::admin::table::fetch_json(admin, "/ha").map_err(CliError::Stats)?;
+            print_stdout(&crate::ha::status::render(&status))
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct Shared {
     pub workers: Box<[WorkerStats]>,
     /// Listener names, by listener index.
     pub listeners: Box<[String]>,
+    /// Written by the HA thread after each event; `enabled: false` without `[ha]`.
+    pub ha: std::sync::Mutex<crate::ha::status::HaStatus>,
 }
 
 impl Shared {
@@ -56,6 +58,7 @@ impl Shared {
             backends,
             workers: (0..workers).map(|_| WorkerStats::new(n)).collect(),
             listeners: listeners.into_boxed_slice(),
+            ha: Default::default(),
         }
     }
 

@@ -130,7 +130,7 @@ fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> (usize, Incoming) {
 
 fn route(method: &str, path: &str, shared: &Shared) -> Vec<u8> {
     match path {
-        "/metrics" | "/stats" if method != "GET" => http::response(
+        "/metrics" | "/stats" | "/ha" if method != "GET" => http::response(
             405,
             "text/plain; charset=utf-8",
             &["Allow: GET"],
@@ -149,7 +149,17 @@ fn route(method: &str, path: &str, shared: &Shared) -> Vec<u8> {
             }
             Err(e) => error_response(500, &format!("cannot encode the snapshot: {e}")),
         },
-        _ => error_response(404, "not found: try /metrics or /stats"),
+        "/ha" => {
+            let status = shared.ha.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match serde_json::to_vec(&status) {
+                Ok(mut body) => {
+                    body.push(b'\n');
+                    http::response(200, "application/json", &[], &body)
+                }
+                Err(e) => error_response(500, &format!("cannot encode the HA status: {e}")),
+            }
+        }
+        _ => error_response(404, "not found: try /metrics, /stats or /ha"),
     }
 }
 

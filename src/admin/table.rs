@@ -19,6 +19,12 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Fetches and parses `/stats`; the error is one line naming `admin`.
 pub fn fetch(admin: SocketAddr) -> Result<Snapshot, String> {
+    fetch_json(admin, "/stats")
+}
+
+/// GETs `path` from the admin endpoint and parses its JSON body; the error is one line naming
+/// `admin`.
+pub fn fetch_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, path: &str) -> Result<T, String> {
     let fail = |what: String| format!("{admin}: {what}");
     let mut stream = TcpStream::connect_timeout(&admin, CONNECT_TIMEOUT).map_err(|e| fail(describe(&e)))?;
     let deadline = Instant::now() + EXCHANGE_TIMEOUT;
@@ -26,7 +32,7 @@ pub fn fetch(admin: SocketAddr) -> Result<Snapshot, String> {
         .set_write_timeout(Some(EXCHANGE_TIMEOUT))
         .map_err(|e| fail(describe(&e)))?;
     let request = format!(
-        "GET /stats HTTP/1.1\r\nHost: {admin}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())
@@ -62,9 +68,9 @@ pub fn fetch(admin: SocketAddr) -> Result<Snapshot, String> {
     let (status, body) = http::parse_response(&response)
         .map_err(|e| fail(format!("{e}: is this a ringlb admin endpoint?")))?;
     if status != 200 {
-        return Err(fail(format!("GET /stats answered HTTP {status}")));
+        return Err(fail(format!("GET {path} answered HTTP {status}")));
     }
-    serde_json::from_slice(body).map_err(|e| fail(format!("invalid /stats JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| fail(format!("invalid {path} JSON: {e}")))
 }
 
 /// Words for an I/O error that tell the operator what to check.
