@@ -10,4 +10,5 @@
 //! removed through netlink, gratuitous ARP. The machine never touches a socket, so every rule
 //! of LIFECYCLE.md is unit-tested with a simulated network and a fake clock.
 
+pub mod machine;
 pub mod message;
