@@ -256,6 +256,7 @@ mod tests {
                 backends,
             }],
             tuning: Default::default(),
+            ha: None,
         };
         Backends::from_config(&config)
     }

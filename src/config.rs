@@ -17,7 +17,7 @@
 //! [`to_toml`] writes a `Config` back in the file's shape (`ringlb check`); what it writes loads
 //! back to the same `Config`.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -122,6 +122,82 @@ impl Default for TuningConfig {
     }
 }
 
+/// The floating IP: an IPv4 address and the prefix length it is added with ("10.0.0.100/24").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Vip {
+    pub addr: Ipv4Addr,
+    /// 1..=32; the address is added to the interface with this prefix, as `ip addr add` would.
+    pub prefix_len: u8,
+}
+
+impl std::fmt::Display for Vip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// The shared secret that signs heartbeats: the key file's bytes less one trailing newline.
+/// Never printed: `Debug` and `Serialize` write `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthKey(Vec<u8>);
+
+impl AuthKey {
+    /// A key from bytes already in memory (tests, or a caller with its own source). Unlike
+    /// [`load_authkey`] it does not refuse an empty key.
+    pub fn from_bytes(bytes: &[u8]) -> AuthKey {
+        AuthKey(bytes.to_vec())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthKey(<redacted>)")
+    }
+}
+
+impl serde::Serialize for AuthKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
+/// The `[ha]` section: this node's heartbeat sidecar and the floating IP it may hold.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HaConfig {
+    /// This node's name, carried in every heartbeat (1..=64 bytes, no control characters).
+    pub node: String,
+    /// The heartbeat UDP socket.
+    pub bind: SocketAddr,
+    /// Where heartbeats are sent (unicast); at least one, same address family as `bind`.
+    pub peers: Vec<SocketAddr>,
+    pub vip: Vip,
+    /// The interface the VIP is added to (1..=15 bytes, a Linux interface name).
+    pub interface: String,
+    /// The node that holds the VIP when both are up and healthy; any name, this node's or not.
+    pub preferred: Option<String>,
+    /// Whether the preferred node takes the VIP back when it returns; without it the node
+    /// holding the VIP keeps it.
+    pub auto_failback: bool,
+    /// Time between two heartbeats.
+    pub keepalive_ms: u64,
+    /// Silence after which a peer is dead; more than `keepalive_ms` (3× or more recommended, so
+    /// that two lost heartbeats in a row do not move the VIP).
+    pub deadtime_ms: u64,
+    /// How long a starting node listens before it may take the VIP; at least `deadtime_ms`.
+    pub initdead_ms: u64,
+    /// Where the key came from, relative paths taken from the configuration file's folder.
+    pub authkey_file: PathBuf,
+    /// The key itself, read at load time so that a bad key file stops ringlb at start-up.
+    pub authkey: AuthKey,
+    /// A command run (without a shell) on each transition; relative to the configuration
+    /// file's folder like `authkey_file`.
+    pub notify: Option<PathBuf>,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Config {
@@ -132,6 +208,8 @@ pub struct Config {
     pub health: HealthConfig,
     pub listeners: Vec<ListenerConfig>,
     pub tuning: TuningConfig,
+    /// The HA sidecar, when the file has an `[ha]` section.
+    pub ha: Option<HaConfig>,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4040";
@@ -164,6 +242,9 @@ pub enum ConfigError {
     /// Error in a command-line flag.
     #[error("{flag}: {message}")]
     Flag { flag: String, message: String },
+    /// A key file that must not be used: open to group or others, or empty.
+    #[error("{path}: {message}")]
+    Key { path: PathBuf, message: String },
 }
 
 /// Health-check defaults (the schema's).
@@ -182,6 +263,22 @@ pub const MAX_WEIGHT: u32 = 1000;
 /// Upper bound on worker threads, to catch a typo before it asks the kernel for that many rings.
 pub const MAX_WORKERS: usize = 1024;
 
+/// HA defaults: a heartbeat every 100 ms, a peer dead after 400 ms of silence (four heartbeats,
+/// so one or two lost datagrams move nothing) and takeover well under the 500 ms target.
+pub const DEFAULT_KEEPALIVE_MS: u64 = 100;
+pub const DEFAULT_DEADTIME_MS: u64 = 400;
+/// A booting node listens this long before it may take the VIP, so that a peer whose network
+/// comes up a little later is not met with two VIP owners.
+pub const DEFAULT_INITDEAD_MS: u64 = 2000;
+/// Shortest keepalive: below it heartbeats are noise and timer jitter decides deaths.
+pub const MIN_KEEPALIVE_MS: u64 = 10;
+/// Longest HA timer, to catch a typo (an hour).
+pub const MAX_HA_TIMER_MS: u64 = 3_600_000;
+/// Longest node name: the heartbeat carries it behind a one-byte length.
+pub const MAX_NODE_NAME_BYTES: usize = 64;
+/// Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.
+pub const MAX_INTERFACE_NAME_BYTES: usize = 15;
+
 /// Reads the optional file, applies the flags over it and validates the result. Backend names
 /// are resolved here, once, with the system resolver (IPv4 preferred).
 pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
@@ -193,9 +290,59 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
             })?;
             load_str(path, &text, overrides, &resolve_system)
         }
-        None => build(&Origin::none(), RawFile::default(), overrides, &resolve_system),
+        None => build(
+            &Origin::none(),
+            RawFile::default(),
+            overrides,
+            &resolve_system,
+            &load_authkey,
+        ),
     }
 }
+
+/// Reads the HA key file: refuses one that group or others may read or write (as Heartbeat does
+/// with its authkeys) and an empty one, and drops one trailing newline so that `echo secret >
+/// FILE` and an editor's final newline give the same key. Errors name the file, never the key.
+pub fn load_authkey(path: &Path) -> Result<AuthKey, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    // The mode of the file opened, not of the path checked earlier: no window for a swap.
+    let mode = file.metadata().map_err(read_error)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::Key {
+            path: path.to_path_buf(),
+            message: format!(
+                "key file mode {:04o} lets group or others in; run `chmod 600 {}`",
+                mode & 0o7777,
+                path.display()
+            ),
+        });
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(read_error)?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(ConfigError::Key {
+            path: path.to_path_buf(),
+            message: "key file is empty; write a long random secret into it".to_string(),
+        });
+    }
+    Ok(AuthKey(bytes))
+}
+
+/// Reads a key file; a parameter of `build` so that validation is unit-tested without files.
+type KeyReader<'r> = &'r dyn Fn(&Path) -> Result<AuthKey, ConfigError>;
 
 /// Resolves a host (a name or an IP literal) and port to one address.
 pub type Resolver<'r> = &'r dyn Fn(&str, u16) -> Result<SocketAddr, String>;
@@ -208,9 +355,19 @@ pub fn load_str(
     overrides: &Overrides,
     resolve: Resolver<'_>,
 ) -> Result<Config, ConfigError> {
+    load_str_with(path, text, overrides, resolve, &load_authkey)
+}
+
+fn load_str_with(
+    path: &Path,
+    text: &str,
+    overrides: &Overrides,
+    resolve: Resolver<'_>,
+    read_key: KeyReader<'_>,
+) -> Result<Config, ConfigError> {
     let origin = Origin { path, text };
     let raw = parse(&origin)?;
-    build(&origin, raw, overrides, resolve)
+    build(&origin, raw, overrides, resolve, read_key)
 }
 
 /// The system resolver: an IP literal as is, otherwise the first IPv4 address the name has, or
@@ -328,6 +485,27 @@ pub fn to_toml(config: &Config) -> String {
     out.push_str(&format!("iowq_max_workers = {}\n", tuning.iowq_max_workers));
     out.push_str(&format!("pin_workers = {}\n", tuning.pin_workers));
     out.push_str(&format!("sqpoll_idle_ms = {}\n", tuning.sqpoll_idle_ms));
+    if let Some(ha) = &config.ha {
+        let peers: Vec<String> = ha.peers.iter().map(|p| toml_string(&p.to_string())).collect();
+        out.push_str("\n[ha]\n");
+        out.push_str(&format!("node = {}\n", toml_string(&ha.node)));
+        out.push_str(&format!("bind = {}\n", toml_string(&ha.bind.to_string())));
+        out.push_str(&format!("peers = [{}]\n", peers.join(", ")));
+        out.push_str(&format!("vip = {}\n", toml_string(&ha.vip.to_string())));
+        out.push_str(&format!("interface = {}\n", toml_string(&ha.interface)));
+        if let Some(preferred) = &ha.preferred {
+            out.push_str(&format!("preferred = {}\n", toml_string(preferred)));
+        }
+        out.push_str(&format!("auto_failback = {}\n", ha.auto_failback));
+        out.push_str(&format!("keepalive_ms = {}\n", ha.keepalive_ms));
+        out.push_str(&format!("deadtime_ms = {}\n", ha.deadtime_ms));
+        out.push_str(&format!("initdead_ms = {}\n", ha.initdead_ms));
+        let authkey_file = ha.authkey_file.to_string_lossy();
+        out.push_str(&format!("authkey_file = {}\n", toml_string(&authkey_file)));
+        if let Some(notify) = &ha.notify {
+            out.push_str(&format!("notify = {}\n", toml_string(&notify.to_string_lossy())));
+        }
+    }
     out
 }
 
@@ -360,8 +538,26 @@ struct RawFile {
     global: Option<RawGlobal>,
     health: Option<RawHealth>,
     tuning: Option<RawTuning>,
+    ha: Option<Spanned<RawHa>>,
     #[serde(default)]
     listener: Vec<Spanned<RawListener>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawHa {
+    node: Spanned<String>,
+    bind: Spanned<String>,
+    peers: Spanned<Vec<Spanned<String>>>,
+    vip: Spanned<String>,
+    interface: Spanned<String>,
+    preferred: Option<Spanned<String>>,
+    auto_failback: Option<bool>,
+    keepalive_ms: Option<Spanned<i64>>,
+    deadtime_ms: Option<Spanned<i64>>,
+    initdead_ms: Option<Spanned<i64>>,
+    authkey_file: Spanned<String>,
+    notify: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -630,6 +826,7 @@ fn build(
     raw: RawFile,
     overrides: &Overrides,
     resolve: Resolver<'_>,
+    read_key: KeyReader<'_>,
 ) -> Result<Config, ConfigError> {
     let global = raw.global.unwrap_or(RawGlobal {
         workers: None,
@@ -659,6 +856,10 @@ fn build(
 
     let health = build_health(origin, raw.health)?;
     let tuning = build_tuning(origin, raw.tuning)?;
+    let ha = match &raw.ha {
+        Some(ha) => Some(build_ha(origin, ha, read_key)?),
+        None => None,
+    };
 
     let mut drafts = Vec::new();
     if raw.listener.is_empty() {
@@ -689,6 +890,7 @@ fn build(
         health,
         listeners: drafts.into_iter().map(|d| d.config).collect(),
         tuning,
+        ha,
     })
 }
 
@@ -751,6 +953,238 @@ fn build_tuning(origin: &Origin<'_>, raw: Option<RawTuning>) -> Result<TuningCon
             None => defaults.sqpoll_idle_ms,
         },
     })
+}
+
+fn build_ha(
+    origin: &Origin<'_>,
+    raw: &Spanned<RawHa>,
+    read_key: KeyReader<'_>,
+) -> Result<HaConfig, ConfigError> {
+    let ha = raw.get_ref();
+
+    let node = ha.node.get_ref();
+    check_node_name(node).map_err(|m| origin.at(ha.node.span().start, "ha.node", m))?;
+
+    let bind = parse_ip_port(ha.bind.get_ref()).map_err(|m| origin.at(ha.bind.span().start, "ha.bind", m))?;
+    if bind.port() == 0 {
+        return Err(origin.at(
+            ha.bind.span().start,
+            "ha.bind",
+            format!(
+                "{:?}: port 0 is not allowed, peers send to a known port",
+                ha.bind.get_ref()
+            ),
+        ));
+    }
+
+    if ha.peers.get_ref().is_empty() {
+        return Err(origin.at(
+            ha.peers.span().start,
+            "ha.peers",
+            "needs at least one peer IP:PORT",
+        ));
+    }
+    let mut peers: Vec<SocketAddr> = Vec::with_capacity(ha.peers.get_ref().len());
+    for (i, peer) in ha.peers.get_ref().iter().enumerate() {
+        let at = |m: String| origin.at(peer.span().start, format!("ha.peers[{i}]"), m);
+        let addr = parse_ip_port(peer.get_ref()).map_err(at)?;
+        if addr.port() == 0 {
+            return Err(at(format!("{:?}: port 0 is not allowed", peer.get_ref())));
+        }
+        if addr.is_ipv4() != bind.is_ipv4() {
+            return Err(at(format!(
+                "{addr} is not of the same address family as ha.bind {bind}"
+            )));
+        }
+        if addr == bind {
+            return Err(at(format!("{addr} is this node's own ha.bind")));
+        }
+        if peers.contains(&addr) {
+            return Err(at(format!("{addr} is listed twice")));
+        }
+        peers.push(addr);
+    }
+
+    let vip = parse_vip(ha.vip.get_ref()).map_err(|m| origin.at(ha.vip.span().start, "ha.vip", m))?;
+
+    let interface = ha.interface.get_ref();
+    check_interface_name(interface).map_err(|m| origin.at(ha.interface.span().start, "ha.interface", m))?;
+
+    let preferred = match &ha.preferred {
+        Some(p) => {
+            check_node_name(p.get_ref()).map_err(|m| origin.at(p.span().start, "ha.preferred", m))?;
+            Some(p.get_ref().clone())
+        }
+        None => None,
+    };
+
+    let timer = |value: &Option<Spanned<i64>>, key: &str, min: u64, default: u64| match value {
+        Some(v) => int_in::<u64>(origin, v, key, min as i64, MAX_HA_TIMER_MS as i64),
+        None => Ok(default),
+    };
+    let keepalive_ms = timer(
+        &ha.keepalive_ms,
+        "ha.keepalive_ms",
+        MIN_KEEPALIVE_MS,
+        DEFAULT_KEEPALIVE_MS,
+    )?;
+    // The bounds below name the key the operator wrote, or `ha` when both values are defaults
+    // shifted by the other key.
+    let deadtime_ms = timer(&ha.deadtime_ms, "ha.deadtime_ms", 1, DEFAULT_DEADTIME_MS)?;
+    if deadtime_ms <= keepalive_ms {
+        let (offset, key) = site_of(
+            raw,
+            &ha.deadtime_ms,
+            &ha.keepalive_ms,
+            "ha.deadtime_ms",
+            "ha.keepalive_ms",
+        );
+        return Err(origin.at(
+            offset,
+            key,
+            format!(
+                "deadtime_ms ({deadtime_ms}) must exceed keepalive_ms ({keepalive_ms}); \
+                 3× or more is recommended"
+            ),
+        ));
+    }
+    let initdead_ms = timer(&ha.initdead_ms, "ha.initdead_ms", 1, DEFAULT_INITDEAD_MS)?;
+    if initdead_ms < deadtime_ms {
+        let (offset, key) = site_of(
+            raw,
+            &ha.initdead_ms,
+            &ha.deadtime_ms,
+            "ha.initdead_ms",
+            "ha.deadtime_ms",
+        );
+        return Err(origin.at(
+            offset,
+            key,
+            format!("initdead_ms ({initdead_ms}) must be at least deadtime_ms ({deadtime_ms})"),
+        ));
+    }
+    if deadtime_ms < 3 * keepalive_ms {
+        tracing::warn!(
+            "{}: ha.deadtime_ms {deadtime_ms} is less than 3 × keepalive_ms {keepalive_ms}: \
+             one or two lost heartbeats will move the VIP",
+            origin.path.display()
+        );
+    }
+
+    let relative_to_file = |text: &str| -> PathBuf {
+        let path = Path::new(text);
+        match origin.path.parent() {
+            Some(folder) if path.is_relative() => folder.join(path),
+            _ => path.to_path_buf(),
+        }
+    };
+    if ha.authkey_file.get_ref().is_empty() {
+        return Err(origin.at(
+            ha.authkey_file.span().start,
+            "ha.authkey_file",
+            "must not be empty",
+        ));
+    }
+    let authkey_file = relative_to_file(ha.authkey_file.get_ref());
+    let authkey = read_key(&authkey_file)
+        .map_err(|e| origin.at(ha.authkey_file.span().start, "ha.authkey_file", e.to_string()))?;
+    let notify = match &ha.notify {
+        Some(n) if n.get_ref().is_empty() => {
+            return Err(origin.at(
+                n.span().start,
+                "ha.notify",
+                "must not be empty (leave the key out)",
+            ))
+        }
+        Some(n) => Some(relative_to_file(n.get_ref())),
+        None => None,
+    };
+
+    Ok(HaConfig {
+        node: node.clone(),
+        bind,
+        peers,
+        vip,
+        interface: interface.clone(),
+        preferred,
+        auto_failback: ha.auto_failback.unwrap_or(true),
+        keepalive_ms,
+        deadtime_ms,
+        initdead_ms,
+        authkey_file,
+        authkey,
+        notify,
+    })
+}
+
+/// Where to point a complaint about two timers that disagree: the first key if the file sets
+/// it, else the second, else the `[ha]` header.
+fn site_of(
+    raw: &Spanned<RawHa>,
+    first: &Option<Spanned<i64>>,
+    second: &Option<Spanned<i64>>,
+    first_key: &'static str,
+    second_key: &'static str,
+) -> (usize, &'static str) {
+    match (first, second) {
+        (Some(v), _) => (v.span().start, first_key),
+        (None, Some(v)) => (v.span().start, second_key),
+        (None, None) => (raw.span().start, "ha"),
+    }
+}
+
+/// A node name travels in every heartbeat behind a one-byte length and shows in logs.
+fn check_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_NODE_NAME_BYTES {
+        return Err(format!(
+            "{} bytes is too long: at most {MAX_NODE_NAME_BYTES}",
+            name.len()
+        ));
+    }
+    if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("{name:?} must not contain spaces or control characters"));
+    }
+    Ok(())
+}
+
+/// The kernel's rule for interface names (`dev_valid_name`): 1..=15 bytes, not `.` or `..`,
+/// no `/`, `:` or whitespace.
+fn check_interface_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_INTERFACE_NAME_BYTES {
+        return Err(format!(
+            "{name:?} is not an interface name: 1 to {MAX_INTERFACE_NAME_BYTES} bytes"
+        ));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("{name:?} is not an interface name"));
+    }
+    Ok(())
+}
+
+/// `IPv4/PREFIX` with a prefix of 1..=32, and an address a host can hold.
+pub fn parse_vip(text: &str) -> Result<Vip, String> {
+    let malformed = || format!("{text:?} is not IPv4/PREFIX (for example \"10.0.0.100/24\")");
+    let (addr, prefix) = text.split_once('/').ok_or_else(malformed)?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| malformed())?;
+    let prefix_len = if !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_digit()) {
+        prefix.parse::<u8>().ok().filter(|p| (1..=32).contains(p))
+    } else {
+        None
+    };
+    let prefix_len =
+        prefix_len.ok_or_else(|| format!("{text:?}: prefix {prefix:?} is not a number from 1 to 32"))?;
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() {
+        return Err(format!("{text:?}: {addr} cannot be a floating IP"));
+    }
+    Ok(Vip { addr, prefix_len })
 }
 
 fn build_health(origin: &Origin<'_>, raw: Option<RawHealth>) -> Result<HealthConfig, ConfigError> {
@@ -1054,8 +1488,19 @@ mod tests {
         Ok(SocketAddr::new(ip, port))
     }
 
+    /// Stands in for key files: any path holds "test key" except one named `missing`.
+    fn fake_key(path: &Path) -> Result<AuthKey, ConfigError> {
+        if path.ends_with("missing") {
+            return Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        Ok(AuthKey::from_bytes(b"test key"))
+    }
+
     fn load_text(text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
-        load_str(Path::new("ringlb.toml"), text, overrides, &fake_dns)
+        load_str_with(Path::new("ringlb.toml"), text, overrides, &fake_dns, &fake_key)
     }
 
     fn error_text(text: &str, overrides: &Overrides) -> String {
@@ -1090,6 +1535,7 @@ address = "db-02:3306"
             RawFile::default(),
             &Overrides::default(),
             &fake_dns,
+            &fake_key,
         )
         .unwrap();
         assert!(config.workers >= 1);
@@ -1608,5 +2054,398 @@ address = "127.0.0.1:3307"
                 .starts_with("/nonexistent/ringlb.toml: cannot read: "),
             "{e}"
         );
+    }
+
+    const HA: &str = r#"
+[ha]
+node = "lb-db-01"
+bind = "10.0.0.11:694"
+peers = ["10.0.0.12:694"]
+vip = "10.0.0.100/24"
+interface = "eth0"
+preferred = "lb-db-01"
+auto_failback = true
+keepalive_ms = 100
+deadtime_ms = 400
+initdead_ms = 2000
+authkey_file = "/etc/ringlb/authkey"
+"#;
+
+    /// The issue's `[ha]` example with one line replaced (`key = value`, matched by key).
+    fn ha_with(key: &str, line: Option<&str>) -> String {
+        let mut out = String::new();
+        for l in HA.lines() {
+            if l.starts_with(&format!("{key} = ")) {
+                if let Some(line) = line {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            } else {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn ha_section_reads_every_key_and_the_key_file() {
+        let config = load_text(
+            &ha_with(
+                "authkey_file",
+                Some("authkey_file = \"/etc/ringlb/authkey\"\nnotify = \"/usr/local/bin/ha-notify\""),
+            ),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.ha,
+            Some(HaConfig {
+                node: "lb-db-01".into(),
+                bind: addr("10.0.0.11:694"),
+                peers: vec![addr("10.0.0.12:694")],
+                vip: Vip {
+                    addr: Ipv4Addr::new(10, 0, 0, 100),
+                    prefix_len: 24
+                },
+                interface: "eth0".into(),
+                preferred: Some("lb-db-01".into()),
+                auto_failback: true,
+                keepalive_ms: 100,
+                deadtime_ms: 400,
+                initdead_ms: 2000,
+                authkey_file: "/etc/ringlb/authkey".into(),
+                authkey: AuthKey::from_bytes(b"test key"),
+                notify: Some("/usr/local/bin/ha-notify".into()),
+            })
+        );
+        assert_eq!(load_text("", &Overrides::default()).unwrap().ha, None);
+    }
+
+    #[test]
+    fn ha_optional_keys_take_their_documented_defaults() {
+        let text = "[ha]\nnode = \"b\"\nbind = \"10.0.0.12:694\"\npeers = [\"10.0.0.11:694\"]\n\
+                    vip = \"10.0.0.100/32\"\ninterface = \"br-lb\"\nauthkey_file = \"authkey\"\n";
+        let ha = load_text(text, &Overrides::default()).unwrap().ha.unwrap();
+        assert_eq!(ha.preferred, None);
+        assert!(ha.auto_failback);
+        assert_eq!(
+            (ha.keepalive_ms, ha.deadtime_ms, ha.initdead_ms),
+            (DEFAULT_KEEPALIVE_MS, DEFAULT_DEADTIME_MS, DEFAULT_INITDEAD_MS)
+        );
+        assert_eq!(ha.notify, None);
+        assert_eq!(ha.vip.to_string(), "10.0.0.100/32");
+    }
+
+    #[test]
+    fn ha_relative_paths_are_taken_from_the_config_files_folder() {
+        let text = ha_with(
+            "authkey_file",
+            Some("authkey_file = \"keys/authkey\"\nnotify = \"notify.sh\""),
+        );
+        let config = load_str_with(
+            Path::new("/etc/ringlb/ringlb.toml"),
+            &text,
+            &Overrides::default(),
+            &fake_dns,
+            &fake_key,
+        )
+        .unwrap();
+        let ha = config.ha.unwrap();
+        assert_eq!(ha.authkey_file, Path::new("/etc/ringlb/keys/authkey"));
+        assert_eq!(ha.notify.as_deref(), Some(Path::new("/etc/ringlb/notify.sh")));
+    }
+
+    #[test]
+    fn ha_preferred_may_name_another_node_and_failback_may_be_off() {
+        let text = ha_with("preferred", Some("preferred = \"lb-db-02\""))
+            .replace("auto_failback = true", "auto_failback = false");
+        let ha = load_text(&text, &Overrides::default()).unwrap().ha.unwrap();
+        assert_eq!(ha.preferred.as_deref(), Some("lb-db-02"));
+        assert!(!ha.auto_failback);
+    }
+
+    #[test]
+    fn file_with_only_ha_combines_with_listen_and_backend_flags() {
+        let overrides = Overrides {
+            listen: Some("0.0.0.0:4040".into()),
+            backends: vec!["db-01:3306".into(), "db-02:3306".into()],
+            ..Overrides::default()
+        };
+        let config = load_text(HA, &overrides).unwrap();
+        assert_eq!(config.ha.as_ref().unwrap().node, "lb-db-01");
+        let l = &config.listeners[0];
+        assert_eq!(l.bind, addr("0.0.0.0:4040"));
+        let backends: Vec<_> = l.backends.iter().map(|b| b.addr).collect();
+        assert_eq!(backends, vec![addr("10.0.0.1:3306"), addr("10.0.0.2:3306")]);
+    }
+
+    #[test]
+    fn ha_errors_name_line_and_key() {
+        let cases = [
+            (
+                ha_with("node", Some("node = \"\"")),
+                "ringlb.toml:3: ha.node: must not be empty",
+            ),
+            (
+                ha_with("node", Some(&format!("node = \"{}\"", "n".repeat(65)))),
+                "ringlb.toml:3: ha.node: 65 bytes is too long: at most 64",
+            ),
+            (
+                ha_with("node", Some("node = \"lb 1\"")),
+                "ringlb.toml:3: ha.node: \"lb 1\" must not",
+            ),
+            (
+                ha_with("node", None),
+                "ringlb.toml:2: ha.node: required key is missing",
+            ),
+            (
+                ha_with("bind", Some("bind = \"lb-db-01:694\"")),
+                "ringlb.toml:4: ha.bind: \"lb-db-01:694\" is not IP:PORT",
+            ),
+            (
+                ha_with("bind", Some("bind = \"10.0.0.11:0\"")),
+                "ringlb.toml:4: ha.bind: \"10.0.0.11:0\": port 0",
+            ),
+            (
+                ha_with("peers", Some("peers = []")),
+                "ringlb.toml:5: ha.peers: needs at least one peer",
+            ),
+            (
+                ha_with("peers", Some("peers = \"10.0.0.12:694\"")),
+                "ringlb.toml:5: ha.peers: invalid type: string",
+            ),
+            (
+                ha_with("peers", Some("peers = [\"10.0.0.12:694\", \"lb-db-02:694\"]")),
+                "ringlb.toml:5: ha.peers[1]: \"lb-db-02:694\" is not IP:PORT",
+            ),
+            (
+                ha_with("peers", Some("peers = [\"[fe80::2]:694\"]")),
+                "ringlb.toml:5: ha.peers[0]: [fe80::2]:694 is not of the same address family",
+            ),
+            (
+                ha_with("peers", Some("peers = [\"10.0.0.11:694\"]")),
+                "ringlb.toml:5: ha.peers[0]: 10.0.0.11:694 is this node's own ha.bind",
+            ),
+            (
+                ha_with("peers", Some("peers = [\"10.0.0.12:694\", \"10.0.0.12:694\"]")),
+                "ringlb.toml:5: ha.peers[1]: 10.0.0.12:694 is listed twice",
+            ),
+            (
+                ha_with("vip", Some("vip = \"10.0.0.100\"")),
+                "ringlb.toml:6: ha.vip: \"10.0.0.100\" is not IPv4/PREFIX",
+            ),
+            (
+                ha_with("vip", Some("vip = \"10.0.0.100/33\"")),
+                "ringlb.toml:6: ha.vip: \"10.0.0.100/33\": prefix \"33\"",
+            ),
+            (
+                ha_with("vip", Some("vip = \"10.0.0.100/0\"")),
+                "ringlb.toml:6: ha.vip: \"10.0.0.100/0\": prefix \"0\"",
+            ),
+            (
+                ha_with("vip", Some("vip = \"fe80::1/64\"")),
+                "ringlb.toml:6: ha.vip: \"fe80::1/64\" is not IPv4/PREFIX",
+            ),
+            (
+                ha_with("vip", Some("vip = \"224.0.0.1/24\"")),
+                "ringlb.toml:6: ha.vip: \"224.0.0.1/24\": 224.0.0.1 cannot",
+            ),
+            (
+                ha_with("interface", Some("interface = \"\"")),
+                "ringlb.toml:7: ha.interface: \"\" is not an interface",
+            ),
+            (
+                ha_with("interface", Some("interface = \"a-very-long-name\"")),
+                "ringlb.toml:7: ha.interface: \"a-very-long-name\" is not an interface name: 1 to 15 bytes",
+            ),
+            (
+                ha_with("interface", Some("interface = \"eth0:1\"")),
+                "ringlb.toml:7: ha.interface: \"eth0:1\" is not",
+            ),
+            (
+                ha_with("preferred", Some("preferred = \"\"")),
+                "ringlb.toml:8: ha.preferred: must not be empty",
+            ),
+            (
+                ha_with("auto_failback", Some("auto_failback = \"on\"")),
+                "ringlb.toml:9: ha.auto_failback: invalid type",
+            ),
+            (
+                ha_with("keepalive_ms", Some("keepalive_ms = 5")),
+                "ringlb.toml:10: ha.keepalive_ms: 5 is out of range: must be from 10 to 3600000",
+            ),
+            (
+                ha_with("deadtime_ms", Some("deadtime_ms = 100")),
+                "ringlb.toml:11: ha.deadtime_ms: deadtime_ms (100) must exceed keepalive_ms (100)",
+            ),
+            (
+                ha_with("deadtime_ms", None).replace("keepalive_ms = 100", "keepalive_ms = 500"),
+                "ringlb.toml:10: ha.keepalive_ms: deadtime_ms (400) must exceed keepalive_ms (500)",
+            ),
+            (
+                ha_with("initdead_ms", Some("initdead_ms = 300")),
+                "ringlb.toml:12: ha.initdead_ms: initdead_ms (300) must be at least deadtime_ms (400)",
+            ),
+            (
+                ha_with("initdead_ms", None).replace("deadtime_ms = 400", "deadtime_ms = 3000"),
+                "ringlb.toml:11: ha.deadtime_ms: initdead_ms (2000) must be at least deadtime_ms (3000)",
+            ),
+            (
+                ha_with("authkey_file", None),
+                "ringlb.toml:2: ha.authkey_file: required key is missing",
+            ),
+            (
+                ha_with("authkey_file", Some("authkey_file = \"\"")),
+                "ringlb.toml:13: ha.authkey_file: must not be empty",
+            ),
+            (
+                ha_with("authkey_file", Some("authkey_file = \"/etc/ringlb/missing\"")),
+                "ringlb.toml:13: ha.authkey_file: /etc/ringlb/missing: cannot read: entity not found",
+            ),
+            (
+                HA.to_string() + "notify = \"\"\n",
+                "ringlb.toml:14: ha.notify: must not be empty",
+            ),
+            (
+                HA.to_string() + "vip_interface = \"eth0\"\n",
+                "ringlb.toml:14: ha.vip_interface: unknown key",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = error_text(&text, &Overrides::default());
+            assert!(e.starts_with(expected), "{e:?} should start with {expected:?}");
+        }
+    }
+
+    #[test]
+    fn effective_configuration_with_ha_loads_back_to_itself() {
+        for text in [
+            HA.to_string(),
+            ha_with("preferred", None) + "notify = \"/usr/local/bin/ha-notify\"\n",
+        ] {
+            let config = load_text(&text, &Overrides::default()).unwrap();
+            let written = to_toml(&config);
+            assert!(
+                !written.contains("test key"),
+                "the key itself is never written: {written}"
+            );
+            assert_eq!(
+                load_text(&written, &Overrides::default()).unwrap(),
+                config,
+                "{written}"
+            );
+        }
+    }
+
+    #[test]
+    fn auth_key_never_shows_in_debug_or_serialized_output() {
+        let key = AuthKey::from_bytes(b"hunter2");
+        assert_eq!(format!("{key:?}"), "AuthKey(<redacted>)");
+        let config = load_text(HA, &Overrides::default()).unwrap();
+        assert!(!format!("{config:?}").contains("test key"));
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(json.contains("\"authkey\":\"<redacted>\""), "{json}");
+        assert!(!json.contains("test key"));
+    }
+
+    /// A fresh folder under the system temp dir for one test's key files.
+    fn key_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ringlb-authkey-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn key_file(dir: &Path, name: &str, contents: &[u8], mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn key_file_private_to_its_owner_loads_without_its_trailing_newline() {
+        let dir = key_dir("private");
+        let key = load_authkey(&key_file(&dir, "a", b"s3cret \n", 0o600)).unwrap();
+        assert_eq!(key.as_bytes(), b"s3cret ", "only the newline goes");
+        let key = load_authkey(&key_file(&dir, "b", b"s3cret\r\n", 0o400)).unwrap();
+        assert_eq!(key.as_bytes(), b"s3cret");
+        let key = load_authkey(&key_file(&dir, "c", b"\x00binary\xff\n\n", 0o600)).unwrap();
+        assert_eq!(key.as_bytes(), b"\x00binary\xff\n", "one newline only");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn key_file_open_to_group_or_others_is_refused_naming_file_and_fix() {
+        let dir = key_dir("open");
+        for (name, mode) in [
+            ("group-read", 0o640),
+            ("other-read", 0o604),
+            ("group-write", 0o620),
+            ("all", 0o777),
+        ] {
+            let path = key_file(&dir, name, b"s3cret\n", mode);
+            let e = load_authkey(&path).unwrap_err().to_string();
+            let expected = format!(
+                "{}: key file mode {:04o} lets group or others in; run `chmod 600 {}`",
+                path.display(),
+                mode,
+                path.display()
+            );
+            assert_eq!(e, expected);
+            assert!(!e.contains("s3cret"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn missing_or_empty_key_file_is_refused() {
+        let dir = key_dir("empty");
+        let missing = dir.join("nowhere");
+        let e = load_authkey(&missing).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+        assert!(e
+            .to_string()
+            .starts_with(&format!("{}: cannot read: ", missing.display())));
+        for (name, contents) in [("empty", &b""[..]), ("newline", b"\n")] {
+            let path = key_file(&dir, name, contents, 0o600);
+            assert_eq!(
+                load_authkey(&path).unwrap_err().to_string(),
+                format!(
+                    "{}: key file is empty; write a long random secret into it",
+                    path.display()
+                )
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn load_reads_the_key_file_and_stops_on_a_bad_one() {
+        let dir = key_dir("load");
+        key_file(&dir, "authkey", b"s3cret\n", 0o600);
+        let config_path = dir.join("ringlb.toml");
+        let text = ha_with("authkey_file", Some("authkey_file = \"authkey\""));
+        std::fs::write(&config_path, &text).unwrap();
+        let config = load(Some(&config_path), &Overrides::default()).unwrap();
+        assert_eq!(config.ha.unwrap().authkey.as_bytes(), b"s3cret");
+
+        key_file(&dir, "authkey", b"s3cret\n", 0o644);
+        let e = load(Some(&config_path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        let key_path = dir.join("authkey");
+        assert_eq!(
+            e,
+            format!(
+                "{}:13: ha.authkey_file: {}: key file mode 0644 lets group or others in; run `chmod 600 {}`",
+                config_path.display(),
+                key_path.display(),
+                key_path.display()
+            )
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -10,7 +10,7 @@
 //! | [`dataplane`] | the workers: io_uring, multishot accept, connect, splice / buffered relay |
 //! | [`balance`] | the shared backend table (atomics only) and the least-connections choice |
 //! | [`health`] | the checker thread: MySQL greeting and login, or TCP; rise/fall hysteresis |
-//! | [`ha`] | the floating IP: netlink for the address, gratuitous ARP |
+//! | [`ha`] | the HA sidecar: signed heartbeats with the peer node, the state machine that moves the floating IP, netlink for the address, gratuitous ARP |
 //! | [`admin`] | HTTP on loopback: `/metrics` (Prometheus), `/stats` (JSON); the `stats` client |
 //! | [`stats`] | per-worker counters and the [`stats::Snapshot`] every view renders |
 //! | [`clock`] | a cheap monotonic millisecond clock shared by all threads |

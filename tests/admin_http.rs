@@ -44,6 +44,7 @@ fn config() -> Config {
             },
         ],
         tuning: Default::default(),
+        ha: None,
     }
 }
 

@@ -26,7 +26,23 @@ fn toml_files(dir: &str) -> Vec<PathBuf> {
 }
 
 fn load(path: &Path) -> Result<config::Config, config::ConfigError> {
+    make_key_fixtures_private();
     config::load(Some(path), &Overrides::default())
+}
+
+/// `[ha]` refuses a key file open to group or others, and git checks files out with the
+/// umask's mode (it keeps only the executable bit), so the valid fixtures' `*.authkey` files
+/// are made 0600 before anything loads them.
+fn make_key_fixtures_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config/valid");
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "authkey") {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
 }
 
 #[test]

@@ -235,6 +235,7 @@ mod tests {
                     .collect(),
             }],
             tuning: Default::default(),
+            ha: None,
         };
         Arc::new(Backends::from_config(&config))
     }
