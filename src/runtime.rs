@@ -28,7 +28,12 @@ pub enum RunError {
     Worker { worker: usize, message: String },
     #[error("cannot start thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Ha(#[from] crate::ha::runner::HaError),
 }
+
+/// How long a stopping node waits for the HA thread to tell its peer and release the VIP.
+const HA_HANDOVER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs ringlb until SIGINT or SIGTERM.
 pub fn run(config: Config) -> Result<(), RunError> {
@@ -100,6 +105,12 @@ pub fn run(config: Config) -> Result<(), RunError> {
     }
 
     health::spawn(config.health.clone(), backends).map_err(RunError::Thread)?;
+    // After the workers: the VIP may arrive on the interface any moment from here on, and the
+    // listeners (on 0.0.0.0, or freebind on the VIP) take its connections at once.
+    let ha = match config.ha.clone() {
+        Some(ha) => Some(crate::ha::runner::spawn(ha, shared.clone())?),
+        None => None,
+    };
     admin::spawn(admin_socket, shared).map_err(RunError::Thread)?;
     for l in &config.listeners {
         let names: Vec<&str> = l.backends.iter().map(|b| b.name.as_str()).collect();
@@ -109,6 +120,10 @@ pub fn run(config: Config) -> Result<(), RunError> {
 
     let signal = wait_for_signal(&signals);
     tracing::info!(signal, "stopping");
+    if let Some(ha) = ha {
+        // Release the VIP first and tell the peer, which takes over at once.
+        ha.stop(HA_HANDOVER);
+    }
     Ok(())
 }
 

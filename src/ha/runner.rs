@@ -197,7 +197,9 @@ impl Sidecar {
         let counter = match reason {
             message::Drop::Truncated => &mut d.truncated,
             message::Drop::Oversized => &mut d.oversized,
-            message::Drop::BadMagic | message::Drop::BadVersion | message::Drop::Malformed => &mut d.malformed,
+            message::Drop::BadMagic | message::Drop::BadVersion | message::Drop::Malformed => {
+                &mut d.malformed
+            }
             message::Drop::BadTag => &mut d.bad_tag,
             message::Drop::Replayed => &mut d.replayed,
             message::Drop::Stale => &mut d.stale,
@@ -290,7 +292,8 @@ impl Sidecar {
     }
 
     fn reap_children(&mut self) {
-        self.children.retain_mut(|child| matches!(child.try_wait(), Ok(None)));
+        self.children
+            .retain_mut(|child| matches!(child.try_wait(), Ok(None)));
     }
 
     fn publish(&self) {
@@ -299,7 +302,10 @@ impl Sidecar {
             .peers
             .iter()
             .map(|p| PeerStatus {
-                address: self.addresses.get(&p.node).map_or_else(String::new, |a| a.to_string()),
+                address: self
+                    .addresses
+                    .get(&p.node)
+                    .map_or_else(String::new, |a| a.to_string()),
                 node: p.node.clone(),
                 state: match p.state {
                     PeerState::Alive => "alive",
