@@ -52,6 +52,11 @@ const BUFFER_GROUP: u16 = 0;
 /// A backend whose connect failed is skipped by new connections for this long, or until its
 /// health check brings it up again.
 const SUSPECT_MS: u64 = 2000;
+/// While another backend could take the connection, a connect gets at most this long before it
+/// is given up for the next backend: on a LAN a handshake takes well under a millisecond, and a
+/// lost SYN is not retransmitted for a second, so a client must not wait out the whole connect
+/// timeout on a backend that died without a word (its link cut, its box powered off).
+const REDISPATCH_AFTER_MS: u64 = 250;
 /// Accept is re-armed after this delay when it failed for lack of descriptors or memory.
 const ACCEPT_RETRY_MS: u64 = 100;
 /// At most one warning per backend per this interval about failed connects.
@@ -241,8 +246,10 @@ struct Worker {
     listeners: Vec<Socket>,
     /// Backend addresses, by global backend index, at stable addresses for CONNECT.
     backend_addrs: Box<[SockAddr]>,
-    /// Connect timeout per listener, at stable addresses for LINK_TIMEOUT.
+    /// Connect timeout per listener, at stable addresses for LINK_TIMEOUT: the configured one
+    /// when no other backend is left to try, and the shorter redispatch one while there is.
     connect_timeouts: Box<[types::Timespec]>,
+    redispatch_timeouts: Box<[types::Timespec]>,
     accept_retry: Box<types::Timespec>,
     shared: Arc<Shared>,
     id: usize,
@@ -296,6 +303,11 @@ impl Worker {
             .iter()
             .map(|&ms| timespec_ms(ms))
             .collect();
+        let redispatch_timeouts = config
+            .connect_timeout_ms
+            .iter()
+            .map(|&ms| timespec_ms(ms.min(REDISPATCH_AFTER_MS)))
+            .collect();
         let backends = shared.backends.len();
         let mut worker = Worker {
             ring,
@@ -311,6 +323,7 @@ impl Worker {
             listeners,
             backend_addrs,
             connect_timeouts,
+            redispatch_timeouts,
             accept_retry: Box::new(timespec_ms(ACCEPT_RETRY_MS)),
             shared,
             id: config.id,
@@ -528,12 +541,19 @@ impl Worker {
         conn.backend_index = Some(backend);
         conn.backend = Some(fd);
         conn.inflight += 2;
+        let tried = conn.tried;
         let addr = &self.backend_addrs[backend];
         let connect = opcode::Connect::new(types::Fd(raw), addr.as_ptr().cast(), addr.len())
             .build()
             .flags(squeue::Flags::IO_LINK)
             .user_data(token(index, Op::Connect, 0));
-        let timeout = opcode::LinkTimeout::new(&self.connect_timeouts[listener])
+        let others_left = backends.has_candidate(listener, tried, clock::now_ms());
+        let timeout = if others_left {
+            &self.redispatch_timeouts[listener]
+        } else {
+            &self.connect_timeouts[listener]
+        };
+        let timeout = opcode::LinkTimeout::new(timeout)
             .build()
             .user_data(token(index, Op::ConnectTimeout, 0));
         self.push(&[connect, timeout]);

@@ -262,8 +262,13 @@ fn template() -> PathBuf {
 /// Connection options for a login over TCP (never the Unix socket: the mysql crate would
 /// otherwise switch to the server's socket and bypass the proxy).
 pub fn tcp_opts(port: u16, user: &str, password: &str, schema: Option<&str>) -> OptsBuilder {
+    tcp_opts_to("127.0.0.1", port, user, password, schema)
+}
+
+/// [`tcp_opts`] for a server at `host` (an address inside a test namespace).
+pub fn tcp_opts_to(host: &str, port: u16, user: &str, password: &str, schema: Option<&str>) -> OptsBuilder {
     OptsBuilder::new()
-        .ip_or_hostname(Some("127.0.0.1"))
+        .ip_or_hostname(Some(host))
         .tcp_port(port)
         .user(Some(user))
         .pass(Some(password))
@@ -284,6 +289,9 @@ pub struct MariaDb {
     /// A root login kept open for [`MariaDb::status`], so that reading a counter does not itself
     /// open connections (and move `Connections`) on every poll.
     admin: Mutex<Option<Conn>>,
+    /// Where the server runs when not on the host's loopback: a network namespace and the
+    /// address it listens on there.
+    placement: Option<(String, std::net::Ipv4Addr)>,
 }
 
 /// Why one attempt to start a server failed.
@@ -312,6 +320,7 @@ impl MariaDb {
             child: None,
             extra_options: extra_options.iter().map(|o| o.to_string()).collect(),
             admin: Mutex::new(None),
+            placement: None,
         };
         for _attempt in 0..5 {
             server.port = free_port();
@@ -323,6 +332,29 @@ impl MariaDb {
             }
         }
         panic!("MariaDB: no free port after 5 attempts");
+    }
+
+    /// A server inside network namespace `namespace`, listening on `ip:port` there (the HA tests'
+    /// db-01 and db-02). Its process runs through `ip netns exec`; [`MariaDb::kill`] and
+    /// [`MariaDb::restart`] work as for a local one.
+    pub fn start_in_namespace(namespace: &str, ip: std::net::Ipv4Addr, port: u16) -> MariaDb {
+        let template = template();
+        let dir = TempDir::new("rlb-db");
+        copy_dir(&template, &dir.path().join("data")).expect("copy the template data directory");
+        std::fs::write(dir.path().join("init.sql"), INIT_SQL).expect("write init.sql");
+        let mut server = MariaDb {
+            dir,
+            port,
+            child: None,
+            extra_options: Vec::new(),
+            admin: Mutex::new(None),
+            placement: Some((namespace.to_string(), ip)),
+        };
+        match server.spawn_and_wait() {
+            Ok(()) => server,
+            Err(StartFailure::PortTaken) => panic!("MariaDB in {namespace}: port {port} is taken"),
+            Err(StartFailure::Other(message)) => panic!("{message}"),
+        }
     }
 
     /// The server's TCP port on 127.0.0.1 (what `SELECT @@port` returns).
@@ -414,13 +446,21 @@ impl MariaDb {
         let log = self.error_log();
         // Each attempt's log is read on its own: an old "in use" must not decide a new attempt.
         let _ = std::fs::remove_file(&log);
-        let mut command = Command::new(find_program("mariadbd"));
+        let bind = self.placement.as_ref().map_or("127.0.0.1".to_string(), |(_, ip)| ip.to_string());
+        let mut command = match &self.placement {
+            Some((namespace, _)) => {
+                let mut c = Command::new(find_program("ip"));
+                c.args(["netns", "exec", namespace]).arg(find_program("mariadbd"));
+                c
+            }
+            None => Command::new(find_program("mariadbd")),
+        };
         command
             .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.join("data").display()))
             .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
             .arg(format!("--port={}", self.port))
-            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--bind-address={bind}"))
             .arg("--skip-name-resolve")
             .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
             .arg(format!("--log-error={}", log.display()))
@@ -464,9 +504,14 @@ impl MariaDb {
                     log.display()
                 )));
             }
-            if let Ok(conn) = Conn::new(
-                tcp_opts(self.port, "root", "", None).tcp_connect_timeout(Some(Duration::from_secs(1))),
-            ) {
+            let opts = tcp_opts_to(&bind, self.port, "root", "", None)
+                .tcp_connect_timeout(Some(Duration::from_secs(1)));
+            let login = match &self.placement {
+                // The socket stays in the namespace it was made in, so the login is made there.
+                Some((namespace, _)) => netns::in_namespace(namespace, || Conn::new(opts)),
+                None => Conn::new(opts),
+            };
+            if let Ok(conn) = login {
                 *self.admin.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
                 return Ok(());
             }

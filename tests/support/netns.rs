@@ -284,6 +284,20 @@ impl Drop for Topology {
 }
 
 /// Moves the calling thread into the named network namespace; panics naming it on failure.
+/// Runs `f` on a thread inside the named namespace (see [`Topology::run_in`]); for code that
+/// holds a namespace's name but not its topology.
+pub fn in_namespace<T: Send>(namespace: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter_namespace(namespace);
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 fn enter_namespace(namespace: &str) {
     let path = Path::new("/run/netns").join(namespace);
     let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
