@@ -124,15 +124,13 @@ impl Backends {
         Some(index)
     }
 
-    /// Whether a healthy backend of `listener`, not suspect and not in `tried`, is left to try.
-    pub fn has_candidate(&self, listener: usize, tried: u64, now_ms: u64) -> bool {
+    /// Whether a healthy backend of `listener` not in `tried` is left to try, suspect or not:
+    /// [`Backends::acquire`] falls back to suspect backends before it gives up.
+    pub fn has_candidate(&self, listener: usize, tried: u64) -> bool {
         self.all[self.pools[listener].clone()]
             .iter()
             .enumerate()
-            .any(|(pos, b)| {
-                let untried = pos >= 64 || tried & (1 << pos) == 0;
-                untried && b.is_up() && b.live.suspect_until_ms.load(Ordering::Relaxed) <= now_ms
-            })
+            .any(|(pos, b)| (pos >= 64 || tried & (1 << pos) == 0) && b.is_up())
     }
 
     /// Undoes [`Backends::acquire`] when a connection ends or its connect fails.
@@ -316,13 +314,13 @@ mod tests {
     #[test]
     fn a_candidate_is_left_only_while_an_untried_healthy_backend_is() {
         let table = table(2);
-        assert!(table.has_candidate(0, 0b01, 0));
-        assert!(!table.has_candidate(0, 0b11, 0));
+        assert!(table.has_candidate(0, 0b01));
+        assert!(!table.has_candidate(0, 0b11));
+        // Suspect still counts: acquire falls back to it.
         table.mark_suspect(1, 1000);
-        assert!(!table.has_candidate(0, 0b01, 500));
-        assert!(table.has_candidate(0, 0b01, 1000));
+        assert!(table.has_candidate(0, 0b01));
         table.all[1].live.up.store(false, Ordering::Relaxed);
-        assert!(!table.has_candidate(0, 0b01, 1000));
+        assert!(!table.has_candidate(0, 0b01));
     }
 
     #[test]

@@ -547,15 +547,16 @@ impl Worker {
             .build()
             .flags(squeue::Flags::IO_LINK)
             .user_data(token(index, Op::Connect, 0));
-        let others_left = backends.has_candidate(listener, tried, clock::now_ms());
+        let others_left = backends.has_candidate(listener, tried);
         let timeout = if others_left {
             &self.redispatch_timeouts[listener]
         } else {
             &self.connect_timeouts[listener]
         };
-        let timeout = opcode::LinkTimeout::new(timeout)
-            .build()
-            .user_data(token(index, Op::ConnectTimeout, 0));
+        let timeout =
+            opcode::LinkTimeout::new(timeout)
+                .build()
+                .user_data(token(index, Op::ConnectTimeout, 0));
         self.push(&[connect, timeout]);
     }
 

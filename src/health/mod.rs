@@ -119,6 +119,11 @@ impl Checker {
             Ok(Alive::LoggedIn { .. }) => self.warned_access_denied = false,
             _ => {}
         }
+        if result.is_ok() {
+            // A probe that got through proves the backend reachable again: forget a connect
+            // failure the workers marked it suspect for, without waiting out the mark.
+            backend.live.suspect_until_ms.store(0, Ordering::Relaxed);
+        }
         let was_up = self.hysteresis.is_up();
         match self.hysteresis.observe(result.is_ok()) {
             Some(Transition::Down { first_check }) => {

@@ -446,7 +446,14 @@ impl MariaDb {
         let log = self.error_log();
         // Each attempt's log is read on its own: an old "in use" must not decide a new attempt.
         let _ = std::fs::remove_file(&log);
-        let bind = self.placement.as_ref().map_or("127.0.0.1".to_string(), |(_, ip)| ip.to_string());
+        // In a namespace the server listens on every address of it (the namespace is private), so
+        // that the harness's root login, which root may make only from localhost, goes to
+        // 127.0.0.1 inside the namespace while clients use the node's address.
+        let bind = if self.placement.is_some() {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
         let mut command = match &self.placement {
             Some((namespace, _)) => {
                 let mut c = Command::new(find_program("ip"));
@@ -504,7 +511,7 @@ impl MariaDb {
                     log.display()
                 )));
             }
-            let opts = tcp_opts_to(&bind, self.port, "root", "", None)
+            let opts = tcp_opts_to("127.0.0.1", self.port, "root", "", None)
                 .tcp_connect_timeout(Some(Duration::from_secs(1)));
             let login = match &self.placement {
                 // The socket stays in the namespace it was made in, so the login is made there.
