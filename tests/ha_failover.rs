@@ -64,6 +64,15 @@ impl Cluster {
         let key = dir.path().join("authkey");
         std::fs::write(&key, "a heartbeat key for the failover test\n").unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // The notify command: appends its arguments (node, new role, old role, reason, VIP) to a
+        // file per node.
+        let notify = dir.path().join("notify.sh");
+        std::fs::write(
+            &notify,
+            "#!/bin/sh\necho \"$@\" >> \"$(dirname \"$0\")/notify-$1.log\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&notify, std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut cluster = Cluster {
             net,
             dir,
@@ -95,11 +104,12 @@ impl Cluster {
              {backends}\n\
              [ha]\nnode = \"{me}\"\nbind = \"{my_ip}:{HA_PORT}\"\npeers = [\"{peer_ip}:{HA_PORT}\"]\n\
              vip = \"{VIP}/{SUBNET_PREFIX}\"\ninterface = \"{NODE_INTERFACE}\"\npreferred = \"lb1\"\n\
-             authkey_file = \"{key}\"\n",
+             authkey_file = \"{key}\"\nnotify = \"{notify}\"\n",
             health = self.health,
             my_ip = self.net.addr(me),
             peer_ip = self.net.addr(peer),
             key = self.dir.path().join("authkey").display(),
+            notify = self.dir.path().join("notify.sh").display(),
         );
         let path = self.dir.path().join(format!("{me}.toml"));
         std::fs::write(&path, text).unwrap();
@@ -128,6 +138,20 @@ impl Cluster {
 
     fn logs(&self) -> String {
         format!("--- lb1 ---\n{}\n--- lb2 ---\n{}", self.log(0), self.log(1))
+    }
+
+    /// What `GET /ha` on node `i`'s admin endpoint says.
+    fn ha_status(&self, i: usize) -> Option<ringlb::ha::status::HaStatus> {
+        let admin: SocketAddr = "127.0.0.1:4041".parse().unwrap();
+        self.net
+            .run_in(Self::name(i), || ringlb::admin::table::fetch_json(admin, "/ha"))
+            .ok()
+    }
+
+    /// What the notify command recorded on node `i`, one transition a line.
+    fn notified(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("notify-{}.log", Self::name(i))))
+            .unwrap_or_default()
     }
 
     fn holds_vip(&self, i: usize) -> bool {
@@ -222,6 +246,84 @@ fn killed_active_node_is_replaced_by_the_standby() {
         cluster.holds_vip(1),
         "lb2 should hold the VIP\n{}",
         cluster.logs()
+    );
+    // The survivor reports it, and its notify command ran for the takeover.
+    let reported = poll_until(BOUND, || {
+        cluster.ha_status(1).is_some_and(|st| {
+            st.role == "active"
+                && st.vip_held
+                && st.takeovers == 1
+                && st.peers.iter().any(|p| p.state == "dead")
+        })
+    });
+    assert!(
+        reported,
+        "GET /ha on lb2: {:?}\n{}",
+        cluster.ha_status(1),
+        cluster.logs()
+    );
+    let notified = poll_until(BOUND, || {
+        cluster.notified(1).contains("lb2 active standby peer_dead")
+    });
+    assert!(notified, "lb2's notify log: {:?}", cluster.notified(1));
+}
+
+#[test]
+fn forged_and_garbage_heartbeats_are_dropped_and_counted() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::start();
+    cluster.wait_for_answer("start-up");
+    assert!(
+        poll_until(BOUND, || cluster.holders() == ["lb1"]),
+        "{}",
+        cluster.logs()
+    );
+    let before = cluster.ha_status(1).expect("GET /ha on lb2");
+    // From lb1's own address (the only one lb2 listens to), so the datagrams reach the checks:
+    // garbage, a truncated one and one signed with the wrong key.
+    let target = SocketAddr::from((cluster.net.addr("lb2"), HA_PORT));
+    let forged = ringlb::ha::message::encode(
+        &ringlb::ha::message::Message {
+            node: "lb1".into(),
+            incarnation: u64::MAX,
+            sequence: 1,
+            role: ringlb::ha::message::Role::Leaving,
+            preferred: true,
+            healthy: true,
+        },
+        &ringlb::config::AuthKey::from_bytes(b"not the key"),
+    );
+    cluster.net.run_in("lb1", || {
+        let socket = std::net::UdpSocket::bind((cluster.net.addr("lb1"), 0)).unwrap();
+        for _ in 0..200 {
+            socket
+                .send_to(
+                    b"garbage that is no heartbeat at all, long enough to parse",
+                    target,
+                )
+                .unwrap();
+            socket.send_to(&forged, target).unwrap();
+            socket.send_to(&forged[..10], target).unwrap();
+        }
+    });
+    // A burst this fast can overflow the socket's receive buffer, and the kernel drops what does
+    // not fit before ringlb sees it, so most (not all) of the 600 must be counted.
+    let counted = poll_until(BOUND, || {
+        cluster
+            .ha_status(1)
+            .is_some_and(|st| st.dropped.total() >= before.dropped.total() + 300)
+    });
+    assert!(counted, "GET /ha on lb2: {:?}", cluster.ha_status(1));
+    // A forged "leaving" from lb1 must not have made lb2 take over.
+    assert_eq!(cluster.holders(), ["lb1"], "{}", cluster.logs());
+    let lb2 = cluster.ha_status(1).unwrap();
+    assert_eq!(lb2.role, "standby", "{lb2:?}");
+    let d = lb2.dropped;
+    assert!(
+        d.bad_tag >= 50 && d.truncated >= 50 && d.malformed >= 50,
+        "{lb2:?}"
     );
 }
 

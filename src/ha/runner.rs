@@ -36,6 +36,8 @@ const GARP_REFRESH_MS: u64 = 1000;
 const MAX_WAIT_MS: u64 = 50;
 /// Heartbeats are far smaller; anything larger is dropped as oversized.
 const DATAGRAM_BYTES: usize = 2048;
+/// Datagrams read in one pass before the machine gets its next tick.
+const MAX_DATAGRAMS_PER_PASS: usize = 1024;
 
 /// Why the HA sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,10 @@ pub fn spawn(ha: HaConfig, shared: Arc<Shared>) -> Result<HaHandle, HaError> {
         addr: ha.bind,
         source,
     })?;
+    socket.set_nonblocking(true).map_err(|source| HaError::Bind {
+        addr: ha.bind,
+        source,
+    })?;
     let vip = Vip::new(ha.vip.addr, ha.vip.prefix_len, &ha.interface)?;
     let stop = Arc::new(AtomicBool::new(false));
     let thread_stop = stop.clone();
@@ -84,6 +90,19 @@ pub fn spawn(ha: HaConfig, shared: Arc<Shared>) -> Result<HaHandle, HaError> {
         .spawn(move || Sidecar::new(ha, socket, vip, shared).run(&thread_stop))
         .map_err(HaError::Thread)?;
     Ok(HaHandle { stop, thread })
+}
+
+/// Waits up to `ms` for the socket to have a datagram.
+fn wait_readable(socket: &UdpSocket, ms: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut pollfd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; poll touches nothing else.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, ms as libc::c_int) };
+    ready > 0
 }
 
 struct Sidecar {
@@ -157,14 +176,20 @@ impl Sidecar {
                 .next_tick_ms()
                 .saturating_sub(clock::now_ms())
                 .clamp(1, MAX_WAIT_MS);
-            let _ = self.socket.set_read_timeout(Some(Duration::from_millis(wait)));
-            match self.socket.recv_from(&mut buffer) {
-                Ok((len, from)) => self.receive(&buffer[..len], from),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "ha: receive failed");
-                    std::thread::sleep(Duration::from_millis(MAX_WAIT_MS));
+            if wait_readable(&self.socket, wait) {
+                // Drain everything queued before the next tick, so that a flood of garbage costs
+                // one pass over the socket buffer rather than one loop each, and a genuine
+                // heartbeat behind it is not left waiting (or dropped by a full buffer).
+                for _ in 0..MAX_DATAGRAMS_PER_PASS {
+                    match self.socket.recv_from(&mut buffer) {
+                        Ok((len, from)) => self.receive(&buffer[..len], from),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ha: receive failed");
+                            break;
+                        }
+                    }
                 }
             }
         }
