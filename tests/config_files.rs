@@ -31,16 +31,18 @@ fn load(path: &Path) -> Result<config::Config, config::ConfigError> {
 }
 
 /// `[ha]` refuses a key file open to group or others, and git checks files out with the
-/// umask's mode (it keeps only the executable bit), so the valid fixtures' `*.authkey` files
-/// are made 0600 before anything loads them.
+/// umask's mode (it keeps only the executable bit), so the `*.authkey` files of the valid
+/// fixtures and the examples are made 0600 before anything loads them.
 fn make_key_fixtures_private() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config/valid");
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|ext| ext == "authkey") {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for folder in ["tests/config/valid", "examples"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|ext| ext == "authkey") {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
         }
     }
 }
