@@ -22,7 +22,8 @@
 //! | main | config, binding, signals | joins the rest |
 //! | `worker-N` × cores, pinned | one io_uring, one SO_REUSEPORT listener per listener, its connections and pipes | the backend table's atomics; its own counters |
 //! | `health` | one probe per backend per interval | each backend's `up` atomic |
-//! | `admin` | the admin HTTP socket | reads atomics only |
+//! | `ha` (with `[ha]`) | the heartbeat UDP socket, the VIP, gratuitous ARP | reads backend health; writes the status `GET /ha` shows |
+//! | `admin` | the admin HTTP socket | reads atomics and the HA status |
 //!
 //! No lock is taken on the data path: a worker's connections never leave it, and what workers
 //! share is a table of cache-padded atomics.
