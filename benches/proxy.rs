@@ -40,10 +40,10 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -793,65 +793,34 @@ fn churn_once(addr: SocketAddr) -> mysql::Result<()> {
 /// A TCP sink: every connection is read to EOF through a CRC-32, then answered with the byte
 /// count (u64 LE) and the CRC (u32 LE). Health-check connections that send nothing get an
 /// answer too, which nobody reads.
-struct Sink {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
+struct Sink(support::TcpServer);
 
 /// Read and write size of the bulk load.
 const BULK_CHUNK: usize = 256 * 1024;
 
 impl Sink {
     fn start() -> Sink {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the sink");
-        let addr = listener.local_addr().expect("local_addr");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopping.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Ok(mut stream) = stream else { continue };
-                std::thread::spawn(move || {
-                    let _ = stream.set_read_timeout(Some(GRACE));
-                    let mut buffer = vec![0u8; BULK_CHUNK];
-                    let mut hasher = crc32fast::Hasher::new();
-                    let mut total = 0u64;
-                    loop {
-                        match stream.read(&mut buffer) {
-                            Ok(0) => break,
-                            Ok(n) => {
-                                hasher.update(&buffer[..n]);
-                                total += n as u64;
-                            }
-                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                            Err(_) => return,
-                        }
+        Sink(support::TcpServer::start("the sink", |mut stream, _| {
+            let _ = stream.set_read_timeout(Some(GRACE));
+            let mut buffer = vec![0u8; BULK_CHUNK];
+            let mut hasher = crc32fast::Hasher::new();
+            let mut total = 0u64;
+            loop {
+                match stream.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        hasher.update(&buffer[..n]);
+                        total += n as u64;
                     }
-                    let mut answer = total.to_le_bytes().to_vec();
-                    answer.extend_from_slice(&hasher.finalize().to_le_bytes());
-                    let _ = stream.write_all(&answer);
-                    let _ = stream.shutdown(Shutdown::Write);
-                });
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
+                }
             }
-        });
-        Sink {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+            let mut answer = total.to_le_bytes().to_vec();
+            answer.extend_from_slice(&hasher.finalize().to_le_bytes());
+            let _ = stream.write_all(&answer);
+            let _ = stream.shutdown(Shutdown::Write);
+        }))
     }
 }
 
@@ -1592,7 +1561,7 @@ fn main() {
         let sink = Sink::start();
         let bulk_proxies: BTreeMap<Target, Proxy> = [Target::Ringlb, Target::Haproxy]
             .into_iter()
-            .map(|t| (t, Proxy::start(t, &[sink.addr], w, true)))
+            .map(|t| (t, Proxy::start(t, &[sink.0.addr()], w, true)))
             .collect();
         let workload_d = Workload {
         key: "d",
@@ -1610,7 +1579,7 @@ fn main() {
             for target in pair_targets(false) {
                 let (addr, pid) = match bulk_proxies.get(&target) {
                     Some(p) => (p.addr(), Some(p.pid())),
-                    None => (sink.addr, None),
+                    None => (sink.0.addr(), None),
                 };
                 let mut run = new_run("d", target, pair);
                 let seed = (pair as u64) << 8 | target as u64;

@@ -898,17 +898,19 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     (!matching.is_empty()).then(|| matching.iter().sum())
 }
 
-/// A TCP backend that reads until the client's EOF, then sends back everything it read and
-/// closes: it answers only a client whose half-close made it through the proxy.
-pub struct EofReplyServer {
+/// A TCP server on a free port of 127.0.0.1 that runs `handle` on a thread of its own for each
+/// connection, until it is dropped. The test backends below are this plus their `handle`.
+pub struct TcpServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl EofReplyServer {
-    pub fn start() -> EofReplyServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the EOF reply server");
+impl TcpServer {
+    /// `what` names the server in the panic if it cannot bind. `handle` also gets the flag that
+    /// turns true when the server is dropped, which a long-running handler polls to end with it.
+    pub fn start(what: &str, handle: impl Fn(TcpStream, &AtomicBool) + Clone + Send + 'static) -> TcpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind {what}: {e}"));
         let addr = listener.local_addr().expect("local_addr");
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
@@ -917,18 +919,12 @@ impl EofReplyServer {
                 if stopping.load(Ordering::Relaxed) {
                     return;
                 }
-                let Ok(mut stream) = stream else { continue };
-                std::thread::spawn(move || {
-                    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
-                    let mut received = Vec::new();
-                    if stream.read_to_end(&mut received).is_ok() {
-                        let _ = stream.write_all(&received);
-                    }
-                    let _ = stream.shutdown(Shutdown::Both);
-                });
+                let Ok(stream) = stream else { continue };
+                let (handle, stopping) = (handle.clone(), stopping.clone());
+                std::thread::spawn(move || handle(stream, &stopping));
             }
         });
-        EofReplyServer {
+        TcpServer {
             addr,
             stop,
             thread: Some(thread),
@@ -940,7 +936,7 @@ impl EofReplyServer {
     }
 }
 
-impl Drop for EofReplyServer {
+impl Drop for TcpServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Wakes the blocking accept so the thread sees the flag.
@@ -948,6 +944,27 @@ impl Drop for EofReplyServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// A TCP backend that reads until the client's EOF, then sends back everything it read and
+/// closes: it answers only a client whose half-close made it through the proxy.
+pub struct EofReplyServer(TcpServer);
+
+impl EofReplyServer {
+    pub fn start() -> EofReplyServer {
+        EofReplyServer(TcpServer::start("the EOF reply server", |mut stream, _| {
+            let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+            let mut received = Vec::new();
+            if stream.read_to_end(&mut received).is_ok() {
+                let _ = stream.write_all(&received);
+            }
+            let _ = stream.shutdown(Shutdown::Both);
+        }))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr()
     }
 }
 
@@ -1104,10 +1121,9 @@ impl StreamConn {
 /// forever, or `limit` bytes and then it reads until the peer closes. Each connection's count and
 /// end are kept, in accept order, so a test can tell what the far side of a proxy saw.
 pub struct StreamServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    /// Dropping it stops the connection threads too, within one write or read timeout.
+    server: TcpServer,
     conns: Arc<Mutex<Vec<Arc<StreamConn>>>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 /// Write size of the stream servers and the bulk clients.
@@ -1115,39 +1131,22 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 
 impl StreamServer {
     pub fn start(limit: Option<u64>) -> StreamServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the stream server");
-        let addr = listener.local_addr().expect("local_addr");
-        let stop = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<Arc<StreamConn>>>> = Arc::default();
-        let (stopping, accepted) = (stop.clone(), conns.clone());
-        let thread = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopping.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Ok(stream) = stream else { continue };
-                let conn = Arc::new(StreamConn::default());
-                accepted
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(conn.clone());
-                let stopping = stopping.clone();
-                std::thread::spawn(move || {
-                    let end = stream_to(stream, limit, &conn, &stopping);
-                    conn.finish(end);
-                });
-            }
+        let accepted = conns.clone();
+        let server = TcpServer::start("the stream server", move |stream, stopping| {
+            let conn = Arc::new(StreamConn::default());
+            accepted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn.clone());
+            let end = stream_to(stream, limit, &conn, stopping);
+            conn.finish(end);
         });
-        StreamServer {
-            addr,
-            stop,
-            conns,
-            thread: Some(thread),
-        }
+        StreamServer { server, conns }
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Every connection accepted so far, in order.
@@ -1202,77 +1201,34 @@ fn stream_to(mut stream: TcpStream, limit: Option<u64>, conn: &StreamConn, stop:
     }
 }
 
-impl Drop for StreamServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wakes the blocking accept so the thread sees the flag; connection threads see it
-        // within one write or read timeout.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// A raw TCP backend that echoes every byte as it arrives and half-closes after the client's
 /// EOF, so a client can stream both directions at once through a proxy.
-pub struct EchoServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct EchoServer(TcpServer);
 
 impl EchoServer {
     pub fn start() -> EchoServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the echo server");
-        let addr = listener.local_addr().expect("local_addr");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopping.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Ok(mut stream) = stream else { continue };
-                std::thread::spawn(move || {
-                    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
-                    let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
-                    let mut buffer = vec![0u8; CHUNK_BYTES];
-                    loop {
-                        match stream.read(&mut buffer) {
-                            Ok(0) => {
-                                let _ = stream.shutdown(Shutdown::Write);
-                                return;
-                            }
-                            Ok(n) => {
-                                if stream.write_all(&buffer[..n]).is_err() {
-                                    return;
-                                }
-                            }
-                            Err(_) => return,
+        EchoServer(TcpServer::start("the echo server", |mut stream, _| {
+            let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+            let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+            let mut buffer = vec![0u8; CHUNK_BYTES];
+            loop {
+                match stream.read(&mut buffer) {
+                    Ok(0) => {
+                        let _ = stream.shutdown(Shutdown::Write);
+                        return;
+                    }
+                    Ok(n) => {
+                        if stream.write_all(&buffer[..n]).is_err() {
+                            return;
                         }
                     }
-                });
+                    Err(_) => return,
+                }
             }
-        });
-        EchoServer {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
+        }))
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.0.addr()
     }
 }
