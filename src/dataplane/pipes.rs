@@ -13,6 +13,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// What the kernel gave, read back once at creation: lending a pooled pipe costs no syscall.
+    capacity: usize,
 }
 
 impl Pipe {
@@ -29,7 +31,13 @@ impl Pipe {
         // Best effort: past fs.pipe-max-size or the per-user quota the pipe keeps its default size.
         // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory of ours.
         unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
-        Ok(Pipe { read, write })
+        // SAFETY: F_GETPIPE_SZ takes no argument and touches no memory of ours.
+        let capacity = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        Ok(Pipe {
+            read,
+            write,
+            capacity: capacity.max(4096) as usize,
+        })
     }
 
     pub fn read_fd(&self) -> RawFd {
@@ -42,9 +50,7 @@ impl Pipe {
 
     /// The capacity the kernel actually gave this pipe.
     pub fn capacity(&self) -> usize {
-        // SAFETY: F_GETPIPE_SZ takes no argument and touches no memory of ours.
-        let size = unsafe { libc::fcntl(self.write.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        size.max(4096) as usize
+        self.capacity
     }
 }
 

@@ -435,9 +435,20 @@ impl Worker {
                     return;
                 };
                 conn.inflight -= 1;
+                if conn.phase == Phase::Closing {
+                    // Closing: every completion only brings the release nearer. A recv may
+                    // still have taken a buffer, which goes straight back.
+                    if op == Op::Recv {
+                        if let Some(id) = cqueue::buffer_select(flags) {
+                            self.recycle_buffer(id);
+                        }
+                    }
+                    self.finish_if_done(index);
+                    return;
+                }
                 match op {
                     Op::Connect => self.on_connect(index, result),
-                    Op::ConnectTimeout => self.finish_if_done(index),
+                    Op::ConnectTimeout => {}
                     Op::Recv => self.on_recv(index, dir, result, flags),
                     Op::Send => self.on_send(index, dir, result),
                     Op::SpliceIn => self.on_splice_in(index, dir, result),
@@ -576,10 +587,6 @@ impl Worker {
     fn on_connect(&mut self, index: usize, result: i32) {
         let conn = self.conn(index);
         let backend = conn.backend_index.expect("connecting to a backend");
-        if conn.phase == Phase::Closing {
-            self.finish_if_done(index);
-            return;
-        }
         if result < 0 {
             conn.backend = None;
             conn.backend_index = None;
@@ -617,10 +624,6 @@ impl Worker {
     }
 
     fn on_poll_in(&mut self, index: usize, dir: usize, result: i32) {
-        if self.conn(index).phase == Phase::Closing {
-            self.finish_if_done(index);
-            return;
-        }
         if result < 0 && !matches!(-result, libc::EINTR | libc::EAGAIN) {
             self.abort(index);
         } else {
@@ -648,13 +651,6 @@ impl Worker {
 
     fn on_recv(&mut self, index: usize, dir: usize, result: i32, flags: u32) {
         let selected = cqueue::buffer_select(flags);
-        if self.conn(index).phase == Phase::Closing {
-            if let Some(id) = selected {
-                self.recycle_buffer(id);
-            }
-            self.finish_if_done(index);
-            return;
-        }
         match result {
             n if n > 0 => {
                 let Some(id) = selected else {
@@ -702,10 +698,6 @@ impl Worker {
     }
 
     fn on_send(&mut self, index: usize, dir: usize, result: i32) {
-        if self.conn(index).phase == Phase::Closing {
-            self.finish_if_done(index);
-            return;
-        }
         if result < 0 {
             if matches!(-result, libc::EAGAIN | libc::EINTR) {
                 self.submit_send(index, dir);
@@ -757,19 +749,21 @@ impl Worker {
         let pipe_in = flow.pipe.as_ref().expect("pipe").write_fd();
         let len = flow.pipe_capacity;
         let src = conn.src(dir);
-        conn.inflight += 1;
-        let entry = opcode::Splice::new(types::Fd(src), -1, types::Fd(pipe_in), -1, len)
+        self.submit_splice(index, dir, Op::SpliceIn, src, pipe_in, len);
+    }
+
+    /// One splice op of `dir`, non-blocking on both ends: a socket that has nothing (or no room)
+    /// answers EAGAIN at once instead of holding an io-wq worker.
+    fn submit_splice(&mut self, index: usize, dir: usize, op: Op, from: RawFd, to: RawFd, len: u32) {
+        self.conn(index).inflight += 1;
+        let entry = opcode::Splice::new(types::Fd(from), -1, types::Fd(to), -1, len)
             .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
             .build()
-            .user_data(token(index, Op::SpliceIn, dir));
+            .user_data(token(index, op, dir));
         self.push(&[entry]);
     }
 
     fn on_splice_in(&mut self, index: usize, dir: usize, result: i32) {
-        if self.conn(index).phase == Phase::Closing {
-            self.finish_if_done(index);
-            return;
-        }
         match result {
             n if n > 0 => {
                 let flow = &mut self.conn(index).flows[dir];
@@ -800,19 +794,10 @@ impl Worker {
         flow.state = FlowState::SpliceOut;
         let pipe_out = flow.pipe.as_ref().expect("pipe").read_fd();
         let len = flow.in_pipe;
-        conn.inflight += 1;
-        let entry = opcode::Splice::new(types::Fd(pipe_out), -1, types::Fd(dst), -1, len)
-            .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
-            .build()
-            .user_data(token(index, Op::SpliceOut, dir));
-        self.push(&[entry]);
+        self.submit_splice(index, dir, Op::SpliceOut, pipe_out, dst, len);
     }
 
     fn on_splice_out(&mut self, index: usize, dir: usize, result: i32) {
-        if self.conn(index).phase == Phase::Closing {
-            self.finish_if_done(index);
-            return;
-        }
         if result > 0 {
             self.count_bytes(index, dir, result as u64);
             let flow = &mut self.conn(index).flows[dir];
@@ -842,10 +827,6 @@ impl Worker {
     }
 
     fn on_poll_out(&mut self, index: usize, dir: usize, result: i32) {
-        if self.conn(index).phase == Phase::Closing {
-            self.finish_if_done(index);
-            return;
-        }
         if result < 0 && !matches!(-result, libc::EINTR | libc::EAGAIN) {
             self.abort(index);
         } else {
