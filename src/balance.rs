@@ -31,6 +31,8 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Taken only while no primary backend of the pool can take the connection.
+    pub backup: bool,
     /// Index of the listener whose pool holds it.
     pub listener: usize,
     pub live: CachePadded<BackendLive>,
@@ -70,6 +72,7 @@ impl Backends {
                     name: b.name.clone(),
                     addr: b.addr,
                     weight: b.weight.max(1),
+                    backup: b.backup,
                     listener: l,
                     live: CachePadded::new(live),
                 });
@@ -103,19 +106,24 @@ impl Backends {
         let pool = self.pools[listener].clone();
         let rotor = self.rotors[listener].fetch_add(1, Ordering::Relaxed);
         let backends = &self.all[pool.clone()];
-        let candidate = |pos: usize, skip_suspect: bool| {
+        // In order of preference: healthy primaries, then primaries a recent connect failed on
+        // (they may have recovered before their check says so), then the same two for backups.
+        let candidate = |pos: usize, skip_suspect: bool, backup: bool| {
             let b = &backends[pos];
             let suspect = skip_suspect && b.live.suspect_until_ms.load(Ordering::Relaxed) > now_ms;
             Candidate {
-                up: b.is_up() && !suspect,
+                up: b.is_up() && !suspect && b.backup == backup,
                 active: b.active_connections(),
                 weight: b.weight,
             }
         };
-        // Every healthy backend tried or suspect: fall back to suspect ones not yet tried, since a
-        // suspect backend may have recovered before its check says so.
-        let pick = choose(backends.len(), tried, rotor, |pos| candidate(pos, true))
-            .or_else(|| choose(backends.len(), tried, rotor, |pos| candidate(pos, false)))?;
+        let pick = [(true, false), (false, false), (true, true), (false, true)]
+            .into_iter()
+            .find_map(|(skip_suspect, backup)| {
+                choose(backends.len(), tried, rotor, |pos| {
+                    candidate(pos, skip_suspect, backup)
+                })
+            })?;
         let index = pool.start + pick;
         self.all[index]
             .live
@@ -245,6 +253,7 @@ mod tests {
                 name: format!("127.0.0.1:{}", 3306 + i),
                 addr: format!("127.0.0.1:{}", 3306 + i).parse().unwrap(),
                 weight: 1,
+                backup: false,
             })
             .collect();
         let config = Config {
@@ -321,6 +330,30 @@ mod tests {
         assert!(table.has_candidate(0, 0b01));
         table.all[1].live.up.store(false, Ordering::Relaxed);
         assert!(!table.has_candidate(0, 0b01));
+    }
+
+    #[test]
+    fn a_backup_takes_connections_only_while_no_primary_can() {
+        let mut config_table = table(3);
+        // Backend 2 is the backup.
+        let backup = &mut config_table.all[2];
+        backup.backup = true;
+        let table = config_table;
+        for _ in 0..6 {
+            let b = table.acquire(0, 0, 0).unwrap();
+            assert_ne!(b, 2, "a backup while primaries are up");
+        }
+        // One primary down: the other primary, still not the backup.
+        table.all[0].live.up.store(false, Ordering::Relaxed);
+        assert_eq!(table.acquire(0, 0, 0), Some(1));
+        // Both primaries down: the backup.
+        table.all[1].live.up.store(false, Ordering::Relaxed);
+        assert_eq!(table.acquire(0, 0, 0), Some(2));
+        // A primary back: new connections leave the backup again.
+        table.all[0].live.up.store(true, Ordering::Relaxed);
+        assert_eq!(table.acquire(0, 0, 0), Some(0));
+        // A primary that refused this connection (tried) sends it to the backup.
+        assert_eq!(table.acquire(0, 0b001, 0), Some(2));
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub struct BackendConfig {
     pub addr: SocketAddr,
     /// Relative share for least connections: active / weight is compared. At least 1.
     pub weight: u32,
+    /// Used only while no primary (non-backup) backend of the listener can take a connection.
+    pub backup: bool,
 }
 
 /// One listening address with its own pool of backends.
@@ -468,6 +470,9 @@ pub fn to_toml(config: &Config) -> String {
                 out.push_str(&format!("address = {address}  # resolved to {}\n", backend.addr));
             }
             out.push_str(&format!("weight = {}\n", backend.weight));
+            if backend.backup {
+                out.push_str("backup = true\n");
+            }
         }
     }
     let tuning = &config.tuning;
@@ -607,6 +612,7 @@ struct RawListener {
 struct RawBackend {
     address: Spanned<String>,
     weight: Option<Spanned<i64>>,
+    backup: Option<bool>,
 }
 
 /// The file an error points into.
@@ -1337,7 +1343,8 @@ fn file_listener(
                 )?,
                 None => 1,
             };
-            let built = backend(origin, b.address.get_ref(), weight, &site, resolve)?;
+            let mut built = backend(origin, b.address.get_ref(), weight, &site, resolve)?;
+            built.backup = b.backup.unwrap_or(false);
             refuse_duplicate_backend(origin, &backends, &built, &site)?;
             backends.push(built);
         }
@@ -1385,6 +1392,7 @@ fn backend(
         name: address.to_string(),
         addr,
         weight,
+        backup: false,
     })
 }
 
@@ -1615,11 +1623,13 @@ address = "[::1]:3307"
                         name: "db-01:3306".into(),
                         addr: addr("10.0.0.1:3306"),
                         weight: 10,
+                        backup: false,
                     },
                     BackendConfig {
                         name: "[::1]:3307".into(),
                         addr: addr("[::1]:3307"),
                         weight: 1,
+                        backup: false,
                     },
                 ],
             }]

@@ -17,6 +17,7 @@ fn config() -> Config {
         name: name.into(),
         addr: name.parse().unwrap(),
         weight: 1,
+        backup: false,
     };
     Config {
         workers: 2,

@@ -483,3 +483,49 @@ fn metrics_and_stats_report_backends_workers_and_growing_byte_counters() {
         "/stats lists two workers: {stats}"
     );
 }
+
+#[test]
+fn backup_is_used_only_while_the_primary_is_down() {
+    let _serial = support::one_at_a_time();
+    let mut primary = MariaDb::start();
+    let backup = MariaDb::start();
+    // The listener comes from the file (its bind is replaced by the harness's --listen), since
+    // `backup` is a key of the file's backends.
+    let config = format!(
+        "[health]\ninterval_ms = 100\nrise = 1\nfall = 1\n\n\
+         [[listener]]\nname = \"default\"\nbind = \"127.0.0.1:1\"\n\
+         [[listener.backend]]\naddress = \"{}\"\n\
+         [[listener.backend]]\naddress = \"{}\"\nbackup = true\n",
+        primary.addr(),
+        backup.addr()
+    );
+    let ringlb = Ringlb::start_with_addrs(&[], &config);
+    for _ in 0..6 {
+        assert_eq!(
+            port_of(&mut ringlb.conn()),
+            primary.port(),
+            "the backup while the primary is up"
+        );
+    }
+
+    primary.kill();
+    for _ in 0..4 {
+        assert_eq!(
+            port_of(&mut ringlb.conn()),
+            backup.port(),
+            "the primary is down: the backup answers"
+        );
+    }
+
+    primary.restart();
+    wait_until(Duration::from_secs(30), "the primary counted up again", || {
+        ringlb.backend_metric("ringlb_backend_up", primary.addr()) == Some(1.0)
+    });
+    for _ in 0..6 {
+        assert_eq!(
+            port_of(&mut ringlb.conn()),
+            primary.port(),
+            "the primary is back: the backup idles"
+        );
+    }
+}

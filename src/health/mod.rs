@@ -236,6 +236,7 @@ mod tests {
                         name: a.to_string(),
                         addr: *a,
                         weight: 1,
+                        backup: false,
                     })
                     .collect(),
             }],
