@@ -272,6 +272,7 @@ mod tests {
                 bind: "127.0.0.1:4040".parse().unwrap(),
                 connect_timeout_ms: 1000,
                 backends,
+                allow: Vec::new(),
             }],
             tuning: Default::default(),
             ha: None,

@@ -73,6 +73,70 @@ pub struct ListenerConfig {
     /// A backend that has not answered a connect by then is skipped for the next one.
     pub connect_timeout_ms: u64,
     pub backends: Vec<BackendConfig>,
+    /// Client networks allowed to connect; empty: everyone.
+    pub allow: Vec<Cidr>,
+}
+
+/// A network in CIDR notation ("10.0.0.0/24"; a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is inside this network; an IPv4 client seen on an IPv6 socket
+    /// (`::ffff:a.b.c.d`) matches IPv4 networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+
+    /// Parses "IP/PREFIX" or a bare IP.
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let bad = || format!("{text:?} is not a network like \"10.0.0.0/24\" or an address");
+        let (ip, prefix) = match text.split_once('/') {
+            Some((ip, prefix)) => (ip, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = ip.trim().parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match prefix {
+            None => max,
+            Some(p) => match p.trim().parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("{text:?}: prefix must be 0 to {max}")),
+            },
+        };
+        Ok(Cidr { addr, prefix_len })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl serde::Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// How a direction moves its bytes.
@@ -461,6 +525,14 @@ pub fn to_toml(config: &Config) -> String {
         out.push_str(&format!("name = {}\n", toml_string(&listener.name)));
         out.push_str(&format!("bind = {}\n", toml_string(&listener.bind.to_string())));
         out.push_str(&format!("connect_timeout_ms = {}\n", listener.connect_timeout_ms));
+        if !listener.allow.is_empty() {
+            let nets: Vec<String> = listener
+                .allow
+                .iter()
+                .map(|c| toml_string(&c.to_string()))
+                .collect();
+            out.push_str(&format!("allow = [{}]\n", nets.join(", ")));
+        }
         for backend in &listener.backends {
             out.push_str("[[listener.backend]]\n");
             let address = toml_string(&backend.name);
@@ -603,6 +675,7 @@ struct RawListener {
     name: Spanned<String>,
     bind: Spanned<String>,
     connect_timeout_ms: Option<Spanned<i64>>,
+    allow: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
 }
@@ -1280,6 +1353,7 @@ fn default_listener(
             bind,
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             backends,
+            allow: Vec::new(),
         },
         name_site: Site::Default("listener name"),
         bind_site,
@@ -1319,6 +1393,12 @@ fn file_listener(
         Some(v) => int_in(origin, v, &format!("{key}.connect_timeout_ms"), 1, i64::MAX)?,
         None => DEFAULT_CONNECT_TIMEOUT_MS,
     };
+    let mut allow = Vec::new();
+    for (j, entry) in listener.allow.iter().flatten().enumerate() {
+        let cidr = Cidr::parse(entry.get_ref())
+            .map_err(|m| origin.at(entry.span().start, format!("{key}.allow[{j}]"), m))?;
+        allow.push(cidr);
+    }
 
     let backends = if !overrides.backends.is_empty() {
         flag_backends(origin, overrides, resolve)?
@@ -1357,6 +1437,7 @@ fn file_listener(
             bind,
             connect_timeout_ms,
             backends,
+            allow,
         },
         name_site,
         bind_site,
@@ -1484,6 +1565,28 @@ fn check_listeners_apart(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn allow_networks_match_their_addresses_only() {
+        let net = Cidr::parse("10.0.0.0/24").unwrap();
+        assert!(net.contains("10.0.0.7".parse().unwrap()));
+        assert!(!net.contains("10.0.1.7".parse().unwrap()));
+        // An IPv4 client on an IPv6 socket.
+        assert!(net.contains("::ffff:10.0.0.9".parse().unwrap()));
+        let one = Cidr::parse("127.0.0.1").unwrap();
+        assert_eq!(one.prefix_len, 32);
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let all = Cidr::parse("0.0.0.0/0").unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nonsense", "10.0.0.0/", "::/129"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     /// Stands in for DNS: db-01 and db-02 exist, IP literals are themselves, nothing else does.
@@ -1632,6 +1735,7 @@ address = "[::1]:3307"
                         backup: false,
                     },
                 ],
+                allow: Vec::new(),
             }]
         );
     }

@@ -80,6 +80,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
             id,
             core: (config.tuning.pin_workers && !cores.is_empty()).then(|| cores[id % cores.len()]),
             connect_timeout_ms: config.listeners.iter().map(|l| l.connect_timeout_ms).collect(),
+            allow: config.listeners.iter().map(|l| l.allow.clone()).collect(),
             tuning: config.tuning.clone(),
         };
         let shared = shared.clone();

@@ -27,15 +27,18 @@ pub struct BackendTraffic {
 pub struct WorkerStats {
     pub accepted: CachePadded<AtomicU64>,
     pub backends: Box<[CachePadded<BackendTraffic>]>,
+    /// Per listener: clients closed at accept because the listener's `allow` left them out.
+    pub rejected: Box<[AtomicU64]>,
 }
 
 impl WorkerStats {
-    pub fn new(backends: usize) -> Self {
+    pub fn new(backends: usize, listeners: usize) -> Self {
         WorkerStats {
             accepted: CachePadded::new(AtomicU64::new(0)),
             backends: (0..backends)
                 .map(|_| CachePadded::new(BackendTraffic::default()))
                 .collect(),
+            rejected: (0..listeners).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 }
@@ -56,7 +59,9 @@ impl Shared {
         let n = backends.len();
         Shared {
             backends,
-            workers: (0..workers).map(|_| WorkerStats::new(n)).collect(),
+            workers: (0..workers)
+                .map(|_| WorkerStats::new(n, listeners.len()))
+                .collect(),
             listeners: listeners.into_boxed_slice(),
             ha: Default::default(),
         }
@@ -99,7 +104,24 @@ impl Shared {
                 accepted_total: w.accepted.load(Ordering::Relaxed),
             })
             .collect();
-        Snapshot { backends, workers }
+        let listeners = self
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(l, name)| ListenerSnapshot {
+                listener: name.clone(),
+                rejected_total: self
+                    .workers
+                    .iter()
+                    .map(|w| w.rejected[l].load(Ordering::Relaxed))
+                    .sum(),
+            })
+            .collect();
+        Snapshot {
+            backends,
+            workers,
+            listeners,
+        }
     }
 }
 
@@ -108,6 +130,15 @@ impl Shared {
 pub struct Snapshot {
     pub backends: Vec<BackendSnapshot>,
     pub workers: Vec<WorkerSnapshot>,
+    #[serde(default)]
+    pub listeners: Vec<ListenerSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerSnapshot {
+    pub listener: String,
+    /// Clients closed at accept because `allow` left them out.
+    pub rejected_total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -529,3 +529,45 @@ fn backup_is_used_only_while_the_primary_is_down() {
         );
     }
 }
+
+#[test]
+fn clients_outside_the_allow_list_are_closed_and_counted() {
+    let _serial = support::one_at_a_time();
+    let db = MariaDb::start();
+    let listener = |allow: &str| {
+        format!(
+            "[[listener]]\nname = \"default\"\nbind = \"127.0.0.1:1\"\nallow = [{allow}]\n\
+             [[listener.backend]]\naddress = \"{}\"\n",
+            db.addr()
+        )
+    };
+    // This host is not in the list: the connection is closed before any byte, and counted.
+    let closed = Ringlb::start_with_addrs(&[], &listener("\"10.0.0.0/24\""));
+    assert!(
+        closed.try_conn().is_err(),
+        "a client outside the allow list got through"
+    );
+    let mut raw = TcpStream::connect(closed.addr()).expect("the TCP connect itself completes");
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut byte = [0u8; 1];
+    let read = raw.read(&mut byte);
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "expected EOF or reset, got {read:?}"
+    );
+    wait_until(Duration::from_secs(10), "the rejections counted", || {
+        closed.metric("ringlb_listener_rejected_total", &[("listener", "default")]) >= Some(2.0)
+    });
+    assert_eq!(
+        closed.backend_metric("ringlb_backend_connections_total", db.addr()),
+        Some(0.0),
+        "a rejected client must never reach a backend"
+    );
+    // In the list: served as usual.
+    let open = Ringlb::start_with_addrs(&[], &listener("\"10.0.0.0/24\", \"127.0.0.0/8\""));
+    assert_eq!(port_of(&mut open.conn()), db.port());
+    assert_eq!(
+        open.metric("ringlb_listener_rejected_total", &[("listener", "default")]),
+        Some(0.0)
+    );
+}

@@ -97,6 +97,23 @@ pub fn render(snapshot: &Snapshot) -> String {
             w.worker, w.accepted_total
         );
     }
+    // After the families above, so that their exposition stays byte-for-byte as it was.
+    if !snapshot.listeners.is_empty() {
+        header(
+            &mut out,
+            "ringlb_listener_rejected_total",
+            "counter",
+            "Client connections closed at accept because the listener's allow list left them out.",
+        );
+        for l in &snapshot.listeners {
+            let _ = writeln!(
+                out,
+                "ringlb_listener_rejected_total{{listener=\"{}\"}} {}",
+                escape(&l.listener),
+                l.rejected_total
+            );
+        }
+    }
     out
 }
 
@@ -141,6 +158,7 @@ mod tests {
     #[test]
     fn renders_every_family_with_help_type_and_samples() {
         let snapshot = Snapshot {
+            listeners: Vec::new(),
             backends: vec![
                 backend("default", "db-01:3306", true, 3),
                 backend("default", "db-02:3306", false, 0),
@@ -190,6 +208,7 @@ ringlb_worker_accepted_total{worker=\"1\"} 4
     #[test]
     fn empty_snapshot_still_declares_every_family() {
         let out = render(&Snapshot {
+            listeners: Vec::new(),
             backends: vec![],
             workers: vec![],
         });
@@ -203,6 +222,7 @@ ringlb_worker_accepted_total{worker=\"1\"} 4
         assert_eq!(escape("line\nbreak"), "line\\nbreak");
         assert_eq!(escape("plain:3306"), "plain:3306");
         let out = render(&Snapshot {
+            listeners: Vec::new(),
             backends: vec![backend("we\"ird\\\n", "db:1", true, 1)],
             workers: vec![],
         });

@@ -165,6 +165,7 @@ mod tests {
     #[test]
     fn table_aligns_text_left_and_numbers_right() {
         let snapshot = Snapshot {
+            listeners: Vec::new(),
             backends: vec![
                 BackendSnapshot {
                     backend: "db-01:3306".into(),
@@ -215,6 +216,7 @@ WORKER  ACCEPTED
     #[test]
     fn empty_snapshot_renders_headers_only() {
         let out = render(&Snapshot {
+            listeners: Vec::new(),
             backends: vec![],
             workers: vec![],
         });

@@ -15,5 +15,7 @@ pub struct WorkerConfig {
     pub core: Option<core_affinity::CoreId>,
     /// Per listener index.
     pub connect_timeout_ms: Vec<u64>,
+    /// Per listener index: the client networks allowed (empty: everyone).
+    pub allow: Vec<Vec<crate::config::Cidr>>,
     pub tuning: crate::config::TuningConfig,
 }

@@ -42,7 +42,7 @@ use super::bufring::BufRing;
 use super::pipes::{Pipe, PipePool};
 use super::WorkerConfig;
 use crate::clock;
-use crate::config::RelayMode;
+use crate::config::{Cidr, RelayMode};
 use crate::stats::{BackendTraffic, Shared};
 
 /// `IORING_RECVSEND_POLL_FIRST`: arm poll before trying, since a fresh recv usually finds no data.
@@ -251,6 +251,10 @@ struct Worker {
     connect_timeouts: Box<[types::Timespec]>,
     redispatch_timeouts: Box<[types::Timespec]>,
     accept_retry: Box<types::Timespec>,
+    /// Per listener: the client networks allowed (empty: everyone).
+    allow: Vec<Vec<Cidr>>,
+    /// Last rejected-client log line, ms: at most one a second.
+    last_rejection_log_ms: u64,
     shared: Arc<Shared>,
     id: usize,
     /// Entries that did not fit in the submission queue, in order, each with whether it links
@@ -325,6 +329,8 @@ impl Worker {
             connect_timeouts,
             redispatch_timeouts,
             accept_retry: Box::new(timespec_ms(ACCEPT_RETRY_MS)),
+            allow: config.allow.clone(),
+            last_rejection_log_ms: 0,
             shared,
             id: config.id,
             backlog: VecDeque::new(),
@@ -487,6 +493,9 @@ impl Worker {
         self.shared.workers[self.id]
             .accepted
             .fetch_add(1, Ordering::Relaxed);
+        if !self.allow[listener].is_empty() && !self.allowed(listener, &client) {
+            return; // Dropping `client` closes it before a byte is exchanged.
+        }
         // TCP_NODELAY comes from the listening socket (accepted sockets inherit it): no syscall.
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
@@ -512,6 +521,29 @@ impl Worker {
             }
         };
         self.connect_next(index);
+    }
+
+    /// Whether the listener's allow list admits this client; counts and (at a bounded rate)
+    /// logs the ones it does not. One getpeername per accept, only on listeners with a list.
+    fn allowed(&mut self, listener: usize, client: &OwnedFd) -> bool {
+        let peer = socket2::SockRef::from(client)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket());
+        let Some(peer) = peer else {
+            return false;
+        };
+        if self.allow[listener].iter().any(|net| net.contains(peer.ip())) {
+            return true;
+        }
+        self.shared.workers[self.id].rejected[listener].fetch_add(1, Ordering::Relaxed);
+        let now = clock::now_ms();
+        if now >= self.last_rejection_log_ms + WARN_INTERVAL_MS || self.last_rejection_log_ms == 0 {
+            self.last_rejection_log_ms = now;
+            let name = &self.shared.listeners[listener];
+            tracing::warn!(worker = self.id, listener = %name, client = %peer, "client outside the allow list; closed (further ones this second only counted)");
+        }
+        false
     }
 
     fn conn(&mut self, index: usize) -> &mut Conn {

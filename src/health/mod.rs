@@ -239,6 +239,7 @@ mod tests {
                         backup: false,
                     })
                     .collect(),
+                allow: Vec::new(),
             }],
             tuning: Default::default(),
             ha: None,
