@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
@@ -33,8 +33,22 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILTER")]
     log_level: Option<String>,
 
+    /// Log line format on stderr: "text" for people, "json" for one JSON object per line
+    /// (timestamp, level, target, fields.message and the event's other fields) for collectors.
+    #[arg(long, global = true, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log events are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event; coloured only on a terminal.
+    Text,
+    /// One JSON object per line, never coloured.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,7 +144,7 @@ pub fn main() -> ExitCode {
 }
 
 fn execute(cli: Cli) -> Result<(), CliError> {
-    init_logging(cli.log_level.as_deref())?;
+    init_logging(cli.log_level.as_deref(), cli.log_format)?;
     match cli.command {
         Command::Run(args) => {
             let config = load(&args)?;
@@ -198,8 +212,9 @@ fn print_stdout(text: &str) -> Result<(), CliError> {
     }
 }
 
-/// Starts the tracing subscriber: `--log-level`, else RUST_LOG, else info; fmt to stderr.
-fn init_logging(flag: Option<&str>) -> Result<(), ConfigError> {
+/// Starts the tracing subscriber: `--log-level`, else RUST_LOG, else info; to stderr, as text or
+/// as one JSON object per line (`--log-format`).
+fn init_logging(flag: Option<&str>, format: LogFormat) -> Result<(), ConfigError> {
     let (source, directives) = match flag {
         Some(value) => ("--log-level", value.to_string()),
         None => match std::env::var("RUST_LOG") {
@@ -211,13 +226,18 @@ fn init_logging(flag: Option<&str>) -> Result<(), ConfigError> {
         flag: source.into(),
         message,
     })?;
-    // try_init fails only when a subscriber is already set (a test harness): keep that one.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: logs captured by journald or a file stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    // try_init fails only when a subscriber is already set (a test harness): keep that one.
+    let _ = match format {
+        LogFormat::Text => builder
+            // Colour only on a terminal: logs captured by journald or a file stay plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        // No colour codes: they would end up inside the JSON strings.
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
     Ok(())
 }
 
@@ -309,6 +329,18 @@ mod tests {
         ] {
             let cli = Cli::try_parse_from(argv).unwrap();
             assert_eq!(cli.log_level.as_deref(), Some("debug"));
+        }
+    }
+
+    #[test]
+    fn log_format_is_text_by_default_and_json_on_request_anywhere_on_the_line() {
+        let cli = Cli::try_parse_from(["ringlb", "check"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Text);
+        for argv in [
+            ["ringlb", "--log-format", "json", "check"],
+            ["ringlb", "check", "--log-format", "json"],
+        ] {
+            assert_eq!(Cli::try_parse_from(argv).unwrap().log_format, LogFormat::Json);
         }
     }
 

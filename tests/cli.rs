@@ -355,3 +355,102 @@ fn usage_errors_keep_clap_status_two() {
         assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     }
 }
+
+#[test]
+fn bad_log_format_is_a_usage_error_naming_the_flag() {
+    let out = ringlb(&["--log-format", "yaml", "check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("--log-format"), "{}", out.stderr);
+    assert!(out.stderr.contains("yaml"), "{}", out.stderr);
+}
+
+/// A real `run` with `--log-format json`: every line it writes to stderr, from start-up to a
+/// SIGTERM stop, is one JSON object with a level and a message. The backend is a closed port
+/// and the check is `tcp`, so the run needs no database; its health-check failures are logged
+/// as JSON too.
+#[test]
+fn log_format_json_writes_one_json_object_per_stderr_line() {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+
+    let listen = format!("127.0.0.1:{}", free_port());
+    let backend = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = write_config("log-format-json", "[health]\ncheck = \"tcp\"\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .args(["--listen", &listen, "--backend", &backend, "--admin", &admin])
+        .args(["--workers", "1"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringlb");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = Arc::clone(&lines);
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stderr.lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+
+    // "ringlb started" is logged once every listener is bound and the workers run.
+    let started = Instant::now();
+    while !lines.lock().unwrap().iter().any(|l| l.contains("ringlb started")) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("ringlb exited early ({status}): {:?}", lines.lock().unwrap());
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "no start-up line within {DEADLINE:?}: {:?}",
+                lines.lock().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A clean stop logs too ("stopping"), and only a clean stop guarantees whole last lines.
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child, not yet reaped (we hold its Child), so the id cannot
+    // have been reused by another process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if stopped.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ringlb still running {DEADLINE:?} after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    reader.join().unwrap();
+    assert!(status.success(), "ringlb stopped with {status}");
+
+    let lines = lines.lock().unwrap();
+    let mut messages = Vec::new();
+    for line in lines.iter() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        assert!(event["level"].is_string(), "no level: {line}");
+        let message = event["fields"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no fields.message: {line}"));
+        messages.push(message.to_string());
+    }
+    for expected in ["listening", "ringlb started", "stopping"] {
+        assert!(
+            messages.iter().any(|m| m == expected),
+            "{expected:?} not in {messages:?}"
+        );
+    }
+}
