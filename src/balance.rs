@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 
 use crossbeam_utils::CachePadded;
 
-use crate::config::Config;
+use crate::config::{Balance, Config};
 
 /// The atomics one backend's state lives in; written by workers and the health checker.
 #[derive(Debug, Default)]
@@ -56,6 +56,8 @@ pub struct Backends {
     /// Per listener: the tie-breaker of least connections, shared by all workers so that
     /// sequential connections alternate even when the kernel hands them to different workers.
     rotors: Box<[CachePadded<AtomicUsize>]>,
+    /// Per listener: how it spreads connections.
+    modes: Box<[Balance]>,
 }
 
 impl Backends {
@@ -85,6 +87,7 @@ impl Backends {
                 .iter()
                 .map(|_| CachePadded::new(AtomicUsize::new(0)))
                 .collect(),
+            modes: config.listeners.iter().map(|l| l.balance).collect(),
             pools: pools.into_boxed_slice(),
         }
     }
@@ -117,10 +120,14 @@ impl Backends {
                 weight: b.weight,
             }
         };
+        let pick_in = match self.modes[listener] {
+            Balance::Leastconn => choose,
+            Balance::Roundrobin => choose_round_robin,
+        };
         let pick = [(true, false), (false, false), (true, true), (false, true)]
             .into_iter()
             .find_map(|(skip_suspect, backup)| {
-                choose(backends.len(), tried, rotor, |pos| {
+                pick_in(backends.len(), tried, rotor, &|pos| {
                     candidate(pos, skip_suspect, backup)
                 })
             })?;
@@ -158,6 +165,35 @@ impl Backends {
     }
 }
 
+/// Weighted round robin: the eligible candidates (up, not yet tried) in pool order, each
+/// `weight` turns in a cycle of their total weight; `rotor` is the turn. Active connections do
+/// not count. Returns the position in the pool.
+pub fn choose_round_robin(
+    n: usize,
+    tried: u64,
+    rotor: usize,
+    candidate: &dyn Fn(usize) -> Candidate,
+) -> Option<usize> {
+    let eligible = |pos: usize| {
+        let c = candidate(pos);
+        (c.up && (pos >= 64 || tried & (1 << pos) == 0)).then_some(c.weight.max(1) as usize)
+    };
+    let total: usize = (0..n).filter_map(eligible).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut turn = rotor % total;
+    for pos in 0..n {
+        if let Some(weight) = eligible(pos) {
+            if turn < weight {
+                return Some(pos);
+            }
+            turn -= weight;
+        }
+    }
+    None
+}
+
 /// What the choice needs to know of one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
@@ -169,7 +205,7 @@ pub struct Candidate {
 /// Least connections: among eligible candidates (up, not yet tried) the smallest
 /// `active / weight` (`candidate(pos)` for positions `0..n`), compared exactly by cross-multiplication; ties go to the first one at or
 /// after position `rotor % n`, so equal backends take turns. Returns the position in the pool.
-pub fn choose(n: usize, tried: u64, rotor: usize, candidate: impl Fn(usize) -> Candidate) -> Option<usize> {
+pub fn choose(n: usize, tried: u64, rotor: usize, candidate: &dyn Fn(usize) -> Candidate) -> Option<usize> {
     if n == 0 {
         return None;
     }
@@ -207,7 +243,29 @@ mod tests {
     }
 
     fn pick(all: &[Candidate], tried: u64, rotor: usize) -> Option<usize> {
-        choose(all.len(), tried, rotor, |pos| all[pos])
+        choose(all.len(), tried, rotor, &|pos| all[pos])
+    }
+
+    #[test]
+    fn round_robin_takes_turns_by_weight_whatever_the_load() {
+        let heavy = Candidate {
+            up: true,
+            active: 100,
+            weight: 2,
+        };
+        let all = [up(0), heavy, up(0)];
+        let picks: Vec<_> = (0..8)
+            .map(|r| choose_round_robin(all.len(), 0, r, &|pos| all[pos]).unwrap())
+            .collect();
+        assert_eq!(picks, vec![0, 1, 1, 2, 0, 1, 1, 2]);
+        // Down or tried backends drop out of the cycle.
+        let mut down = all;
+        down[1].up = false;
+        let picks: Vec<_> = (0..4)
+            .map(|r| choose_round_robin(3, 0b100, r, &|pos| down[pos]).unwrap())
+            .collect();
+        assert_eq!(picks, vec![0, 0, 0, 0]);
+        assert_eq!(choose_round_robin(3, 0b101, 0, &|pos| down[pos]), None);
     }
 
     #[test]
@@ -273,6 +331,7 @@ mod tests {
                 connect_timeout_ms: 1000,
                 backends,
                 allow: Vec::new(),
+                balance: Default::default(),
             }],
             tuning: Default::default(),
             ha: None,

@@ -75,6 +75,18 @@ pub struct ListenerConfig {
     pub backends: Vec<BackendConfig>,
     /// Client networks allowed to connect; empty: everyone.
     pub allow: Vec<Cidr>,
+    pub balance: Balance,
+}
+
+/// How a listener spreads new connections over its backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    /// The backend with the fewest active connections per unit of weight; ties take turns.
+    #[default]
+    Leastconn,
+    /// Each backend in turn, as often as its weight says, whatever it holds.
+    Roundrobin,
 }
 
 /// A network in CIDR notation ("10.0.0.0/24"; a bare address is a /32 or /128).
@@ -525,6 +537,9 @@ pub fn to_toml(config: &Config) -> String {
         out.push_str(&format!("name = {}\n", toml_string(&listener.name)));
         out.push_str(&format!("bind = {}\n", toml_string(&listener.bind.to_string())));
         out.push_str(&format!("connect_timeout_ms = {}\n", listener.connect_timeout_ms));
+        if listener.balance == Balance::Roundrobin {
+            out.push_str("balance = \"roundrobin\"\n");
+        }
         if !listener.allow.is_empty() {
             let nets: Vec<String> = listener
                 .allow
@@ -676,6 +691,7 @@ struct RawListener {
     bind: Spanned<String>,
     connect_timeout_ms: Option<Spanned<i64>>,
     allow: Option<Vec<Spanned<String>>>,
+    balance: Option<Spanned<String>>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
 }
@@ -1354,6 +1370,7 @@ fn default_listener(
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             backends,
             allow: Vec::new(),
+            balance: Default::default(),
         },
         name_site: Site::Default("listener name"),
         bind_site,
@@ -1392,6 +1409,20 @@ fn file_listener(
     let connect_timeout_ms = match &listener.connect_timeout_ms {
         Some(v) => int_in(origin, v, &format!("{key}.connect_timeout_ms"), 1, i64::MAX)?,
         None => DEFAULT_CONNECT_TIMEOUT_MS,
+    };
+    let balance = match &listener.balance {
+        None => Balance::default(),
+        Some(b) => match b.get_ref().as_str() {
+            "leastconn" => Balance::Leastconn,
+            "roundrobin" => Balance::Roundrobin,
+            other => {
+                return Err(origin.at(
+                    b.span().start,
+                    format!("{key}.balance"),
+                    format!("unknown balance {other:?}, expected \"leastconn\" or \"roundrobin\""),
+                ))
+            }
+        },
     };
     let mut allow = Vec::new();
     for (j, entry) in listener.allow.iter().flatten().enumerate() {
@@ -1438,6 +1469,7 @@ fn file_listener(
             connect_timeout_ms,
             backends,
             allow,
+            balance,
         },
         name_site,
         bind_site,
@@ -1736,6 +1768,7 @@ address = "[::1]:3307"
                     },
                 ],
                 allow: Vec::new(),
+                balance: Default::default(),
             }]
         );
     }

@@ -37,6 +37,7 @@ fn config() -> Config {
                 connect_timeout_ms: 1000,
                 backends: vec![backend("127.0.0.1:13306"), backend("127.0.0.1:13307")],
                 allow: Vec::new(),
+                balance: Default::default(),
             },
             ListenerConfig {
                 name: "r\"o".into(),
@@ -44,6 +45,7 @@ fn config() -> Config {
                 connect_timeout_ms: 1000,
                 backends: vec![backend("127.0.0.1:13308")],
                 allow: Vec::new(),
+                balance: Default::default(),
             },
         ],
         tuning: Default::default(),

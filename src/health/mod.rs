@@ -240,6 +240,7 @@ mod tests {
                     })
                     .collect(),
                 allow: Vec::new(),
+                balance: Default::default(),
             }],
             tuning: Default::default(),
             ha: None,
