@@ -6,7 +6,7 @@
 //! a backend, never a lock or a wrong answer about health.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 
@@ -22,6 +22,39 @@ pub struct BackendLive {
     /// A failed connect marks the backend suspect until this instant (ms on [`crate::clock`]),
     /// so other connections skip it at once instead of each waiting for its own failure.
     pub suspect_until_ms: AtomicU64,
+    /// What the operator set: [`AdminState`] as a byte. Anything but enabled takes no new
+    /// connection; connections already open finish as they would.
+    pub admin_state: AtomicU8,
+}
+
+/// The operator's say over a backend (`ringlb backend drain|disable|enable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AdminState {
+    Enabled = 0,
+    /// No new connections; open ones finish. Health checks go on.
+    Drain = 1,
+    /// Maintenance: no new connections; open ones finish.
+    Disabled = 2,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Enabled => "enabled",
+            AdminState::Drain => "drain",
+            AdminState::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AdminState> {
+        match text {
+            "enable" | "enabled" => Some(AdminState::Enabled),
+            "drain" => Some(AdminState::Drain),
+            "disable" | "disabled" => Some(AdminState::Disabled),
+            _ => None,
+        }
+    }
 }
 
 /// One backend of one listener.
@@ -44,6 +77,19 @@ impl Backend {
     }
     pub fn active_connections(&self) -> u32 {
         self.live.active_connections.load(Ordering::Relaxed)
+    }
+
+    pub fn admin_state(&self) -> AdminState {
+        match self.live.admin_state.load(Ordering::Relaxed) {
+            1 => AdminState::Drain,
+            2 => AdminState::Disabled,
+            _ => AdminState::Enabled,
+        }
+    }
+
+    /// Up and enabled: may take new connections.
+    fn takes_connections(&self) -> bool {
+        self.is_up() && self.live.admin_state.load(Ordering::Relaxed) == AdminState::Enabled as u8
     }
 }
 
@@ -115,7 +161,7 @@ impl Backends {
             let b = &backends[pos];
             let suspect = skip_suspect && b.live.suspect_until_ms.load(Ordering::Relaxed) > now_ms;
             Candidate {
-                up: b.is_up() && !suspect && b.backup == backup,
+                up: b.takes_connections() && !suspect && b.backup == backup,
                 active: b.active_connections(),
                 weight: b.weight,
             }
@@ -145,7 +191,19 @@ impl Backends {
         self.all[self.pools[listener].clone()]
             .iter()
             .enumerate()
-            .any(|(pos, b)| (pos >= 64 || tried & (1 << pos) == 0) && b.is_up())
+            .any(|(pos, b)| (pos >= 64 || tried & (1 << pos) == 0) && b.takes_connections())
+    }
+
+    /// Sets the operator's state of every backend named `name` (in any listener); returns how
+    /// many there were.
+    pub fn set_admin_state(&self, name: &str, state: AdminState) -> usize {
+        let matching = self.all.iter().filter(|b| b.name == name);
+        let mut count = 0;
+        for b in matching {
+            b.live.admin_state.store(state as u8, Ordering::Relaxed);
+            count += 1;
+        }
+        count
     }
 
     /// Undoes [`Backends::acquire`] when a connection ends or its connect fails.
@@ -414,6 +472,21 @@ mod tests {
         assert_eq!(table.acquire(0, 0, 0), Some(0));
         // A primary that refused this connection (tried) sends it to the backup.
         assert_eq!(table.acquire(0, 0b001, 0), Some(2));
+    }
+
+    #[test]
+    fn drained_and_disabled_backends_take_no_new_connections() {
+        let table = table(2);
+        assert_eq!(table.set_admin_state("127.0.0.1:3306", AdminState::Drain), 1);
+        for _ in 0..4 {
+            assert_eq!(table.acquire(0, 0, 0), Some(1));
+        }
+        assert!(!table.has_candidate(0, 0b10));
+        table.set_admin_state("127.0.0.1:3307", AdminState::Disabled);
+        assert_eq!(table.acquire(0, 0, 0), None);
+        table.set_admin_state("127.0.0.1:3306", AdminState::Enabled);
+        assert_eq!(table.acquire(0, 0, 0), Some(0));
+        assert_eq!(table.set_admin_state("db-09:3306", AdminState::Drain), 0);
     }
 
     #[test]

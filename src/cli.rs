@@ -62,6 +62,21 @@ enum Command {
     /// High availability: the floating IP and the peer.
     #[command(subcommand)]
     Ha(HaCommand),
+    /// Drain, disable or enable a backend of a running ringlb (in every listener that has it).
+    Backend(BackendArgs),
+}
+
+#[derive(Debug, Args)]
+struct BackendArgs {
+    /// drain: no new connections, open ones finish; disable: the same, for maintenance;
+    /// enable: back in service.
+    #[arg(value_parser = ["drain", "disable", "enable"])]
+    action: String,
+    /// The backend as configured (HOST:PORT, as `ringlb stats` shows it).
+    backend: String,
+    /// Admin endpoint of the running ringlb.
+    #[arg(long, value_name = "IP:PORT", default_value = config::DEFAULT_ADMIN)]
+    admin: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,6 +183,19 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             let table = crate::admin::stats_table(admin).map_err(CliError::Stats)?;
             let newline = if table.ends_with('\n') { "" } else { "\n" };
             print_stdout(&format!("{table}{newline}"))
+        }
+        Command::Backend(args) => {
+            let admin = parse_admin(&args.admin)?;
+            let answer: serde_json::Value =
+                crate::admin::table::post_json(admin, &format!("/backend/{}/{}", args.backend, args.action))
+                    .map_err(CliError::Stats)?;
+            let listeners = answer["listeners"].as_u64().unwrap_or(0);
+            print_stdout(&format!(
+                "backend {}: {} ({listeners} listener{})\n",
+                args.backend,
+                answer["state"].as_str().unwrap_or("?"),
+                if listeners == 1 { "" } else { "s" }
+            ))
         }
         Command::Ha(HaCommand::Status(args)) => {
             let admin = parse_admin(&args.admin)?;

@@ -86,6 +86,7 @@ impl Shared {
                     backend: b.name.clone(),
                     listener: self.listeners[b.listener].clone(),
                     up: b.is_up(),
+                    state: b.admin_state().as_str().to_string(),
                     weight: b.weight,
                     active_connections: u64::from(b.active_connections()),
                     connections_total: sum(|t| &t.connections),
@@ -147,6 +148,9 @@ pub struct BackendSnapshot {
     pub backend: String,
     pub listener: String,
     pub up: bool,
+    /// The operator's state: enabled, drain or disabled.
+    #[serde(default)]
+    pub state: String,
     pub weight: u32,
     pub active_connections: u64,
     pub connections_total: u64,

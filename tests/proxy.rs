@@ -571,3 +571,68 @@ fn clients_outside_the_allow_list_are_closed_and_counted() {
         Some(0.0)
     );
 }
+
+#[test]
+fn drained_backend_lets_its_held_connection_finish_and_takes_no_new_one() {
+    let _serial = support::one_at_a_time();
+    let a = MariaDb::start();
+    let b = MariaDb::start();
+    let lb = Ringlb::start(&[&a, &b], "");
+    // Two held connections land one on each backend.
+    let mut held: Vec<Conn> = (0..2).map(|_| lb.conn()).collect();
+    let on_a = held
+        .iter_mut()
+        .position(|c| port_of(c) == a.port())
+        .expect("a held connection on a");
+
+    let drain = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["backend", "drain", &a.addr().to_string(), "--admin"])
+        .arg(lb.admin_addr().to_string())
+        .output()
+        .expect("ringlb backend drain");
+    let said = String::from_utf8_lossy(&drain.stdout);
+    assert!(
+        drain.status.success() && said.contains("drain"),
+        "{said}{}",
+        String::from_utf8_lossy(&drain.stderr)
+    );
+
+    for _ in 0..6 {
+        assert_eq!(
+            port_of(&mut lb.conn()),
+            b.port(),
+            "a new connection on the drained backend"
+        );
+    }
+    // The connection held across the drain still works, then finishes normally.
+    assert_eq!(port_of(&mut held[on_a]), a.port());
+    drop(held);
+    wait_until(Duration::from_secs(10), "the held connections closed", || {
+        lb.backend_metric("ringlb_backend_active_connections", a.addr()) == Some(0.0)
+    });
+
+    let enable = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["backend", "enable", &a.addr().to_string(), "--admin"])
+        .arg(lb.admin_addr().to_string())
+        .output()
+        .expect("ringlb backend enable");
+    assert!(
+        enable.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enable.stderr)
+    );
+    let ports: Vec<u16> = (0..4).map(|_| port_of(&mut lb.conn())).collect();
+    assert!(ports.contains(&a.port()), "enabled again but unused: {ports:?}");
+
+    // An unknown backend is one clear line and a non-zero exit.
+    let unknown = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["backend", "disable", "db-09:3306", "--admin"])
+        .arg(lb.admin_addr().to_string())
+        .output()
+        .expect("ringlb backend disable");
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        !unknown.status.success() && err.contains("db-09:3306") && err.lines().count() == 1,
+        "{err}"
+    );
+}

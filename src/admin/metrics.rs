@@ -143,6 +143,7 @@ mod tests {
 
     fn backend(listener: &str, name: &str, up: bool, n: u64) -> BackendSnapshot {
         BackendSnapshot {
+            state: "enabled".into(),
             backend: name.into(),
             listener: listener.into(),
             up,

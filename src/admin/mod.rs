@@ -129,6 +129,9 @@ fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> (usize, Incoming) {
 }
 
 fn route(method: &str, path: &str, shared: &Shared) -> Vec<u8> {
+    if let Some(rest) = path.strip_prefix("/backend/") {
+        return backend_action(method, rest, shared);
+    }
     match path {
         "/metrics" | "/stats" | "/ha" if method != "GET" => http::response(
             405,
@@ -161,6 +164,34 @@ fn route(method: &str, path: &str, shared: &Shared) -> Vec<u8> {
         }
         _ => error_response(404, "not found: try /metrics, /stats or /ha"),
     }
+}
+
+/// `POST /backend/HOST:PORT/drain|disable|enable`: the operator's say over a backend, in every
+/// listener that has it. New connections follow at once; open ones finish as they would.
+fn backend_action(method: &str, rest: &str, shared: &Shared) -> Vec<u8> {
+    if method != "POST" {
+        return http::response(
+            405,
+            "text/plain; charset=utf-8",
+            &["Allow: POST"],
+            b"method not allowed: POST /backend/HOST:PORT/drain|disable|enable\n",
+        );
+    }
+    let Some((name, action)) = rest.rsplit_once('/') else {
+        return error_response(404, "not found: POST /backend/HOST:PORT/drain|disable|enable");
+    };
+    let Some(state) = crate::balance::AdminState::parse(action) else {
+        return error_response(400, &format!("{action:?}: expected drain, disable or enable"));
+    };
+    let matched = shared.backends.set_admin_state(name, state);
+    if matched == 0 {
+        return error_response(404, &format!("no backend {name:?} (names as in /stats)"));
+    }
+    tracing::info!(backend = %name, state = state.as_str(), listeners = matched, "backend state set by the operator");
+    let body = serde_json::json!({ "backend": name, "state": state.as_str(), "listeners": matched });
+    let mut body = body.to_string().into_bytes();
+    body.push(b'\n');
+    http::response(200, "application/json", &[], &body)
 }
 
 fn head_error_response(e: HeadError) -> Vec<u8> {

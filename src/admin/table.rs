@@ -25,6 +25,20 @@ pub fn fetch(admin: SocketAddr) -> Result<Snapshot, String> {
 /// GETs `path` from the admin endpoint and parses its JSON body; the error is one line naming
 /// `admin`.
 pub fn fetch_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, path: &str) -> Result<T, String> {
+    exchange_json(admin, "GET", path)
+}
+
+/// POSTs to `path` (an empty body) and parses the JSON answer; the error is one line naming
+/// `admin`, or the endpoint's own one-line answer.
+pub fn post_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, path: &str) -> Result<T, String> {
+    exchange_json(admin, "POST", path)
+}
+
+fn exchange_json<T: serde::de::DeserializeOwned>(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+) -> Result<T, String> {
     let fail = |what: String| format!("{admin}: {what}");
     let mut stream = TcpStream::connect_timeout(&admin, CONNECT_TIMEOUT).map_err(|e| fail(describe(&e)))?;
     let deadline = Instant::now() + EXCHANGE_TIMEOUT;
@@ -32,7 +46,7 @@ pub fn fetch_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, path: &str)
         .set_write_timeout(Some(EXCHANGE_TIMEOUT))
         .map_err(|e| fail(describe(&e)))?;
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nAccept: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())
@@ -68,7 +82,12 @@ pub fn fetch_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, path: &str)
     let (status, body) = http::parse_response(&response)
         .map_err(|e| fail(format!("{e}: is this a ringlb admin endpoint?")))?;
     if status != 200 {
-        return Err(fail(format!("GET {path} answered HTTP {status}")));
+        let said = String::from_utf8_lossy(body);
+        let said = said.trim();
+        if (400..500).contains(&status) && !said.is_empty() && !said.contains('\n') {
+            return Err(fail(said.to_string()));
+        }
+        return Err(fail(format!("{method} {path} answered HTTP {status}")));
     }
     serde_json::from_slice(body).map_err(|e| fail(format!("invalid {path} JSON: {e}")))
 }
@@ -168,6 +187,7 @@ mod tests {
             listeners: Vec::new(),
             backends: vec![
                 BackendSnapshot {
+                    state: "enabled".into(),
                     backend: "db-01:3306".into(),
                     listener: "default".into(),
                     up: true,
@@ -179,6 +199,7 @@ mod tests {
                     bytes_to_client_total: 99,
                 },
                 BackendSnapshot {
+                    state: "enabled".into(),
                     backend: "10.0.0.2:3306".into(),
                     listener: "ro".into(),
                     up: false,
