@@ -375,6 +375,7 @@ mod tests {
         let config = Config {
             workers: 1,
             admin: "127.0.0.1:4041".parse().unwrap(),
+            shutdown_grace_ms: 5000,
             health: crate::config::HealthConfig {
                 check: crate::config::CheckKind::Tcp,
                 interval_ms: 1000,

@@ -283,6 +283,9 @@ pub struct Config {
     pub workers: usize,
     /// Admin HTTP endpoint (loopback by default).
     pub admin: SocketAddr,
+    /// On SIGTERM or SIGINT, how long open connections may take to finish after ringlb stops
+    /// accepting; what is still open then is closed.
+    pub shutdown_grace_ms: u64,
     pub health: HealthConfig,
     pub listeners: Vec<ListenerConfig>,
     pub tuning: TuningConfig,
@@ -293,6 +296,8 @@ pub struct Config {
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4040";
 pub const DEFAULT_BACKEND: &str = "127.0.0.1:3306";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:4041";
+/// Below systemd's default stop timeout, so that ringlb, not the service manager, ends it.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 5000;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
 
 /// What the command line contributes; `None`/empty means "not given", so the file's value stands.
@@ -525,6 +530,7 @@ pub fn to_toml(config: &Config) -> String {
     out.push_str("[global]\n");
     out.push_str(&format!("workers = {}\n", config.workers));
     out.push_str(&format!("admin = {}\n", toml_string(&config.admin.to_string())));
+    out.push_str(&format!("shutdown_grace_ms = {}\n", config.shutdown_grace_ms));
     out.push_str("\n[health]\n");
     out.push_str(&format!("check = {}\n", toml_string(check)));
     out.push_str(&format!("interval_ms = {}\n", health.interval_ms));
@@ -657,6 +663,7 @@ struct RawHa {
 struct RawGlobal {
     workers: Option<Spanned<i64>>,
     admin: Option<Spanned<String>>,
+    shutdown_grace_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -926,7 +933,12 @@ fn build(
     let global = raw.global.unwrap_or(RawGlobal {
         workers: None,
         admin: None,
+        shutdown_grace_ms: None,
     });
+    let shutdown_grace_ms = match &global.shutdown_grace_ms {
+        Some(v) => int_in(origin, v, "global.shutdown_grace_ms", 0, 3_600_000)?,
+        None => DEFAULT_SHUTDOWN_GRACE_MS,
+    };
 
     let workers = match (overrides.workers, &global.workers) {
         (Some(n), _) if (1..=MAX_WORKERS).contains(&n) => n,
@@ -982,6 +994,7 @@ fn build(
     Ok(Config {
         workers,
         admin,
+        shutdown_grace_ms,
         health,
         listeners: drafts.into_iter().map(|d| d.config).collect(),
         tuning,
@@ -1914,7 +1927,7 @@ address = "[::1]:3307"
         let cases = [
             (
                 "[global]\nworkerz = 2\n",
-                "ringlb.toml:2: global.workerz: unknown key, expected `workers`",
+                "ringlb.toml:2: global.workerz: unknown key, expected one of `workers`, `admin`, `shutdown_grace_ms`",
             ),
             (
                 "[global]\nworkers = \"2\"\n",

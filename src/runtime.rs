@@ -59,6 +59,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
         })?;
     }
     let mut per_worker = Vec::with_capacity(config.workers);
+    // The same listening sockets, kept here to stop every worker's accepting at shutdown.
+    let mut listening = Vec::new();
     for _ in 0..config.workers {
         let mut sockets = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
@@ -67,6 +69,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                 addr: l.bind,
                 source,
             })?;
+            listening.push(socket.try_clone().map_err(RunError::Thread)?);
             sockets.push(socket);
         }
         per_worker.push(sockets);
@@ -112,7 +115,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         Some(ha) => Some(crate::ha::runner::spawn(ha, shared.clone())?),
         None => None,
     };
-    admin::spawn(admin_socket, shared).map_err(RunError::Thread)?;
+    admin::spawn(admin_socket, shared.clone()).map_err(RunError::Thread)?;
     for l in &config.listeners {
         let names: Vec<&str> = l.backends.iter().map(|b| b.name.as_str()).collect();
         tracing::info!(listener = %l.name, bind = %l.bind, backends = ?names, "listening");
@@ -125,7 +128,49 @@ pub fn run(config: Config) -> Result<(), RunError> {
         // Release the VIP first and tell the peer, which takes over at once.
         ha.stop(HA_HANDOVER);
     }
+    drain(
+        &shared,
+        &listening,
+        std::time::Duration::from_millis(config.shutdown_grace_ms),
+    );
     Ok(())
+}
+
+/// Stops accepting on every listener, then waits up to `grace` for open connections to finish.
+/// What is still open then is closed when the process exits.
+fn drain(shared: &Shared, listening: &[socket2::Socket], grace: std::time::Duration) {
+    shared.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    for socket in listening {
+        // Ends each worker's multishot accept; with `stopping` set it is not armed again.
+        let _ = socket.shutdown(std::net::Shutdown::Read);
+    }
+    let open = || -> u64 {
+        shared
+            .backends
+            .all
+            .iter()
+            .map(|b| u64::from(b.active_connections()))
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + grace;
+    let left = open();
+    if left > 0 {
+        tracing::info!(
+            connections = left,
+            grace_ms = grace.as_millis() as u64,
+            "waiting for open connections to finish"
+        );
+    }
+    while open() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let left = open();
+    if left > 0 {
+        tracing::warn!(
+            connections = left,
+            "shutdown grace over; closing the connections still open"
+        );
+    }
 }
 
 /// Keeps the heap on small pages. mimalloc asks for transparent huge pages for its arenas, and

@@ -52,6 +52,8 @@ pub struct Shared {
     pub listeners: Box<[String]>,
     /// Written by the HA thread after each event; `enabled: false` without `[ha]`.
     pub ha: std::sync::Mutex<crate::ha::status::HaStatus>,
+    /// Set at shutdown: workers stop accepting and do not re-arm accept.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -64,6 +66,7 @@ impl Shared {
                 .collect(),
             listeners: listeners.into_boxed_slice(),
             ha: Default::default(),
+            stopping: Default::default(),
         }
     }
 

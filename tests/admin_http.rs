@@ -22,6 +22,7 @@ fn config() -> Config {
     Config {
         workers: 2,
         admin: "127.0.0.1:0".parse().unwrap(),
+        shutdown_grace_ms: 5000,
         health: HealthConfig {
             check: CheckKind::Mysql,
             interval_ms: 1000,

@@ -636,3 +636,49 @@ fn drained_backend_lets_its_held_connection_finish_and_takes_no_new_one() {
         "{err}"
     );
 }
+
+/// Whether a process has ended (gone, or a zombie its parent has not reaped yet).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn graceful_shutdown_lets_a_running_query_finish() {
+    let _serial = support::one_at_a_time();
+    let db = MariaDb::start();
+    let lb = Ringlb::start(&[&db], "[global]\nshutdown_grace_ms = 20000\n");
+    let mut conn = lb.conn();
+    let query = std::thread::spawn(move || conn.query_first::<i64, _>("SELECT SLEEP(2)"));
+    // The query is running on the server.
+    let mut root = db.root_conn().expect("root login");
+    wait_until(Duration::from_secs(10), "the SLEEP running on the server", || {
+        let rows: Vec<Option<String>> = root
+            .query("SELECT info FROM information_schema.processlist")
+            .unwrap_or_default();
+        rows.iter().flatten().any(|info| info.starts_with("SELECT SLEEP"))
+    });
+
+    // SAFETY: kill(2) on the pid of ringlb, a child this test's harness spawned.
+    unsafe { libc::kill(lb.pid() as i32, libc::SIGTERM) };
+    wait_until(
+        Duration::from_secs(10),
+        "new connections refused while draining",
+        || lb.try_conn().is_err(),
+    );
+    assert!(!exited(lb.pid()), "ringlb exited with a query still running");
+    let answer = query.join().expect("query thread");
+    assert_eq!(
+        answer.expect("the running query finishes through the draining ringlb"),
+        Some(0)
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "ringlb exits once its last connection closed",
+        || exited(lb.pid()),
+    );
+}

@@ -469,6 +469,14 @@ impl Worker {
     }
 
     fn on_accept(&mut self, listener: usize, result: i32, flags: u32) {
+        if self.shared.stopping.load(Ordering::Relaxed) {
+            // Shutting down: the listener was shut; a client that slipped in is closed.
+            if result >= 0 {
+                // SAFETY: a successful accept returns a new descriptor that nothing else owns.
+                drop(unsafe { OwnedFd::from_raw_fd(result) });
+            }
+            return;
+        }
         if !cqueue::more(flags) {
             let resource = matches!(
                 -result,

@@ -225,6 +225,7 @@ mod tests {
         let config = Config {
             workers: 1,
             admin: "127.0.0.1:0".parse().unwrap(),
+            shutdown_grace_ms: 5000,
             health: config(CheckKind::Tcp, 1000, 1000),
             listeners: vec![ListenerConfig {
                 name: "default".into(),
