@@ -267,6 +267,16 @@ mod tests {
         reply: impl Fn(usize) -> Vec<u8> + Send + 'static,
         done: Arc<AtomicBool>,
     ) -> (SocketAddr, Arc<AtomicUsize>) {
+        let ok = mysql::packet(2, &[0, 0, 0, 2, 0, 0, 0]).unwrap();
+        fake_server_answering(reply, ok, done)
+    }
+
+    /// [`fake_server`] answering the login with `login_reply` instead of an OK.
+    fn fake_server_answering(
+        reply: impl Fn(usize) -> Vec<u8> + Send + 'static,
+        login_reply: Vec<u8>,
+        done: Arc<AtomicBool>,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -283,10 +293,11 @@ mod tests {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
                 let _ = s.write_all(&reply(n));
                 let mut buf = [0u8; 512];
-                // Handshake response in, OK out; then read to EOF (COM_QUIT and close).
+                // Handshake response in, the login reply out; then read to EOF (COM_QUIT and
+                // close, or the client's close after an ERR).
                 if let Ok(n) = s.read(&mut buf) {
                     if n > 0 {
-                        let _ = s.write_all(&mysql::packet(2, &[0, 0, 0, 2, 0, 0, 0]).unwrap());
+                        let _ = s.write_all(&login_reply);
                         while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
                     }
                 }
@@ -343,27 +354,11 @@ mod tests {
     #[test]
     fn access_denied_keeps_the_backend_up() {
         let done = Arc::new(AtomicBool::new(false));
-        let listener_done = done.clone();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let served = Arc::new(AtomicUsize::new(0));
-        let count = served.clone();
-        std::thread::spawn(move || {
-            while !listener_done.load(Ordering::Relaxed) {
-                let Ok((mut s, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(2));
-                    continue;
-                };
-                count.fetch_add(1, Ordering::Relaxed);
-                let _ = s.set_nonblocking(false);
-                let _ = s.write_all(&greeting_packet());
-                let mut buf = [0u8; 512];
-                if matches!(s.read(&mut buf), Ok(n) if n > 0) {
-                    let _ = s.write_all(&err_packet(2, 1045, "Access denied"));
-                }
-            }
-        });
+        let (addr, served) = fake_server_answering(
+            |_| greeting_packet(),
+            err_packet(2, 1045, "Access denied"),
+            done.clone(),
+        );
         let table = backends(&[addr]);
         let stop = Arc::new(Stop::default());
         let handle = spawn_until(config(CheckKind::Mysql, 10, 1000), table.clone(), stop.clone()).unwrap();
