@@ -496,43 +496,69 @@ impl MariaDb {
             .map_err(|e| StartFailure::Other(format!("spawn mariadbd: {e}")))?;
         self.child = Some(child);
 
-        let start = Instant::now();
-        loop {
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                self.child = None;
-                let tail = log_tail(&log, 30);
-                if tail.contains("Address already in use") || tail.contains("Can't start server: Bind") {
-                    return Err(StartFailure::PortTaken);
-                }
-                return Err(StartFailure::Other(format!(
-                    "mariadbd on port {} exited during start-up ({status}); {}:\n{tail}",
-                    self.port,
-                    log.display()
-                )));
-            }
-            let opts = tcp_opts_to("127.0.0.1", self.port, "root", "", None)
-                .tcp_connect_timeout(Some(Duration::from_secs(1)));
-            let login = match &self.placement {
-                // The socket stays in the namespace it was made in, so the login is made there.
-                Some((namespace, _)) => netns::in_namespace(namespace, || Conn::new(opts)),
-                None => Conn::new(opts),
-            };
-            if let Ok(conn) = login {
-                *self.admin.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
-                return Ok(());
-            }
-            if start.elapsed() > START_DEADLINE {
-                self.kill();
-                return Err(StartFailure::Other(format!(
-                    "mariadbd on port {} accepted no login within {START_DEADLINE:?}; {}:\n{}",
-                    self.port,
-                    log.display(),
-                    log_tail(&log, 30)
-                )));
-            }
-            std::thread::sleep(POLL_INTERVAL);
+        let what = format!("mariadbd on port {}", self.port);
+        let (port, placement, admin) = (self.port, &self.placement, &self.admin);
+        let started = await_ready(
+            &mut self.child,
+            &log,
+            &what,
+            &["Address already in use", "Can't start server: Bind"],
+            || {
+                let opts = tcp_opts_to("127.0.0.1", port, "root", "", None)
+                    .tcp_connect_timeout(Some(Duration::from_secs(1)));
+                let login = match placement {
+                    // The socket stays in the namespace it was made in, so the login is made there.
+                    Some((namespace, _)) => netns::in_namespace(namespace, || Conn::new(opts)),
+                    None => Conn::new(opts),
+                };
+                let Ok(conn) = login else {
+                    return false;
+                };
+                *admin.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+                true
+            },
+        );
+        if started.is_err() {
+            self.kill();
         }
+        started
+    }
+}
+
+/// Waits until a child just spawned into `child` is `ready`, polling. It fails with
+/// [`StartFailure::PortTaken`] when the child exits with one of `port_in_use` in its log (the
+/// caller picks another port), and otherwise with the log's tail; the caller kills the child.
+fn await_ready(
+    child: &mut Option<Child>,
+    log: &Path,
+    what: &str,
+    port_in_use: &[&str],
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), StartFailure> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            *child = None;
+            let tail = log_tail(log, 30);
+            if port_in_use.iter().any(|needle| tail.contains(needle)) {
+                return Err(StartFailure::PortTaken);
+            }
+            return Err(StartFailure::Other(format!(
+                "{what} exited during start-up ({status}); {}:\n{tail}",
+                log.display()
+            )));
+        }
+        if ready() {
+            return Ok(());
+        }
+        if start.elapsed() > START_DEADLINE {
+            return Err(StartFailure::Other(format!(
+                "{what} was not ready within {START_DEADLINE:?}; {}:\n{}",
+                log.display(),
+                log_tail(log, 30)
+            )));
+        }
+        std::thread::sleep(POLL_INTERVAL);
     }
 }
 
@@ -619,32 +645,14 @@ impl Ringlb {
             .map_err(|e| StartFailure::Other(format!("spawn ringlb: {e}")))?;
         self.child = Some(child);
 
-        let start = Instant::now();
-        loop {
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                self.child = None;
-                let tail = log_tail(&log, 30);
-                if tail.contains("Address already in use") || tail.contains("in use") {
-                    return Err(StartFailure::PortTaken);
-                }
-                return Err(StartFailure::Other(format!(
-                    "ringlb exited during start-up ({status}); stderr:\n{tail}"
-                )));
-            }
-            if matches!(http_get(self.admin, "/metrics"), Ok((200, _))) {
-                return Ok(());
-            }
-            if start.elapsed() > START_DEADLINE {
-                self.stop();
-                return Err(StartFailure::Other(format!(
-                    "ringlb's admin endpoint {} did not answer /metrics within {START_DEADLINE:?}; stderr:\n{}",
-                    self.admin,
-                    log_tail(&log, 30)
-                )));
-            }
-            std::thread::sleep(POLL_INTERVAL);
+        let admin = self.admin;
+        let started = await_ready(&mut self.child, &log, "ringlb", &["in use"], || {
+            matches!(http_get(admin, "/metrics"), Ok((200, _)))
+        });
+        if started.is_err() {
+            self.stop();
         }
+        started
     }
 
     /// The proxy's listening address.
