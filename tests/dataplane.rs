@@ -314,12 +314,20 @@ fn closed_connections_leave_no_descriptors_or_close_wait() {
 #[test]
 fn a_slow_reader_does_not_make_ringlb_buffer() {
     let _serial = one_at_a_time();
-    // ringlb may buffer one 16 KiB buffer or one 256 KiB pipe per direction (the pipe is kernel
+    // ringlb may buffer one 16 KiB buffer or one 1 MiB pipe per direction (the pipe is kernel
     // memory, not RSS): anything near this means it is reading ahead of its client.
     const RSS_GROWTH_BOUND: u64 = 16 * MIB;
     // What the kernel may hold between the backend's writes and the client's reads: the send
-    // and receive buffers of both hops (autotuned, a few MiB each here) plus one pipe.
-    const IN_FLIGHT_BOUND: u64 = 32 * MIB;
+    // and receive buffers of both hops, each autotuned up to its sysctl maximum (32 MiB for a
+    // receive buffer here), plus one pipe. An endless stream read ahead without bound passes
+    // any finite figure; this one only keeps the kernel's own share out of the count.
+    let max_of = |sysctl: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{sysctl}"))
+            .ok()
+            .and_then(|v| v.split_whitespace().last()?.parse().ok())
+            .unwrap_or(8 * MIB)
+    };
+    let in_flight_bound = 2 * max_of("tcp_rmem") + 2 * max_of("tcp_wmem") + 2 * MIB;
     let backend = StreamServer::start(None);
     let lb = Ringlb::start_with_addrs(&[backend.addr()], QUIET_HEALTH);
     let seen = probes_done(&backend);
@@ -345,8 +353,8 @@ fn a_slow_reader_does_not_make_ringlb_buffer() {
         written / MIB
     );
     assert!(
-        written < IN_FLIGHT_BOUND,
-        "the backend wrote {written} bytes to a client that reads nothing (bound {IN_FLIGHT_BOUND})"
+        written < in_flight_bound,
+        "the backend wrote {written} bytes to a client that reads nothing (bound {in_flight_bound})"
     );
     let rss_after = lb.rss_bytes();
     eprintln!(
@@ -365,14 +373,14 @@ fn a_slow_reader_does_not_make_ringlb_buffer() {
     // The client reads: the stream flows again, well past what was in flight at the stall.
     client.set_read_timeout(Some(SETTLE)).expect("set a read timeout");
     let mut chunk = vec![0u8; CHUNK_BYTES];
-    let read_bytes = 64 * MIB;
+    let read_bytes = (in_flight_bound + 16 * MIB).div_ceil(CHUNK_BYTES as u64) * CHUNK_BYTES as u64;
     for _ in 0..read_bytes / CHUNK_BYTES as u64 {
         client
             .read_exact(&mut chunk)
             .expect("the stream through ringlb after the stall");
     }
     wait_until(SETTLE, "the backend to write again once the client reads", || {
-        stream.written() >= written + read_bytes - IN_FLIGHT_BOUND
+        stream.written() >= written + read_bytes - in_flight_bound
     });
     assert!(stream.written() > written);
 }
