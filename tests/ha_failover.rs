@@ -58,6 +58,19 @@ impl Cluster {
         )
     }
 
+    /// [`Cluster::start`], then waits until the VIP answers and the preferred lb1 alone holds it.
+    fn start_settled() -> Cluster {
+        let cluster = Cluster::start();
+        cluster.wait_for_answer("start-up");
+        assert!(
+            poll_until(BOUND, || cluster.holders() == ["lb1"]),
+            "the preferred node should hold the VIP alone: {:?}\n{}",
+            cluster.holders(),
+            cluster.logs()
+        );
+        cluster
+    }
+
     /// Starts ringlb with `[ha]` on lb1 (preferred) and lb2 in front of `backends`.
     fn with(net: Topology, backends: Vec<SocketAddr>, health: &'static str) -> Cluster {
         let dir = TempDir::new("ringlb-ha");
@@ -225,15 +238,7 @@ fn killed_active_node_is_replaced_by_the_standby() {
     if !require_root() {
         return;
     }
-    let mut cluster = Cluster::start();
-    cluster.wait_for_answer("start-up");
-    let settled = poll_until(BOUND, || cluster.holders() == ["lb1"]);
-    assert!(
-        settled,
-        "the preferred node should hold the VIP: {:?}\n{}",
-        cluster.holders(),
-        cluster.logs()
-    );
+    let mut cluster = Cluster::start_settled();
 
     // Power loss: the process dies and its link goes dark, so no RST or FIN reaches anyone.
     cluster.net.cut("lb1");
@@ -273,13 +278,7 @@ fn forged_and_garbage_heartbeats_are_dropped_and_counted() {
     if !require_root() {
         return;
     }
-    let cluster = Cluster::start();
-    cluster.wait_for_answer("start-up");
-    assert!(
-        poll_until(BOUND, || cluster.holders() == ["lb1"]),
-        "{}",
-        cluster.logs()
-    );
+    let cluster = Cluster::start_settled();
     let before = cluster.ha_status(1).expect("GET /ha on lb2");
     // From lb1's own address (the only one lb2 listens to), so the datagrams reach the checks:
     // garbage, a truncated one and one signed with the wrong key.
@@ -351,13 +350,7 @@ fn stopped_active_node_hands_the_vip_over() {
     if !require_root() {
         return;
     }
-    let mut cluster = Cluster::start();
-    cluster.wait_for_answer("start-up");
-    assert!(
-        poll_until(BOUND, || cluster.holders() == ["lb1"]),
-        "{}",
-        cluster.logs()
-    );
+    let mut cluster = Cluster::start_settled();
 
     let start = Instant::now();
     cluster.terminate(0);
@@ -377,13 +370,7 @@ fn healed_partition_leaves_one_vip_owner() {
     if !require_root() {
         return;
     }
-    let mut cluster = Cluster::start();
-    cluster.wait_for_answer("start-up");
-    assert!(
-        poll_until(BOUND, || cluster.holders() == ["lb1"]),
-        "{}",
-        cluster.logs()
-    );
+    let mut cluster = Cluster::start_settled();
 
     // Partition: lb2 hears nothing from lb1 and takes the VIP too (split brain).
     cluster.net.cut("lb2");
