@@ -752,26 +752,30 @@ impl Ringlb {
 
     /// SIGTERM, then SIGKILL if it has not exited within 5 s.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-            // SAFETY: `pid` is our own child, not yet reaped (we hold its Child), so the id
-            // cannot have been reused by another process.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
+        if let Some(child) = self.child.take() {
+            terminate(child);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
     }
+}
+
+/// Stops a child process: SIGTERM, then SIGKILL if it has not exited within 5 s; reaps it.
+pub fn terminate(mut child: Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: `pid` is our own child, not yet reaped (we hold its Child), so the id cannot
+        // have been reused by another process.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Ringlb {
