@@ -3,14 +3,25 @@
 //! Every worker reads the same [`Backends`] table; its only mutable state is atomics, each
 //! backend's on its own cache line, so the data path takes no lock. The choice is a pure function
 //! over a snapshot of those atomics: a race between two workers can cost one extra connection on
-//! a backend, never a lock or a wrong answer about health.
+//! a backend, never a lock or a wrong answer about health. `maxconn` alone is enforced exactly,
+//! by a compare-and-swap on the backend's active count.
+//!
+//! # Reload
+//!
+//! A table is immutable; a reload builds a new one ([`Backends::rebuild`]) and hands it to the
+//! workers. A backend or listener that stays (same listener name, same address) keeps its
+//! state — health verdict, active count, counters — because the new table shares its `live`,
+//! `stats` and listener `state` (`Arc`s) with the old one. Connections opened under the old table
+//! keep it alive until they close, and release their backend in it, which is the same atomics.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_utils::CachePadded;
 
-use crate::config::{Balance, Config};
+use crate::config::{Balance, Config, ListenerConfig};
+use crate::stats::BackendTraffic;
 
 /// The atomics one backend's state lives in; written by workers and the health checker.
 #[derive(Debug, Default)]
@@ -25,6 +36,60 @@ pub struct BackendLive {
     /// What the operator set: [`AdminState`] as a byte. Anything but enabled takes no new
     /// connection; connections already open finish as they would.
     pub admin_state: AtomicU8,
+    /// Set when a reload removed the backend: its health checker stops.
+    pub retired: AtomicBool,
+}
+
+/// What the workers count for one backend, one slot per worker (each writes only its own).
+#[derive(Debug)]
+pub struct BackendStats {
+    pub traffic: Box<[CachePadded<BackendTraffic>]>,
+    /// Latency histograms; a worker locks only its own, uncontended but for the moment the
+    /// admin thread merges them.
+    pub latency: Box<[CachePadded<Mutex<crate::latency::Latency>>]>,
+}
+
+impl BackendStats {
+    pub fn new(workers: usize) -> Self {
+        BackendStats {
+            traffic: (0..workers).map(|_| Default::default()).collect(),
+            latency: (0..workers)
+                .map(|_| CachePadded::new(Mutex::new(crate::latency::Latency::new())))
+                .collect(),
+        }
+    }
+}
+
+/// What lives as long as a listener does, across reloads.
+#[derive(Debug)]
+pub struct ListenerState {
+    /// Per worker: clients closed at accept because `allow` left them out.
+    pub rejected: Box<[CachePadded<AtomicU64>]>,
+    /// Per worker: clients refused because the queue was full or their wait ran out.
+    pub queue_refused: Box<[CachePadded<AtomicU64>]>,
+    /// Per worker: connections closed by `idle_timeout_ms`.
+    pub idle_closed: Box<[CachePadded<AtomicU64>]>,
+    /// Clients waiting in some worker's queue right now.
+    pub queued: CachePadded<AtomicU32>,
+}
+
+impl ListenerState {
+    pub fn new(workers: usize) -> Self {
+        let counters = || (0..workers).map(|_| Default::default()).collect();
+        ListenerState {
+            rejected: counters(),
+            queue_refused: counters(),
+            idle_closed: counters(),
+            queued: Default::default(),
+        }
+    }
+}
+
+/// One listener of a table.
+#[derive(Debug)]
+pub struct Listener {
+    pub config: ListenerConfig,
+    pub state: Arc<ListenerState>,
 }
 
 /// The operator's say over a backend (`ringlb backend drain|disable|enable`).
@@ -66,9 +131,12 @@ pub struct Backend {
     pub weight: u32,
     /// Taken only while no primary backend of the pool can take the connection.
     pub backup: bool,
+    /// Connections held at most; 0: no limit.
+    pub maxconn: u32,
     /// Index of the listener whose pool holds it.
     pub listener: usize,
-    pub live: CachePadded<BackendLive>,
+    pub live: Arc<CachePadded<BackendLive>>,
+    pub stats: Arc<BackendStats>,
 }
 
 impl Backend {
@@ -91,6 +159,32 @@ impl Backend {
     fn takes_connections(&self) -> bool {
         self.is_up() && self.live.admin_state.load(Ordering::Relaxed) == AdminState::Enabled as u8
     }
+
+    fn full(&self) -> bool {
+        self.maxconn > 0 && self.active_connections() >= self.maxconn
+    }
+
+    /// Counts one more connection unless that would pass `maxconn`.
+    fn try_take(&self) -> bool {
+        let maxconn = self.maxconn;
+        self.live
+            .active_connections
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |active| {
+                (maxconn == 0 || active < maxconn).then_some(active + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// What [`Backends::acquire`] found for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// This backend (global index), already counted as active.
+    Backend(usize),
+    /// Backends could take it but every one is at its `maxconn`: wait in the queue.
+    Full,
+    /// No backend can take it.
+    None,
 }
 
 /// All backends of all listeners, in configuration order; `pools[l]` is the index range of
@@ -104,28 +198,70 @@ pub struct Backends {
     rotors: Box<[CachePadded<AtomicUsize>]>,
     /// Per listener: how it spreads connections.
     modes: Box<[Balance]>,
+    pub listeners: Box<[Listener]>,
 }
 
 impl Backends {
     /// Builds the table; every backend starts up (the first failed check takes it down at once).
     pub fn from_config(config: &Config) -> Self {
+        Self::build(config, None)
+    }
+
+    /// The table for a reloaded `config`: what stays shares its state with `self`.
+    pub fn rebuild(&self, config: &Config) -> Self {
+        Self::build(config, Some(self))
+    }
+
+    fn build(config: &Config, old: Option<&Backends>) -> Self {
+        let workers = config.workers;
         let mut all = Vec::new();
         let mut pools = Vec::new();
+        let mut listeners = Vec::new();
         for (l, listener) in config.listeners.iter().enumerate() {
+            let old_listener = old.and_then(|old| {
+                old.listeners
+                    .iter()
+                    .position(|o| o.config.name == listener.name)
+                    .map(|i| (old, i))
+            });
             let start = all.len();
             for b in &listener.backends {
-                let live = BackendLive::default();
-                live.up.store(true, Ordering::Relaxed);
+                let kept = old_listener.and_then(|(old, i)| {
+                    old.all[old.pools[i].clone()]
+                        .iter()
+                        .find(|o| o.name == b.name && o.addr == b.addr)
+                });
+                let (live, stats) = match kept {
+                    Some(o) => (o.live.clone(), o.stats.clone()),
+                    None => {
+                        let live = BackendLive::default();
+                        live.up.store(true, Ordering::Relaxed);
+                        (
+                            Arc::new(CachePadded::new(live)),
+                            Arc::new(BackendStats::new(workers)),
+                        )
+                    }
+                };
                 all.push(Backend {
                     name: b.name.clone(),
                     addr: b.addr,
                     weight: b.weight.max(1),
                     backup: b.backup,
+                    maxconn: b.maxconn,
                     listener: l,
-                    live: CachePadded::new(live),
+                    live,
+                    stats,
                 });
             }
             pools.push(start..all.len());
+            let state = match old_listener {
+                Some((old, i)) => old.listeners[i].state.clone(),
+                None => Arc::new(ListenerState::new(workers)),
+            };
+            listeners.push(Listener {
+                config: listener.clone(),
+                state,
+            });
         }
         Backends {
             all: all.into_boxed_slice(),
@@ -135,7 +271,15 @@ impl Backends {
                 .collect(),
             modes: config.listeners.iter().map(|l| l.balance).collect(),
             pools: pools.into_boxed_slice(),
+            listeners: listeners.into_boxed_slice(),
         }
+    }
+
+    /// Backends of `self` that `next` no longer has (by their shared state).
+    pub fn removed_in<'a>(&'a self, next: &'a Backends) -> impl Iterator<Item = &'a Backend> + 'a {
+        self.all
+            .iter()
+            .filter(move |b| !next.all.iter().any(|n| Arc::ptr_eq(&n.live, &b.live)))
     }
 
     pub fn len(&self) -> usize {
@@ -150,39 +294,52 @@ impl Backends {
     ///
     /// `tried` is a bitmask of pool positions already tried for this connection (redispatch).
     /// Ties rotate, so sequential short connections alternate between equal backends.
-    /// Returns the global backend index.
-    pub fn acquire(&self, listener: usize, tried: u64, now_ms: u64) -> Option<usize> {
+    /// Backends at their `maxconn` are passed over; when that leaves none but some could take
+    /// the connection once a slot frees, the answer is [`Pick::Full`].
+    pub fn acquire(&self, listener: usize, tried: u64, now_ms: u64) -> Pick {
         let pool = self.pools[listener].clone();
         let rotor = self.rotors[listener].fetch_add(1, Ordering::Relaxed);
         let backends = &self.all[pool.clone()];
-        // In order of preference: healthy primaries, then primaries a recent connect failed on
-        // (they may have recovered before their check says so), then the same two for backups.
-        let candidate = |pos: usize, skip_suspect: bool, backup: bool| {
-            let b = &backends[pos];
-            let suspect = skip_suspect && b.live.suspect_until_ms.load(Ordering::Relaxed) > now_ms;
-            Candidate {
-                up: b.takes_connections() && !suspect && b.backup == backup,
-                active: b.active_connections(),
-                weight: b.weight,
-            }
-        };
         let pick_in = match self.modes[listener] {
             Balance::Leastconn => choose,
             Balance::Roundrobin => choose_round_robin,
         };
-        let pick = [(true, false), (false, false), (true, true), (false, true)]
-            .into_iter()
-            .find_map(|(skip_suspect, backup)| {
-                pick_in(backends.len(), tried, rotor, &|pos| {
-                    candidate(pos, skip_suspect, backup)
-                })
-            })?;
-        let index = pool.start + pick;
-        self.all[index]
-            .live
-            .active_connections
-            .fetch_add(1, Ordering::Relaxed);
-        Some(index)
+        // Backends that filled up between the choice and the count, passed over on the next try.
+        let mut lost_race = 0u64;
+        for _ in 0..=backends.len() {
+            // In order of preference: healthy primaries, then primaries a recent connect failed
+            // on (they may have recovered before their check says so), then the same for backups.
+            let candidate = |pos: usize, skip_suspect: bool, backup: bool| {
+                let b = &backends[pos];
+                let suspect = skip_suspect && b.live.suspect_until_ms.load(Ordering::Relaxed) > now_ms;
+                Candidate {
+                    up: b.takes_connections() && !suspect && b.backup == backup && !b.full(),
+                    active: b.active_connections(),
+                    weight: b.weight,
+                }
+            };
+            let pick = [(true, false), (false, false), (true, true), (false, true)]
+                .into_iter()
+                .find_map(|(skip_suspect, backup)| {
+                    pick_in(backends.len(), tried | lost_race, rotor, &|pos| {
+                        candidate(pos, skip_suspect, backup)
+                    })
+                });
+            let Some(pick) = pick else { break };
+            if self.all[pool.start + pick].try_take() {
+                return Pick::Backend(pool.start + pick);
+            }
+            lost_race |= 1u64.checked_shl(pick as u32).unwrap_or(0);
+        }
+        let waitable = backends
+            .iter()
+            .enumerate()
+            .any(|(pos, b)| untried(tried, pos) && b.takes_connections() && b.maxconn > 0);
+        if waitable {
+            Pick::Full
+        } else {
+            Pick::None
+        }
     }
 
     /// Whether a healthy backend of `listener` not in `tried` is left to try, suspect or not:
@@ -191,7 +348,7 @@ impl Backends {
         self.all[self.pools[listener].clone()]
             .iter()
             .enumerate()
-            .any(|(pos, b)| (pos >= 64 || tried & (1 << pos) == 0) && b.takes_connections())
+            .any(|(pos, b)| untried(tried, pos) && b.takes_connections() && !b.full())
     }
 
     /// Sets the operator's state of every backend named `name` (in any listener); returns how
@@ -221,6 +378,11 @@ impl Backends {
             .suspect_until_ms
             .fetch_max(until_ms, Ordering::Relaxed);
     }
+}
+
+/// Whether pool position `pos` is not in the `tried` mask (positions past 64 never are).
+fn untried(tried: u64, pos: usize) -> bool {
+    pos >= 64 || tried & (1 << pos) == 0
 }
 
 /// Weighted round robin: the eligible candidates (up, not yet tried) in pool order, each
@@ -300,6 +462,13 @@ mod tests {
         }
     }
 
+    fn acq(table: &Backends, listener: usize, tried: u64, now_ms: u64) -> Option<usize> {
+        match table.acquire(listener, tried, now_ms) {
+            Pick::Backend(b) => Some(b),
+            _ => None,
+        }
+    }
+
     fn pick(all: &[Candidate], tried: u64, rotor: usize) -> Option<usize> {
         choose(all.len(), tried, rotor, &|pos| all[pos])
     }
@@ -365,49 +534,24 @@ mod tests {
 
     fn table(n: usize) -> Backends {
         let backends = (0..n)
-            .map(|i| crate::config::BackendConfig {
-                name: format!("127.0.0.1:{}", 3306 + i),
-                addr: format!("127.0.0.1:{}", 3306 + i).parse().unwrap(),
-                weight: 1,
-                backup: false,
-            })
+            .map(|i| crate::config::BackendConfig::at(format!("127.0.0.1:{}", 3306 + i).parse().unwrap()))
             .collect();
-        let config = Config {
-            workers: 1,
-            admin: "127.0.0.1:4041".parse().unwrap(),
-            shutdown_grace_ms: 5000,
-            health: crate::config::HealthConfig {
-                check: crate::config::CheckKind::Tcp,
-                interval_ms: 1000,
-                rise: 2,
-                fall: 3,
-                timeout_ms: 1000,
-                user: String::new(),
-            },
-            listeners: vec![crate::config::ListenerConfig {
-                name: "default".into(),
-                bind: "127.0.0.1:4040".parse().unwrap(),
-                connect_timeout_ms: 1000,
-                backends,
-                allow: Vec::new(),
-                balance: Default::default(),
-            }],
-            tuning: Default::default(),
-            ha: None,
-        };
-        Backends::from_config(&config)
+        Backends::from_config(&Config::with_listener(
+            "127.0.0.1:4040".parse().unwrap(),
+            backends,
+        ))
     }
 
     #[test]
     fn held_connections_spread_evenly() {
         let table = table(2);
         for _ in 0..6 {
-            table.acquire(0, 0, 0).unwrap();
+            acq(&table, 0, 0, 0).unwrap();
         }
         assert_eq!(table.all[0].active_connections(), 3);
         assert_eq!(table.all[1].active_connections(), 3);
         table.release(0);
-        assert_eq!(table.acquire(0, 0, 0), Some(0));
+        assert_eq!(acq(&table, 0, 0, 0), Some(0));
     }
 
     #[test]
@@ -415,7 +559,7 @@ mod tests {
         let table = table(2);
         let picks: Vec<_> = (0..4)
             .map(|_| {
-                let b = table.acquire(0, 0, 0).unwrap();
+                let b = acq(&table, 0, 0, 0).unwrap();
                 table.release(b);
                 b
             })
@@ -428,15 +572,15 @@ mod tests {
         let table = table(2);
         table.mark_suspect(0, 1000);
         for _ in 0..3 {
-            let b = table.acquire(0, 0, 500).unwrap();
+            let b = acq(&table, 0, 0, 500).unwrap();
             assert_eq!(b, 1);
             table.release(b);
         }
         // Backend 1 already tried: the suspect one is still better than nothing.
-        assert_eq!(table.acquire(0, 0b10, 500), Some(0));
+        assert_eq!(acq(&table, 0, 0b10, 500), Some(0));
         // After the deadline it is a normal candidate again.
         table.release(0);
-        assert!(table.acquire(0, 0, 1000).is_some());
+        assert!(acq(&table, 0, 0, 1000).is_some());
     }
 
     #[test]
@@ -459,20 +603,20 @@ mod tests {
         backup.backup = true;
         let table = config_table;
         for _ in 0..6 {
-            let b = table.acquire(0, 0, 0).unwrap();
+            let b = acq(&table, 0, 0, 0).unwrap();
             assert_ne!(b, 2, "a backup while primaries are up");
         }
         // One primary down: the other primary, still not the backup.
         table.all[0].live.up.store(false, Ordering::Relaxed);
-        assert_eq!(table.acquire(0, 0, 0), Some(1));
+        assert_eq!(acq(&table, 0, 0, 0), Some(1));
         // Both primaries down: the backup.
         table.all[1].live.up.store(false, Ordering::Relaxed);
-        assert_eq!(table.acquire(0, 0, 0), Some(2));
+        assert_eq!(acq(&table, 0, 0, 0), Some(2));
         // A primary back: new connections leave the backup again.
         table.all[0].live.up.store(true, Ordering::Relaxed);
-        assert_eq!(table.acquire(0, 0, 0), Some(0));
+        assert_eq!(acq(&table, 0, 0, 0), Some(0));
         // A primary that refused this connection (tried) sends it to the backup.
-        assert_eq!(table.acquire(0, 0b001, 0), Some(2));
+        assert_eq!(acq(&table, 0, 0b001, 0), Some(2));
     }
 
     #[test]
@@ -480,13 +624,13 @@ mod tests {
         let table = table(2);
         assert_eq!(table.set_admin_state("127.0.0.1:3306", AdminState::Drain), 1);
         for _ in 0..4 {
-            assert_eq!(table.acquire(0, 0, 0), Some(1));
+            assert_eq!(acq(&table, 0, 0, 0), Some(1));
         }
         assert!(!table.has_candidate(0, 0b10));
         table.set_admin_state("127.0.0.1:3307", AdminState::Disabled);
-        assert_eq!(table.acquire(0, 0, 0), None);
+        assert_eq!(acq(&table, 0, 0, 0), None);
         table.set_admin_state("127.0.0.1:3306", AdminState::Enabled);
-        assert_eq!(table.acquire(0, 0, 0), Some(0));
+        assert_eq!(acq(&table, 0, 0, 0), Some(0));
         assert_eq!(table.set_admin_state("db-09:3306", AdminState::Drain), 0);
     }
 
@@ -495,6 +639,6 @@ mod tests {
         let table = table(2);
         table.all[0].live.up.store(false, Ordering::Relaxed);
         table.all[1].live.up.store(false, Ordering::Relaxed);
-        assert_eq!(table.acquire(0, 0, 0), None);
+        assert_eq!(acq(&table, 0, 0, 0), None);
     }
 }

@@ -163,7 +163,14 @@ fn execute(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Run(args) => {
             let config = load(&args)?;
-            crate::runtime::run(config)?;
+            let source = match &args.config {
+                Some(path) => Some(crate::reload::Source {
+                    path: path.clone(),
+                    overrides: overrides(&args)?,
+                }),
+                None => None,
+            };
+            crate::runtime::run(config, source)?;
             Ok(())
         }
         Command::Check(args) => {
@@ -207,13 +214,16 @@ fn execute(cli: Cli) -> Result<(), CliError> {
 }
 
 fn load(args: &ConfigArgs) -> Result<config::Config, ConfigError> {
-    let overrides = Overrides {
+    config::load(args.config.as_deref(), &overrides(args)?)
+}
+
+fn overrides(args: &ConfigArgs) -> Result<Overrides, ConfigError> {
+    Ok(Overrides {
         listen: args.listen.clone(),
         backends: args.backend.clone(),
         workers: args.workers.as_deref().map(parse_workers).transpose()?,
         admin: args.admin.clone(),
-    };
-    config::load(args.config.as_deref(), &overrides)
+    })
 }
 
 /// `--workers` as a count; the range (`0` included) is [`config::load`]'s to judge.

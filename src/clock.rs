@@ -13,3 +13,8 @@ fn epoch() -> Instant {
 pub fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
+
+/// Microseconds since the first call in this process (latency histograms).
+pub fn now_us() -> u64 {
+    epoch().elapsed().as_micros() as u64
+}

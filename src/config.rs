@@ -63,6 +63,9 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Used only while no primary (non-backup) backend of the listener can take a connection.
     pub backup: bool,
+    /// Connections this backend holds at most (0: no limit); beyond it new connections wait in
+    /// the listener's queue.
+    pub maxconn: u32,
 }
 
 /// One listening address with its own pool of backends.
@@ -76,6 +79,13 @@ pub struct ListenerConfig {
     /// Client networks allowed to connect; empty: everyone.
     pub allow: Vec<Cidr>,
     pub balance: Balance,
+    /// A connection that moved no byte either way for this long is closed (0: never).
+    pub idle_timeout_ms: u64,
+    /// Clients waiting for a backend under its `maxconn`, at most (over all workers); one more
+    /// is refused at once.
+    pub queue_limit: u32,
+    /// A client waits in the queue this long at most, then is refused.
+    pub queue_timeout_ms: u64,
 }
 
 /// How a listener spreads new connections over its backends.
@@ -87,6 +97,60 @@ pub enum Balance {
     Leastconn,
     /// Each backend in turn, as often as its weight says, whatever it holds.
     Roundrobin,
+}
+
+impl BackendConfig {
+    /// A backend named by its address, weight 1, no limit.
+    pub fn at(addr: SocketAddr) -> Self {
+        BackendConfig {
+            name: addr.to_string(),
+            addr,
+            weight: 1,
+            backup: false,
+            maxconn: 0,
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// A listener with every setting at its default.
+    pub fn new(name: &str, bind: SocketAddr, backends: Vec<BackendConfig>) -> Self {
+        ListenerConfig {
+            name: name.to_string(),
+            bind,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            backends,
+            allow: Vec::new(),
+            balance: Balance::default(),
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            queue_limit: DEFAULT_QUEUE_LIMIT,
+            queue_timeout_ms: DEFAULT_QUEUE_TIMEOUT_MS,
+        }
+    }
+}
+
+impl Config {
+    /// One worker, one listener on `bind` with `backends`, every other setting at its default
+    /// (a health check by TCP connect every second).
+    pub fn with_listener(bind: SocketAddr, backends: Vec<BackendConfig>) -> Self {
+        Config {
+            workers: 1,
+            admin: DEFAULT_ADMIN.parse().expect("valid default"),
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+            histogram_dump: PathBuf::from(DEFAULT_HISTOGRAM_DUMP),
+            health: HealthConfig {
+                check: CheckKind::Tcp,
+                interval_ms: 1000,
+                rise: 2,
+                fall: 3,
+                timeout_ms: 1000,
+                user: String::new(),
+            },
+            listeners: vec![ListenerConfig::new("default", bind, backends)],
+            tuning: TuningConfig::default(),
+            ha: None,
+        }
+    }
 }
 
 /// A network in CIDR notation ("10.0.0.0/24"; a bare address is a /32 or /128).
@@ -286,6 +350,8 @@ pub struct Config {
     /// On SIGTERM or SIGINT, how long open connections may take to finish after ringlb stops
     /// accepting; what is still open then is closed.
     pub shutdown_grace_ms: u64,
+    /// Where SIGUSR1 writes the latency histograms (HdrHistogram log format).
+    pub histogram_dump: PathBuf,
     pub health: HealthConfig,
     pub listeners: Vec<ListenerConfig>,
     pub tuning: TuningConfig,
@@ -299,6 +365,12 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:4041";
 /// Below systemd's default stop timeout, so that ringlb, not the service manager, ends it.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 5000;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
+/// MySQL's own `wait_timeout` default: an idle client is closed no sooner than the server would.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 28_800_000;
+pub const DEFAULT_QUEUE_LIMIT: u32 = 1024;
+pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 5000;
+/// Where SIGUSR1 writes the latency histograms unless `[global] histogram_dump` says otherwise.
+pub const DEFAULT_HISTOGRAM_DUMP: &str = "/var/tmp/ringlb-histograms.hlog";
 
 /// What the command line contributes; `None`/empty means "not given", so the file's value stands.
 #[derive(Debug, Clone, Default)]
@@ -531,6 +603,10 @@ pub fn to_toml(config: &Config) -> String {
     out.push_str(&format!("workers = {}\n", config.workers));
     out.push_str(&format!("admin = {}\n", toml_string(&config.admin.to_string())));
     out.push_str(&format!("shutdown_grace_ms = {}\n", config.shutdown_grace_ms));
+    out.push_str(&format!(
+        "histogram_dump = {}\n",
+        toml_string(&config.histogram_dump.display().to_string())
+    ));
     out.push_str("\n[health]\n");
     out.push_str(&format!("check = {}\n", toml_string(check)));
     out.push_str(&format!("interval_ms = {}\n", health.interval_ms));
@@ -543,6 +619,9 @@ pub fn to_toml(config: &Config) -> String {
         out.push_str(&format!("name = {}\n", toml_string(&listener.name)));
         out.push_str(&format!("bind = {}\n", toml_string(&listener.bind.to_string())));
         out.push_str(&format!("connect_timeout_ms = {}\n", listener.connect_timeout_ms));
+        out.push_str(&format!("idle_timeout_ms = {}\n", listener.idle_timeout_ms));
+        out.push_str(&format!("queue_limit = {}\n", listener.queue_limit));
+        out.push_str(&format!("queue_timeout_ms = {}\n", listener.queue_timeout_ms));
         if listener.balance == Balance::Roundrobin {
             out.push_str("balance = \"roundrobin\"\n");
         }
@@ -565,6 +644,9 @@ pub fn to_toml(config: &Config) -> String {
             out.push_str(&format!("weight = {}\n", backend.weight));
             if backend.backup {
                 out.push_str("backup = true\n");
+            }
+            if backend.maxconn > 0 {
+                out.push_str(&format!("maxconn = {}\n", backend.maxconn));
             }
         }
     }
@@ -664,6 +746,7 @@ struct RawGlobal {
     workers: Option<Spanned<i64>>,
     admin: Option<Spanned<String>>,
     shutdown_grace_ms: Option<Spanned<i64>>,
+    histogram_dump: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -699,6 +782,9 @@ struct RawListener {
     connect_timeout_ms: Option<Spanned<i64>>,
     allow: Option<Vec<Spanned<String>>>,
     balance: Option<Spanned<String>>,
+    idle_timeout_ms: Option<Spanned<i64>>,
+    queue_limit: Option<Spanned<i64>>,
+    queue_timeout_ms: Option<Spanned<i64>>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
 }
@@ -709,6 +795,7 @@ struct RawBackend {
     address: Spanned<String>,
     weight: Option<Spanned<i64>>,
     backup: Option<bool>,
+    maxconn: Option<Spanned<i64>>,
 }
 
 /// The file an error points into.
@@ -922,6 +1009,15 @@ struct Draft {
     bind_site: Site,
 }
 
+/// A path from the file, relative paths taken from the configuration file's folder.
+fn relative_to_file(origin: &Origin<'_>, text: &str) -> PathBuf {
+    let path = Path::new(text);
+    match origin.path.parent() {
+        Some(folder) if path.is_relative() => folder.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
 /// Merges the flags over the raw file and validates the result.
 fn build(
     origin: &Origin<'_>,
@@ -934,10 +1030,18 @@ fn build(
         workers: None,
         admin: None,
         shutdown_grace_ms: None,
+        histogram_dump: None,
     });
     let shutdown_grace_ms = match &global.shutdown_grace_ms {
         Some(v) => int_in(origin, v, "global.shutdown_grace_ms", 0, 3_600_000)?,
         None => DEFAULT_SHUTDOWN_GRACE_MS,
+    };
+    let histogram_dump = match &global.histogram_dump {
+        Some(v) if v.get_ref().trim().is_empty() => {
+            return Err(origin.at(v.span().start, "global.histogram_dump", "must not be empty"))
+        }
+        Some(v) => relative_to_file(origin, v.get_ref()),
+        None => PathBuf::from(DEFAULT_HISTOGRAM_DUMP),
     };
 
     let workers = match (overrides.workers, &global.workers) {
@@ -995,6 +1099,7 @@ fn build(
         workers,
         admin,
         shutdown_grace_ms,
+        histogram_dump,
         health,
         listeners: drafts.into_iter().map(|d| d.config).collect(),
         tuning,
@@ -1179,13 +1284,7 @@ fn build_ha(
         );
     }
 
-    let relative_to_file = |text: &str| -> PathBuf {
-        let path = Path::new(text);
-        match origin.path.parent() {
-            Some(folder) if path.is_relative() => folder.join(path),
-            _ => path.to_path_buf(),
-        }
-    };
+    let relative_to_file = |text: &str| relative_to_file(origin, text);
     if ha.authkey_file.get_ref().is_empty() {
         return Err(origin.at(
             ha.authkey_file.span().start,
@@ -1384,6 +1483,9 @@ fn default_listener(
             backends,
             allow: Vec::new(),
             balance: Default::default(),
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            queue_limit: DEFAULT_QUEUE_LIMIT,
+            queue_timeout_ms: DEFAULT_QUEUE_TIMEOUT_MS,
         },
         name_site: Site::Default("listener name"),
         bind_site,
@@ -1437,6 +1539,18 @@ fn file_listener(
             }
         },
     };
+    let idle_timeout_ms = match &listener.idle_timeout_ms {
+        Some(v) => int_in(origin, v, &format!("{key}.idle_timeout_ms"), 0, 365 * 86_400_000)?,
+        None => DEFAULT_IDLE_TIMEOUT_MS,
+    };
+    let queue_limit = match &listener.queue_limit {
+        Some(v) => int_in(origin, v, &format!("{key}.queue_limit"), 0, 1_000_000)?,
+        None => DEFAULT_QUEUE_LIMIT,
+    };
+    let queue_timeout_ms = match &listener.queue_timeout_ms {
+        Some(v) => int_in(origin, v, &format!("{key}.queue_timeout_ms"), 1, 3_600_000)?,
+        None => DEFAULT_QUEUE_TIMEOUT_MS,
+    };
     let mut allow = Vec::new();
     for (j, entry) in listener.allow.iter().flatten().enumerate() {
         let cidr = Cidr::parse(entry.get_ref())
@@ -1469,6 +1583,9 @@ fn file_listener(
             };
             let mut built = backend(origin, b.address.get_ref(), weight, &site, resolve)?;
             built.backup = b.backup.unwrap_or(false);
+            if let Some(m) = &b.maxconn {
+                built.maxconn = int_in(origin, m, &format!("{key}.backend[{j}].maxconn"), 0, 1_000_000)?;
+            }
             refuse_duplicate_backend(origin, &backends, &built, &site)?;
             backends.push(built);
         }
@@ -1483,6 +1600,9 @@ fn file_listener(
             backends,
             allow,
             balance,
+            idle_timeout_ms,
+            queue_limit,
+            queue_timeout_ms,
         },
         name_site,
         bind_site,
@@ -1519,6 +1639,7 @@ fn backend(
         addr,
         weight,
         backup: false,
+        maxconn: 0,
     })
 }
 
@@ -1772,16 +1893,21 @@ address = "[::1]:3307"
                         addr: addr("10.0.0.1:3306"),
                         weight: 10,
                         backup: false,
+                        maxconn: 0,
                     },
                     BackendConfig {
                         name: "[::1]:3307".into(),
                         addr: addr("[::1]:3307"),
                         weight: 1,
                         backup: false,
+                        maxconn: 0,
                     },
                 ],
                 allow: Vec::new(),
                 balance: Default::default(),
+                idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+                queue_limit: DEFAULT_QUEUE_LIMIT,
+                queue_timeout_ms: DEFAULT_QUEUE_TIMEOUT_MS,
             }]
         );
     }

@@ -36,5 +36,7 @@ pub mod config;
 pub mod dataplane;
 pub mod ha;
 pub mod health;
+pub mod latency;
+pub mod reload;
 pub mod runtime;
 pub mod stats;

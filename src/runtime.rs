@@ -7,11 +7,13 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
+use crate::admin;
 use crate::balance::Backends;
 use crate::config::Config;
 use crate::dataplane::{self, probe, WorkerConfig};
+use crate::health::Health;
+use crate::reload::{Listening, Reloader, Source};
 use crate::stats::Shared;
-use crate::{admin, health};
 
 /// Why ringlb could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,14 +37,13 @@ pub enum RunError {
 /// How long a stopping node waits for the HA thread to tell its peer and release the VIP.
 const HA_HANDOVER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Runs ringlb until SIGINT or SIGTERM.
-pub fn run(config: Config) -> Result<(), RunError> {
+/// Runs ringlb until SIGINT or SIGTERM; `source` is where SIGHUP reloads the configuration from.
+pub fn run(config: Config, source: Option<Source>) -> Result<(), RunError> {
     probe::check()?;
     let signals = block_signals();
 
     let backends = Arc::new(Backends::from_config(&config));
-    let listener_names = config.listeners.iter().map(|l| l.name.clone()).collect();
-    let shared = Arc::new(Shared::new(backends.clone(), config.workers, listener_names));
+    let shared = Arc::new(Shared::new(backends.clone(), config.workers).map_err(RunError::Thread)?);
 
     let admin_socket = TcpListener::bind(config.admin).map_err(|source| RunError::Bind {
         what: "admin".into(),
@@ -58,41 +59,44 @@ pub fn run(config: Config) -> Result<(), RunError> {
             source,
         })?;
     }
-    let mut per_worker = Vec::with_capacity(config.workers);
+    let mut per_worker: Vec<Vec<socket2::Socket>> = (0..config.workers).map(|_| Vec::new()).collect();
     // The same listening sockets, kept here to stop every worker's accepting at shutdown.
     let mut listening = Vec::new();
-    for _ in 0..config.workers {
-        let mut sockets = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
+    for l in &config.listeners {
+        let mut kept = Vec::with_capacity(config.workers);
+        for sockets in per_worker.iter_mut() {
             let socket = dataplane::listener::bind_reuseport(l.bind).map_err(|source| RunError::Bind {
                 what: format!("listener {}", l.name),
                 addr: l.bind,
                 source,
             })?;
-            listening.push(socket.try_clone().map_err(RunError::Thread)?);
+            kept.push(socket.try_clone().map_err(RunError::Thread)?);
             sockets.push(socket);
         }
-        per_worker.push(sockets);
+        listening.push(Listening {
+            name: l.name.clone(),
+            bind: l.bind,
+            sockets: kept,
+        });
     }
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let mut handles = Vec::new();
+    let mut controls = Vec::with_capacity(config.workers);
     for (id, sockets) in per_worker.into_iter().enumerate() {
         let worker_config = WorkerConfig {
             id,
             core: (config.tuning.pin_workers && !cores.is_empty()).then(|| cores[id % cores.len()]),
-            connect_timeout_ms: config.listeners.iter().map(|l| l.connect_timeout_ms).collect(),
-            allow: config.listeners.iter().map(|l| l.allow.clone()).collect(),
             tuning: config.tuning.clone(),
         };
         let shared = shared.clone();
         let ready = ready_tx.clone();
-        let handle = std::thread::Builder::new()
+        let (control_tx, control_rx) = std::sync::mpsc::channel();
+        controls.push(control_tx);
+        std::thread::Builder::new()
             .name(format!("worker-{id}"))
-            .spawn(move || dataplane::worker::run(worker_config, sockets, shared, ready))
+            .spawn(move || dataplane::worker::run(worker_config, sockets, shared, control_rx, ready))
             .map_err(RunError::Thread)?;
-        handles.push(handle);
     }
     drop(ready_tx);
     for _ in 0..config.workers {
@@ -108,52 +112,72 @@ pub fn run(config: Config) -> Result<(), RunError> {
         }
     }
 
-    health::spawn(config.health.clone(), backends).map_err(RunError::Thread)?;
+    let health = Health::new(config.health.clone());
+    health.watch(backends.all.iter()).map_err(RunError::Thread)?;
     // After the workers: the VIP may arrive on the interface any moment from here on, and the
     // listeners (on 0.0.0.0, or freebind on the VIP) take its connections at once.
     let ha = match config.ha.clone() {
         Some(ha) => Some(crate::ha::runner::spawn(ha, shared.clone())?),
         None => None,
     };
-    admin::spawn(admin_socket, shared.clone()).map_err(RunError::Thread)?;
     for l in &config.listeners {
         let names: Vec<&str> = l.backends.iter().map(|b| b.name.as_str()).collect();
         tracing::info!(listener = %l.name, bind = %l.bind, backends = ?names, "listening");
     }
-    tracing::info!(workers = config.workers, admin = %config.admin, "ringlb started");
+    let (workers, admin) = (config.workers, config.admin);
+    let reloader = Arc::new(Reloader::new(
+        source,
+        config,
+        shared.clone(),
+        controls,
+        health,
+        listening,
+    ));
+    let reload_hook: admin::ReloadHook = {
+        let reloader = reloader.clone();
+        Arc::new(move || reloader.reload())
+    };
+    admin::spawn(admin_socket, shared.clone(), Some(reload_hook)).map_err(RunError::Thread)?;
+    tracing::info!(workers, admin = %admin, "ringlb started");
 
-    let signal = wait_for_signal(&signals);
+    let signal = loop {
+        match wait_for_signal(&signals) {
+            libc::SIGHUP => {
+                let _ = reloader.reload();
+            }
+            libc::SIGUSR1 => dump_histograms(&shared, &reloader.config().histogram_dump),
+            libc::SIGINT => break "SIGINT",
+            _ => break "SIGTERM",
+        }
+    };
     tracing::info!(signal, "stopping");
     if let Some(ha) = ha {
         // Release the VIP first and tell the peer, which takes over at once.
         ha.stop(HA_HANDOVER);
     }
-    drain(
-        &shared,
-        &listening,
-        std::time::Duration::from_millis(config.shutdown_grace_ms),
-    );
+    let grace = std::time::Duration::from_millis(reloader.config().shutdown_grace_ms);
+    reloader.with_listening(|listening| drain(&shared, listening, grace));
     Ok(())
+}
+
+/// SIGUSR1: writes every backend's latency histograms to `path` (HdrHistogram log format).
+fn dump_histograms(shared: &Shared, path: &std::path::Path) {
+    match crate::latency::dump_to_file(path, &shared.latency()) {
+        Ok(()) => tracing::info!(file = %path.display(), "latency histograms written"),
+        Err(e) => tracing::warn!(file = %path.display(), "cannot write the latency histograms: {e}"),
+    }
 }
 
 /// Stops accepting on every listener, then waits up to `grace` for open connections to finish.
 /// What is still open then is closed when the process exits.
-fn drain(shared: &Shared, listening: &[socket2::Socket], grace: std::time::Duration) {
+fn drain(shared: &Shared, listening: &[Listening], grace: std::time::Duration) {
     shared.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
-    for socket in listening {
+    for socket in listening.iter().flat_map(|l| &l.sockets) {
         // Ends each worker's multishot accept; with `stopping` set it is not armed again.
         let _ = socket.shutdown(std::net::Shutdown::Read);
     }
-    let open = || -> u64 {
-        shared
-            .backends
-            .all
-            .iter()
-            .map(|b| u64::from(b.active_connections()))
-            .sum()
-    };
     let deadline = std::time::Instant::now() + grace;
-    let left = open();
+    let left = shared.open_connections();
     if left > 0 {
         tracing::info!(
             connections = left,
@@ -161,10 +185,10 @@ fn drain(shared: &Shared, listening: &[socket2::Socket], grace: std::time::Durat
             "waiting for open connections to finish"
         );
     }
-    while open() > 0 && std::time::Instant::now() < deadline {
+    while shared.open_connections() > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let left = open();
+    let left = shared.open_connections();
     if left > 0 {
         tracing::warn!(
             connections = left,
@@ -191,7 +215,7 @@ fn block_signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1] {
             libc::sigaddset(&mut set, signal);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -201,20 +225,14 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-fn wait_for_signal(set: &libc::sigset_t) -> &'static str {
+/// Waits for one of the blocked signals and returns it.
+fn wait_for_signal(set: &libc::sigset_t) -> libc::c_int {
     loop {
         let mut signal: libc::c_int = 0;
         // SAFETY: `set` was initialised by block_signals and `signal` is a valid out pointer.
         let rc = unsafe { libc::sigwait(set, &mut signal) };
-        if rc != 0 {
-            continue;
-        }
-        match signal {
-            libc::SIGINT => return "SIGINT",
-            libc::SIGTERM => return "SIGTERM",
-            // Reload arrives in a later version; until then SIGHUP must not kill the process.
-            libc::SIGHUP => tracing::info!("SIGHUP ignored: reload is not supported yet"),
-            _ => {}
+        if rc == 0 {
+            return signal;
         }
     }
 }

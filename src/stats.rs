@@ -5,15 +5,18 @@
 //! connections live in the shared backend table ([`crate::balance`]). [`Snapshot`] is the one
 //! plain-data view that /metrics, /stats and `ringlb stats` all render.
 
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crossbeam_utils::CachePadded;
 use serde::{Deserialize, Serialize};
 
 use crate::balance::Backends;
+use crate::latency::{BackendLatency, Latency};
 
-/// One worker's counters for one backend.
+/// One worker's counters for one backend (see [`crate::balance::BackendStats`]).
 #[derive(Debug, Default)]
 pub struct BackendTraffic {
     pub connections: AtomicU64,
@@ -22,34 +25,23 @@ pub struct BackendTraffic {
     pub bytes_to_client: AtomicU64,
 }
 
-/// Everything one worker counts; written only by that worker.
-#[derive(Debug)]
+/// Everything one worker counts that belongs to no backend or listener; written only by that
+/// worker.
+#[derive(Debug, Default)]
 pub struct WorkerStats {
     pub accepted: CachePadded<AtomicU64>,
-    pub backends: Box<[CachePadded<BackendTraffic>]>,
-    /// Per listener: clients closed at accept because the listener's `allow` left them out.
-    pub rejected: Box<[AtomicU64]>,
+    /// Client connections this worker holds right now (queued, connecting or relaying).
+    pub open: CachePadded<AtomicU64>,
 }
 
-impl WorkerStats {
-    pub fn new(backends: usize, listeners: usize) -> Self {
-        WorkerStats {
-            accepted: CachePadded::new(AtomicU64::new(0)),
-            backends: (0..backends)
-                .map(|_| CachePadded::new(BackendTraffic::default()))
-                .collect(),
-            rejected: (0..listeners).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-}
-
-/// State every thread can read: the backend table and each worker's counters.
+/// State every thread can read: the current backend table and each worker's counters.
 #[derive(Debug)]
 pub struct Shared {
-    pub backends: Arc<Backends>,
+    /// The table new connections use; replaced whole by a reload.
+    table: RwLock<Arc<Backends>>,
     pub workers: Box<[WorkerStats]>,
-    /// Listener names, by listener index.
-    pub listeners: Box<[String]>,
+    /// Per worker: an eventfd that wakes it (a reload for it, a queue slot freed elsewhere).
+    wakers: Box<[OwnedFd]>,
     /// Written by the HA thread after each event; `enabled: false` without `[ha]`.
     pub ha: std::sync::Mutex<crate::ha::status::HaStatus>,
     /// Set at shutdown: workers stop accepting and do not re-arm accept.
@@ -57,40 +49,92 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(backends: Arc<Backends>, workers: usize, listeners: Vec<String>) -> Self {
-        let n = backends.len();
-        Shared {
-            backends,
-            workers: (0..workers)
-                .map(|_| WorkerStats::new(n, listeners.len()))
-                .collect(),
-            listeners: listeners.into_boxed_slice(),
+    pub fn new(backends: Arc<Backends>, workers: usize) -> io::Result<Self> {
+        let wakers = (0..workers)
+            .map(|_| {
+                // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor.
+                let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: `fd` was just created and is owned by nothing else.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(Shared {
+            table: RwLock::new(backends),
+            workers: (0..workers).map(|_| WorkerStats::default()).collect(),
+            wakers,
             ha: Default::default(),
             stopping: Default::default(),
-        }
+        })
+    }
+
+    /// The table new connections use now.
+    pub fn table(&self) -> Arc<Backends> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Makes `table` the one [`Shared::table`] returns (workers get it by message).
+    pub fn set_table(&self, table: Arc<Backends>) {
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
+    }
+
+    /// The descriptor worker `worker` polls to be woken.
+    pub fn waker(&self, worker: usize) -> RawFd {
+        self.wakers[worker].as_raw_fd()
+    }
+
+    /// Wakes worker `worker`; coalesces with wakes it has not seen yet.
+    pub fn wake(&self, worker: usize) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd this struct owns.
+        unsafe { libc::write(self.waker(worker), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Client connections open over all workers.
+    pub fn open_connections(&self) -> u64 {
+        self.workers.iter().map(|w| w.open.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Merged latency histograms of every backend in the current table.
+    pub fn latency(&self) -> Vec<BackendLatency> {
+        let table = self.table();
+        table
+            .all
+            .iter()
+            .map(|b| {
+                let mut latency = Latency::new();
+                for per_worker in b.stats.latency.iter() {
+                    latency.add(&per_worker.lock().unwrap_or_else(|e| e.into_inner()));
+                }
+                BackendLatency {
+                    listener: table.listeners[b.listener].config.name.clone(),
+                    backend: b.name.clone(),
+                    latency,
+                }
+            })
+            .collect()
     }
 
     /// Reads every counter once. Counters are independent relaxed loads: a snapshot taken while
     /// traffic flows is consistent per counter, not across counters.
     pub fn snapshot(&self) -> Snapshot {
-        let backends = self
-            .backends
+        let table = self.table();
+        let backends = table
             .all
             .iter()
-            .enumerate()
-            .map(|(i, b)| {
+            .map(|b| {
                 let sum = |f: fn(&BackendTraffic) -> &AtomicU64| -> u64 {
-                    self.workers
-                        .iter()
-                        .map(|w| f(&w.backends[i]).load(Ordering::Relaxed))
-                        .sum()
+                    b.stats.traffic.iter().map(|t| f(t).load(Ordering::Relaxed)).sum()
                 };
                 BackendSnapshot {
                     backend: b.name.clone(),
-                    listener: self.listeners[b.listener].clone(),
+                    listener: table.listeners[b.listener].config.name.clone(),
                     up: b.is_up(),
                     state: b.admin_state().as_str().to_string(),
                     weight: b.weight,
+                    maxconn: b.maxconn,
                     active_connections: u64::from(b.active_connections()),
                     connections_total: sum(|t| &t.connections),
                     connect_errors_total: sum(|t| &t.connect_errors),
@@ -108,17 +152,18 @@ impl Shared {
                 accepted_total: w.accepted.load(Ordering::Relaxed),
             })
             .collect();
-        let listeners = self
+        let listeners = table
             .listeners
             .iter()
-            .enumerate()
-            .map(|(l, name)| ListenerSnapshot {
-                listener: name.clone(),
-                rejected_total: self
-                    .workers
-                    .iter()
-                    .map(|w| w.rejected[l].load(Ordering::Relaxed))
-                    .sum(),
+            .map(|l| {
+                let sum = |c: &[CachePadded<AtomicU64>]| c.iter().map(|v| v.load(Ordering::Relaxed)).sum();
+                ListenerSnapshot {
+                    listener: l.config.name.clone(),
+                    rejected_total: sum(&l.state.rejected),
+                    queued: u64::from(l.state.queued.load(Ordering::Relaxed)),
+                    queue_refused_total: sum(&l.state.queue_refused),
+                    idle_closed_total: sum(&l.state.idle_closed),
+                }
             })
             .collect();
         Snapshot {
@@ -143,6 +188,15 @@ pub struct ListenerSnapshot {
     pub listener: String,
     /// Clients closed at accept because `allow` left them out.
     pub rejected_total: u64,
+    /// Clients waiting for a backend under its `maxconn` right now.
+    #[serde(default)]
+    pub queued: u64,
+    /// Clients refused because the queue was full or their wait ran out.
+    #[serde(default)]
+    pub queue_refused_total: u64,
+    /// Connections closed by `idle_timeout_ms`.
+    #[serde(default)]
+    pub idle_closed_total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +209,9 @@ pub struct BackendSnapshot {
     #[serde(default)]
     pub state: String,
     pub weight: u32,
+    /// 0: no limit.
+    #[serde(default)]
+    pub maxconn: u32,
     pub active_connections: u64,
     pub connections_total: u64,
     pub connect_errors_total: u64,

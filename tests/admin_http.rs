@@ -9,49 +9,23 @@ use std::time::{Duration, Instant};
 
 use ringlb::admin;
 use ringlb::balance::Backends;
-use ringlb::config::{BackendConfig, CheckKind, Config, HealthConfig, ListenerConfig};
+use ringlb::config::{BackendConfig, Config, ListenerConfig};
 use ringlb::stats::{Shared, Snapshot};
 
 fn config() -> Config {
-    let backend = |name: &str| BackendConfig {
-        name: name.into(),
-        addr: name.parse().unwrap(),
-        weight: 1,
-        backup: false,
-    };
-    Config {
-        workers: 2,
-        admin: "127.0.0.1:0".parse().unwrap(),
-        shutdown_grace_ms: 5000,
-        health: HealthConfig {
-            check: CheckKind::Mysql,
-            interval_ms: 1000,
-            rise: 2,
-            fall: 3,
-            timeout_ms: 1000,
-            user: "ringlb_check".into(),
-        },
-        listeners: vec![
-            ListenerConfig {
-                name: "rw".into(),
-                bind: "127.0.0.1:0".parse().unwrap(),
-                connect_timeout_ms: 1000,
-                backends: vec![backend("127.0.0.1:13306"), backend("127.0.0.1:13307")],
-                allow: Vec::new(),
-                balance: Default::default(),
-            },
-            ListenerConfig {
-                name: "r\"o".into(),
-                bind: "127.0.0.1:0".parse().unwrap(),
-                connect_timeout_ms: 1000,
-                backends: vec![backend("127.0.0.1:13308")],
-                allow: Vec::new(),
-                balance: Default::default(),
-            },
-        ],
-        tuning: Default::default(),
-        ha: None,
-    }
+    let backend = |name: &str| BackendConfig::at(name.parse().unwrap());
+    let mut config = Config::with_listener(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![backend("127.0.0.1:13306"), backend("127.0.0.1:13307")],
+    );
+    config.workers = 2;
+    config.listeners[0].name = "rw".into();
+    config.listeners.push(ListenerConfig::new(
+        "r\"o",
+        "127.0.0.1:0".parse().unwrap(),
+        vec![backend("127.0.0.1:13308")],
+    ));
+    config
 }
 
 /// Starts the admin thread over a `Shared` with some counters set; returns its address.
@@ -63,25 +37,17 @@ fn start() -> (SocketAddr, Arc<Shared>) {
         .live
         .active_connections
         .store(2, Ordering::Relaxed);
-    let names = config.listeners.iter().map(|l| l.name.clone()).collect();
-    let shared = Arc::new(Shared::new(backends, config.workers, names));
+    let traffic = |b: usize, worker: usize| &backends.all[b].stats.traffic[worker];
+    traffic(0, 0).connections.store(3, Ordering::Relaxed);
+    traffic(0, 1).connections.store(4, Ordering::Relaxed);
+    traffic(0, 1).bytes_to_client.store(1234, Ordering::Relaxed);
+    traffic(1, 0).connect_errors.store(9, Ordering::Relaxed);
+    let shared = Arc::new(Shared::new(backends.clone(), config.workers).unwrap());
     shared.workers[0].accepted.store(5, Ordering::Relaxed);
     shared.workers[1].accepted.store(7, Ordering::Relaxed);
-    shared.workers[0].backends[0]
-        .connections
-        .store(3, Ordering::Relaxed);
-    shared.workers[1].backends[0]
-        .connections
-        .store(4, Ordering::Relaxed);
-    shared.workers[1].backends[0]
-        .bytes_to_client
-        .store(1234, Ordering::Relaxed);
-    shared.workers[0].backends[1]
-        .connect_errors
-        .store(9, Ordering::Relaxed);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    admin::spawn(listener, shared.clone()).unwrap();
+    admin::spawn(listener, shared.clone(), None).unwrap();
     (addr, shared)
 }
 

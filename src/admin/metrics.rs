@@ -148,6 +148,7 @@ mod tests {
             listener: listener.into(),
             up,
             weight: 1,
+            maxconn: 0,
             active_connections: n,
             connections_total: n * 10,
             connect_errors_total: n * 2,

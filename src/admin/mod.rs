@@ -28,13 +28,27 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const LINGER: Duration = Duration::from_millis(200);
 const LINGER_MAX_BYTES: usize = 64 * 1024;
 
+/// What `POST /reload` runs: reloads the configuration, answering one line either way.
+pub type ReloadHook = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
 /// Starts the `admin` thread serving HTTP on an already bound listener.
-pub fn spawn(listener: TcpListener, shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
+pub fn spawn(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    reload: Option<ReloadHook>,
+) -> io::Result<JoinHandle<()>> {
     // The accept loop blocks: make sure the socket does, whatever the caller set on it.
     listener.set_nonblocking(false)?;
+    let context = Context { shared, reload };
     std::thread::Builder::new()
         .name("admin".into())
-        .spawn(move || serve(&listener, &shared))
+        .spawn(move || serve(&listener, &context))
+}
+
+/// What the endpoint serves from.
+struct Context {
+    shared: Arc<Shared>,
+    reload: Option<ReloadHook>,
 }
 
 /// Fetches `/stats` from a running ringlb and renders it as a table (`ringlb stats`).
@@ -43,10 +57,10 @@ pub fn stats_table(admin: std::net::SocketAddr) -> Result<String, String> {
     table::fetch(admin).map(|snapshot| table::render(&snapshot))
 }
 
-fn serve(listener: &TcpListener, shared: &Shared) {
+fn serve(listener: &TcpListener, context: &Context) {
     loop {
         match listener.accept() {
-            Ok((stream, _)) => handle(stream, shared),
+            Ok((stream, _)) => handle(stream, context),
             // ECONNABORTED and friends concern one connection; EMFILE/ENFILE would repeat at once,
             // so wait a little before the next try instead of spinning.
             Err(e)
@@ -70,12 +84,12 @@ enum Incoming {
     TimedOut,
 }
 
-fn handle(mut stream: TcpStream, shared: &Shared) {
+fn handle(mut stream: TcpStream, context: &Context) {
     let mut buf = vec![0u8; MAX_HEAD_BYTES];
     let (len, incoming) = read_head(&mut stream, &mut buf);
     let response = match incoming {
         Incoming::Complete => match http::parse_request_head(&buf[..len]) {
-            Ok(Some(head)) => route(head.method, head.path, shared),
+            Ok(Some(head)) => route(head.method, head.path, context),
             Ok(None) => error_response(400, "incomplete request head"),
             Err(e) => head_error_response(e),
         },
@@ -128,9 +142,13 @@ fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> (usize, Incoming) {
     }
 }
 
-fn route(method: &str, path: &str, shared: &Shared) -> Vec<u8> {
+fn route(method: &str, path: &str, context: &Context) -> Vec<u8> {
+    let shared = &*context.shared;
     if let Some(rest) = path.strip_prefix("/backend/") {
         return backend_action(method, rest, shared);
+    }
+    if path == "/reload" {
+        return reload(method, context.reload.as_ref());
     }
     match path {
         "/metrics" | "/stats" | "/ha" if method != "GET" => http::response(
@@ -166,6 +184,29 @@ fn route(method: &str, path: &str, shared: &Shared) -> Vec<u8> {
     }
 }
 
+/// `POST /reload`: re-reads the configuration file; 200 with a summary, or 409 with why the
+/// new configuration was refused (the running one stays).
+fn reload(method: &str, hook: Option<&ReloadHook>) -> Vec<u8> {
+    if method != "POST" {
+        return http::response(
+            405,
+            "text/plain; charset=utf-8",
+            &["Allow: POST"],
+            b"method not allowed: POST /reload\n",
+        );
+    }
+    let Some(hook) = hook else {
+        return error_response(404, "reload is not available here");
+    };
+    let (status, body) = match hook() {
+        Ok(summary) => (200, serde_json::json!({ "reloaded": true, "summary": summary })),
+        Err(error) => (409, serde_json::json!({ "reloaded": false, "error": error })),
+    };
+    let mut body = body.to_string().into_bytes();
+    body.push(b'\n');
+    http::response(status, "application/json", &[], &body)
+}
+
 /// `POST /backend/HOST:PORT/drain|disable|enable`: the operator's say over a backend, in every
 /// listener that has it. New connections follow at once; open ones finish as they would.
 fn backend_action(method: &str, rest: &str, shared: &Shared) -> Vec<u8> {
@@ -183,7 +224,7 @@ fn backend_action(method: &str, rest: &str, shared: &Shared) -> Vec<u8> {
     let Some(state) = crate::balance::AdminState::parse(action) else {
         return error_response(400, &format!("{action:?}: expected drain, disable or enable"));
     };
-    let matched = shared.backends.set_admin_state(name, state);
+    let matched = shared.table().set_admin_state(name, state);
     if matched == 0 {
         return error_response(404, &format!("no backend {name:?} (names as in /stats)"));
     }

@@ -20,6 +20,20 @@
 //!    An error on either side → `shutdown(SHUT_RDWR)` on both, which completes every op still in
 //!    flight; the connection is freed when the last completion arrives.
 //!
+//! # Queue, timeouts, reload
+//!
+//! A backend at its `maxconn` takes no new connection; when every backend that could take one is
+//! full, the client waits in this worker's queue (`Phase::Queued`, no op in flight) until a slot
+//! frees — on this worker, or on another, which then wakes this one through its eventfd — or
+//! until `queue_timeout_ms`, when it gets a MySQL "Too many connections" error and is closed.
+//! A periodic tick, armed only while there are connections, closes those idle past
+//! `idle_timeout_ms` and expires queued clients.
+//!
+//! A reload arrives as a [`Control`] message with the new backend table: listeners that stay
+//! keep their sockets, removed ones stop accepting, added ones arrive as sockets bound by the
+//! main thread. Each connection holds the table it was opened under ([`Epoch`]) until it
+//! closes, so established connections never notice a reload.
+//!
 //! # Ownership invariant
 //!
 //! Every op in flight is counted in its connection's `inflight`. A connection's slot, sockets,
@@ -27,12 +41,14 @@
 //! can ever refer to a reused slot or a closed descriptor, and no op can write into memory that
 //! has been handed to someone else.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -41,8 +57,9 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use super::bufring::BufRing;
 use super::pipes::{Pipe, PipePool};
 use super::WorkerConfig;
+use crate::balance::{Backends, Pick};
 use crate::clock;
-use crate::config::{Cidr, RelayMode};
+use crate::config::RelayMode;
 use crate::stats::{BackendTraffic, Shared};
 
 /// `IORING_RECVSEND_POLL_FIRST`: arm poll before trying, since a fresh recv usually finds no data.
@@ -61,6 +78,24 @@ const REDISPATCH_AFTER_MS: u64 = 250;
 const ACCEPT_RETRY_MS: u64 = 100;
 /// At most one warning per backend per this interval about failed connects.
 const WARN_INTERVAL_MS: u64 = 1000;
+/// Tick while clients wait in the queue: the precision of `queue_timeout_ms`.
+const QUEUE_TICK_MS: u64 = 20;
+/// Bounds of the idle-sweep tick (a quarter of the shortest `idle_timeout_ms`).
+const IDLE_TICK_MIN_MS: u64 = 20;
+const IDLE_TICK_MAX_MS: u64 = 1000;
+/// MySQL's ER_CON_COUNT_ERROR: what a client gets when its queue wait is refused.
+const ER_CON_COUNT_ERROR: u16 = 1040;
+
+/// What the main thread tells a worker.
+pub enum Control {
+    /// Use `table` for new connections from now on; `add` are this worker's sockets for new
+    /// listeners, by listener name. `done` is answered once applied.
+    Reload {
+        table: Arc<Backends>,
+        add: Vec<(String, socket2::Socket)>,
+        done: Sender<()>,
+    },
+}
 
 /// What an op was for; packed with the connection index into `user_data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +111,8 @@ enum Op {
     SpliceOut = 7,
     PollOut = 8,
     PollIn = 9,
+    Wake = 10,
+    Tick = 11,
 }
 
 impl Op {
@@ -91,6 +128,8 @@ impl Op {
             7 => Op::SpliceOut,
             8 => Op::PollOut,
             9 => Op::PollIn,
+            10 => Op::Wake,
+            11 => Op::Tick,
             _ => return None,
         })
     }
@@ -161,15 +200,84 @@ impl Flow {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// Waiting for a backend under its `maxconn`; nothing in flight.
+    Queued,
     Connecting,
     Relaying,
     Closing,
 }
 
-#[derive(Debug)]
+/// One backend table as this worker uses it: the shared table plus what the ring needs at stable
+/// addresses. Connections hold the epoch they were opened under (an `Rc`: no atomics).
+struct Epoch {
+    table: Arc<Backends>,
+    /// Backend addresses, by backend index, for CONNECT.
+    addrs: Box<[SockAddr]>,
+    /// Per listener: the configured connect timeout, for when no other backend is left to try,
+    /// and the shorter redispatch one while there is.
+    connect_timeouts: Box<[types::Timespec]>,
+    redispatch_timeouts: Box<[types::Timespec]>,
+    /// Last connect-failure warning per backend, ms.
+    last_warning_ms: Box<[Cell<u64>]>,
+    /// Idle-sweep tick, ms; 0 when no listener has an idle timeout.
+    idle_tick_ms: u64,
+}
+
+impl Epoch {
+    fn new(table: Arc<Backends>) -> Epoch {
+        let listeners = &table.listeners;
+        let idle_tick_ms = listeners
+            .iter()
+            .map(|l| l.config.idle_timeout_ms)
+            .filter(|&ms| ms > 0)
+            .min()
+            .map_or(0, |ms| (ms / 4).clamp(IDLE_TICK_MIN_MS, IDLE_TICK_MAX_MS));
+        Epoch {
+            addrs: table.all.iter().map(|b| SockAddr::from(b.addr)).collect(),
+            connect_timeouts: listeners
+                .iter()
+                .map(|l| timespec_ms(l.config.connect_timeout_ms))
+                .collect(),
+            redispatch_timeouts: listeners
+                .iter()
+                .map(|l| timespec_ms(l.config.connect_timeout_ms.min(REDISPATCH_AFTER_MS)))
+                .collect(),
+            last_warning_ms: table.all.iter().map(|_| Cell::new(0)).collect(),
+            idle_tick_ms,
+            table,
+        }
+    }
+}
+
+/// One listening socket of this worker. The slot index is the accept's token.
+struct Slot {
+    socket: Socket,
+    name: String,
+    bind: SocketAddr,
+    /// Index of its listener in the current epoch's table.
+    listener: usize,
+    /// Removed by a reload: its accept was ended, and the slot is freed at its last completion.
+    closing: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Times {
+    /// When the client was accepted, µs ([`clock::now_us`]).
+    accepted_us: u64,
+    /// When the current connect started, µs.
+    connect_us: u64,
+    /// When the client's current request began (its first bytes since the last response), µs;
+    /// 0 while none is outstanding.
+    request_us: u64,
+    /// When a byte last moved either way (or the client was queued), ms.
+    active_ms: u64,
+}
+
 struct Conn {
     client: OwnedFd,
     backend: Option<OwnedFd>,
+    epoch: Rc<Epoch>,
+    /// Listener index in `epoch`.
     listener: usize,
     /// Global index of the backend this connection counts against, while it does.
     backend_index: Option<usize>,
@@ -181,6 +289,9 @@ struct Conn {
     inflight: u32,
     /// Distinguishes this connection from later ones in the same slot (buffer wait queue).
     generation: u32,
+    times: Times,
+    /// The backend accepted the connection (its lifetime is recorded at close).
+    connected: bool,
 }
 
 impl Conn {
@@ -206,10 +317,12 @@ impl Conn {
 }
 
 /// Runs a worker until the process exits. Reports start-up success or failure on `ready`.
+/// `listeners` are this worker's sockets in the order of the table's listeners.
 pub fn run(
     config: WorkerConfig,
     listeners: Vec<Socket>,
     shared: Arc<Shared>,
+    control: Receiver<Control>,
     ready: Sender<Result<(), (usize, String)>>,
 ) {
     let id = config.id;
@@ -218,7 +331,7 @@ pub fn run(
             tracing::warn!(worker = id, core = core.id, "cannot pin worker to its core");
         }
     }
-    let mut worker = match Worker::new(config, listeners, shared) {
+    let mut worker = match Worker::new(config, listeners, shared, control) {
         Ok(worker) => worker,
         Err(e) => {
             let _ = ready.send(Err((id, e.to_string())));
@@ -243,16 +356,22 @@ struct Worker {
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     next_generation: u32,
-    listeners: Vec<Socket>,
-    /// Backend addresses, by global backend index, at stable addresses for CONNECT.
-    backend_addrs: Box<[SockAddr]>,
-    /// Connect timeout per listener, at stable addresses for LINK_TIMEOUT: the configured one
-    /// when no other backend is left to try, and the shorter redispatch one while there is.
-    connect_timeouts: Box<[types::Timespec]>,
-    redispatch_timeouts: Box<[types::Timespec]>,
+    /// Client connections held (any phase).
+    open: u64,
+    slots: Vec<Option<Slot>>,
+    /// The table new connections use.
+    epoch: Rc<Epoch>,
+    control: Receiver<Control>,
     accept_retry: Box<types::Timespec>,
-    /// Per listener: the client networks allowed (empty: everyone).
-    allow: Vec<Vec<Cidr>>,
+    /// The tick's interval while it is armed (read by the kernel then: changed only while not).
+    tick: Box<types::Timespec>,
+    tick_armed: bool,
+    /// Clients waiting for a backend under its `maxconn`: (slot, generation), oldest first.
+    queue: VecDeque<(usize, u32)>,
+    /// A slot may have freed for a queued client: serve the queue after this batch.
+    queue_dirty: bool,
+    /// Read once per batch of completions, ms.
+    now_ms: u64,
     /// Last rejected-client log line, ms: at most one a second.
     last_rejection_log_ms: u64,
     shared: Arc<Shared>,
@@ -262,13 +381,16 @@ struct Worker {
     backlog: VecDeque<(squeue::Entry, bool)>,
     /// Directions parked for lack of a buffer: (slot, generation, direction).
     waiting_for_buffer: VecDeque<(usize, u32, usize)>,
-    /// Last connect-failure warning per backend, ms.
-    last_warning_ms: Vec<u64>,
     completions: Vec<(u64, i32, u32)>,
 }
 
 impl Worker {
-    fn new(config: WorkerConfig, listeners: Vec<Socket>, shared: Arc<Shared>) -> io::Result<Worker> {
+    fn new(
+        config: WorkerConfig,
+        listeners: Vec<Socket>,
+        shared: Arc<Shared>,
+        control: Receiver<Control>,
+    ) -> io::Result<Worker> {
         let tuning = &config.tuning;
         let entries = tuning.ring_entries;
         let ring = if tuning.sqpoll_idle_ms > 0 {
@@ -296,23 +418,21 @@ impl Worker {
         }
         let buffers = BufRing::new(&ring, BUFFER_GROUP, tuning.buffers, tuning.buffer_bytes)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot register the buffer ring: {e}")))?;
-        let backend_addrs = shared
-            .backends
-            .all
-            .iter()
-            .map(|b| SockAddr::from(b.addr))
+        let table = shared.table();
+        let slots = listeners
+            .into_iter()
+            .zip(table.listeners.iter())
+            .enumerate()
+            .map(|(listener, (socket, l))| {
+                Some(Slot {
+                    socket,
+                    name: l.config.name.clone(),
+                    bind: l.config.bind,
+                    listener,
+                    closing: false,
+                })
+            })
             .collect();
-        let connect_timeouts = config
-            .connect_timeout_ms
-            .iter()
-            .map(|&ms| timespec_ms(ms))
-            .collect();
-        let redispatch_timeouts = config
-            .connect_timeout_ms
-            .iter()
-            .map(|&ms| timespec_ms(ms.min(REDISPATCH_AFTER_MS)))
-            .collect();
-        let backends = shared.backends.len();
         let mut worker = Worker {
             ring,
             relay: config.tuning.relay,
@@ -324,23 +444,27 @@ impl Worker {
             conns: Vec::new(),
             free: Vec::new(),
             next_generation: 0,
-            listeners,
-            backend_addrs,
-            connect_timeouts,
-            redispatch_timeouts,
+            open: 0,
+            slots,
+            epoch: Rc::new(Epoch::new(table)),
+            control,
             accept_retry: Box::new(timespec_ms(ACCEPT_RETRY_MS)),
-            allow: config.allow.clone(),
+            tick: Box::new(timespec_ms(IDLE_TICK_MAX_MS)),
+            tick_armed: false,
+            queue: VecDeque::new(),
+            queue_dirty: false,
+            now_ms: clock::now_ms(),
             last_rejection_log_ms: 0,
             shared,
             id: config.id,
             backlog: VecDeque::new(),
             waiting_for_buffer: VecDeque::new(),
-            last_warning_ms: vec![0; backends],
             completions: Vec::with_capacity(config.tuning.ring_entries as usize),
         };
-        for listener in 0..worker.listeners.len() {
-            worker.arm_accept(listener);
+        for slot in 0..worker.slots.len() {
+            worker.arm_accept(slot);
         }
+        worker.arm_wake();
         worker.ring.submit()?;
         Ok(worker)
     }
@@ -354,6 +478,7 @@ impl Worker {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINTR)) => {}
                 Err(e) => return Err(e),
             }
+            self.now_ms = clock::now_ms();
             let mut completions = std::mem::take(&mut self.completions);
             completions.extend(
                 self.ring
@@ -365,9 +490,13 @@ impl Worker {
             }
             completions.clear();
             self.completions = completions;
+            if self.queue_dirty {
+                self.queue_dirty = false;
+                self.serve_queue();
+            }
+            self.arm_tick();
         }
     }
-
     // ---- submission ----
 
     /// Queues entries in order; all of them go to the backlog when the queue lacks room for all,
@@ -419,12 +548,42 @@ impl Worker {
         }
     }
 
-    fn arm_accept(&mut self, listener: usize) {
-        let fd = self.listeners[listener].as_raw_fd();
+    fn arm_accept(&mut self, slot: usize) {
+        let fd = self.slots[slot].as_ref().expect("live slot").socket.as_raw_fd();
         let entry = opcode::AcceptMulti::new(types::Fd(fd))
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             .build()
-            .user_data(token(listener, Op::Accept, 0));
+            .user_data(token(slot, Op::Accept, 0));
+        self.push(&[entry]);
+    }
+
+    /// Polls this worker's eventfd (multishot): reloads and freed queue slots wake the worker.
+    fn arm_wake(&mut self) {
+        let entry = opcode::PollAdd::new(types::Fd(self.shared.waker(self.id)), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(token(0, Op::Wake, 0));
+        self.push(&[entry]);
+    }
+
+    /// Arms the tick when something needs it: queued clients (their timeout) or connections
+    /// under an idle timeout. A worker with neither never wakes on its own.
+    fn arm_tick(&mut self) {
+        if self.tick_armed {
+            return;
+        }
+        let ms = if !self.queue.is_empty() {
+            QUEUE_TICK_MS
+        } else if self.open > 0 && self.epoch.idle_tick_ms > 0 {
+            self.epoch.idle_tick_ms
+        } else {
+            return;
+        };
+        *self.tick = timespec_ms(ms);
+        self.tick_armed = true;
+        let entry = opcode::Timeout::new(&*self.tick as *const types::Timespec)
+            .build()
+            .user_data(token(0, Op::Tick, 0));
         self.push(&[entry]);
     }
 
@@ -434,7 +593,15 @@ impl Worker {
         let (index, op, dir) = untoken(user_data);
         match op {
             Some(Op::Accept) => self.on_accept(index, result, flags),
-            Some(Op::AcceptRetry) => self.arm_accept(index),
+            Some(Op::AcceptRetry) => {
+                if self.slots[index].as_ref().is_some_and(|s| s.closing) {
+                    self.slots[index] = None;
+                } else {
+                    self.arm_accept(index);
+                }
+            }
+            Some(Op::Wake) => self.on_wake(flags),
+            Some(Op::Tick) => self.on_tick(),
             Some(op) => {
                 let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
                     debug_assert!(false, "completion for a free slot");
@@ -461,19 +628,27 @@ impl Worker {
                     Op::SpliceOut => self.on_splice_out(index, dir, result),
                     Op::PollOut => self.on_poll_out(index, dir, result),
                     Op::PollIn => self.on_poll_in(index, dir, result),
-                    Op::Accept | Op::AcceptRetry => unreachable!("handled above"),
+                    Op::Accept | Op::AcceptRetry | Op::Wake | Op::Tick => unreachable!("handled above"),
                 }
             }
             None => debug_assert!(false, "unknown op in user_data {user_data:#x}"),
         }
     }
 
-    fn on_accept(&mut self, listener: usize, result: i32, flags: u32) {
-        if self.shared.stopping.load(Ordering::Relaxed) {
-            // Shutting down: the listener was shut; a client that slipped in is closed.
+    fn on_accept(&mut self, slot: usize, result: i32, flags: u32) {
+        let Some(slot_ref) = self.slots[slot].as_ref() else {
+            debug_assert!(false, "accept on a free listener slot");
+            return;
+        };
+        let (closing, listener) = (slot_ref.closing, slot_ref.listener);
+        if self.shared.stopping.load(Ordering::Relaxed) || closing {
+            // Shutting down, or the listener was removed: a client that slipped in is closed.
             if result >= 0 {
                 // SAFETY: a successful accept returns a new descriptor that nothing else owns.
                 drop(unsafe { OwnedFd::from_raw_fd(result) });
+            }
+            if closing && !cqueue::more(flags) {
+                self.slots[slot] = None;
             }
             return;
         }
@@ -487,10 +662,10 @@ impl Worker {
                 tracing::warn!(worker = self.id, error = %errno(result), "accept failed; retrying shortly");
                 let entry = opcode::Timeout::new(&*self.accept_retry as *const types::Timespec)
                     .build()
-                    .user_data(token(listener, Op::AcceptRetry, 0));
+                    .user_data(token(slot, Op::AcceptRetry, 0));
                 self.push(&[entry]);
             } else {
-                self.arm_accept(listener);
+                self.arm_accept(slot);
             }
         }
         if result < 0 {
@@ -501,7 +676,10 @@ impl Worker {
         self.shared.workers[self.id]
             .accepted
             .fetch_add(1, Ordering::Relaxed);
-        if !self.allow[listener].is_empty() && !self.allowed(listener, &client) {
+        let epoch = self.epoch.clone();
+        if !epoch.table.listeners[listener].config.allow.is_empty()
+            && !self.allowed(&epoch, listener, &client)
+        {
             return; // Dropping `client` closes it before a byte is exchanged.
         }
         // TCP_NODELAY comes from the listening socket (accepted sockets inherit it): no syscall.
@@ -510,6 +688,7 @@ impl Worker {
         let conn = Conn {
             client,
             backend: None,
+            epoch: epoch.clone(),
             listener,
             backend_index: None,
             tried: 0,
@@ -517,6 +696,12 @@ impl Worker {
             flows: [Flow::new(), Flow::new()],
             inflight: 0,
             generation,
+            times: Times {
+                accepted_us: clock::now_us(),
+                active_ms: self.now_ms,
+                ..Times::default()
+            },
+            connected: false,
         };
         let index = match self.free.pop() {
             Some(index) => {
@@ -528,12 +713,26 @@ impl Worker {
                 self.conns.len() - 1
             }
         };
-        self.connect_next(index);
+        self.open += 1;
+        self.shared.workers[self.id]
+            .open
+            .store(self.open, Ordering::Relaxed);
+        if epoch.table.listeners[listener]
+            .state
+            .queued
+            .load(Ordering::Relaxed)
+            > 0
+        {
+            // Others wait already: queue behind them rather than take a slot that frees first.
+            self.enqueue(index);
+        } else {
+            self.connect_next(index);
+        }
     }
 
     /// Whether the listener's allow list admits this client; counts and (at a bounded rate)
     /// logs the ones it does not. One getpeername per accept, only on listeners with a list.
-    fn allowed(&mut self, listener: usize, client: &OwnedFd) -> bool {
+    fn allowed(&mut self, epoch: &Epoch, listener: usize, client: &OwnedFd) -> bool {
         let peer = socket2::SockRef::from(client)
             .peer_addr()
             .ok()
@@ -541,15 +740,15 @@ impl Worker {
         let Some(peer) = peer else {
             return false;
         };
-        if self.allow[listener].iter().any(|net| net.contains(peer.ip())) {
+        let l = &epoch.table.listeners[listener];
+        if l.config.allow.iter().any(|net| net.contains(peer.ip())) {
             return true;
         }
-        self.shared.workers[self.id].rejected[listener].fetch_add(1, Ordering::Relaxed);
-        let now = clock::now_ms();
+        l.state.rejected[self.id].fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms;
         if now >= self.last_rejection_log_ms + WARN_INTERVAL_MS || self.last_rejection_log_ms == 0 {
             self.last_rejection_log_ms = now;
-            let name = &self.shared.listeners[listener];
-            tracing::warn!(worker = self.id, listener = %name, client = %peer, "client outside the allow list; closed (further ones this second only counted)");
+            tracing::warn!(worker = self.id, listener = %l.config.name, client = %peer, "client outside the allow list; closed (further ones this second only counted)");
         }
         false
     }
@@ -558,51 +757,274 @@ impl Worker {
         self.conns[index].as_mut().expect("live connection")
     }
 
-    fn traffic(&self, backend: usize) -> &BackendTraffic {
-        &self.shared.workers[self.id].backends[backend]
+    fn traffic<'a>(&self, epoch: &'a Epoch, backend: usize) -> &'a BackendTraffic {
+        &epoch.table.all[backend].stats.traffic[self.id]
+    }
+
+    // ---- control, tick, queue ----
+
+    fn on_wake(&mut self, flags: u32) {
+        let mut value: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from this worker's eventfd (non-blocking).
+        unsafe { libc::read(self.shared.waker(self.id), (&mut value as *mut u64).cast(), 8) };
+        if !cqueue::more(flags) {
+            self.arm_wake();
+        }
+        while let Ok(message) = self.control.try_recv() {
+            match message {
+                Control::Reload { table, add, done } => {
+                    self.reload(table, add);
+                    let _ = done.send(());
+                }
+            }
+        }
+        self.queue_dirty = true;
+    }
+
+    /// Switches new connections to `table`; see the module docs.
+    fn reload(&mut self, table: Arc<Backends>, add: Vec<(String, Socket)>) {
+        for index in 0..self.slots.len() {
+            let Some(slot) = self.slots[index].as_mut() else {
+                continue;
+            };
+            if slot.closing {
+                continue;
+            }
+            let kept = table
+                .listeners
+                .iter()
+                .position(|l| l.config.name == slot.name && l.config.bind == slot.bind);
+            match kept {
+                Some(listener) => slot.listener = listener,
+                None => {
+                    // Ends the multishot accept; the slot is freed at its last completion.
+                    slot.closing = true;
+                    let _ = slot.socket.shutdown(std::net::Shutdown::Read);
+                }
+            }
+        }
+        for (name, socket) in add {
+            let Some(listener) = table.listeners.iter().position(|l| l.config.name == name) else {
+                continue;
+            };
+            let bind = table.listeners[listener].config.bind;
+            let slot = Slot {
+                socket,
+                name,
+                bind,
+                listener,
+                closing: false,
+            };
+            let index = match self.slots.iter().position(Option::is_none) {
+                Some(index) => {
+                    self.slots[index] = Some(slot);
+                    index
+                }
+                None => {
+                    self.slots.push(Some(slot));
+                    self.slots.len() - 1
+                }
+            };
+            self.arm_accept(index);
+        }
+        self.epoch = Rc::new(Epoch::new(table));
+    }
+
+    fn on_tick(&mut self) {
+        self.tick_armed = false;
+        self.now_ms = clock::now_ms();
+        if self.open > 0 && self.epoch.idle_tick_ms > 0 {
+            self.close_idle();
+        }
+        self.serve_queue();
+    }
+
+    /// Closes relaying connections that moved no byte for their listener's `idle_timeout_ms`.
+    fn close_idle(&mut self) {
+        for index in 0..self.conns.len() {
+            let Some(conn) = self.conns[index].as_ref() else {
+                continue;
+            };
+            if conn.phase != Phase::Relaying {
+                continue;
+            }
+            let listener = &conn.epoch.table.listeners[conn.listener];
+            let idle = listener.config.idle_timeout_ms;
+            if idle == 0 || self.now_ms.saturating_sub(conn.times.active_ms) < idle {
+                continue;
+            }
+            listener.state.idle_closed[self.id].fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(worker = self.id, listener = %listener.config.name, idle_ms = idle, "idle connection closed");
+            self.abort(index);
+        }
+    }
+
+    /// Puts a client in the queue, or refuses it when the listener's queue is full.
+    fn enqueue(&mut self, index: usize) {
+        let now_ms = self.now_ms;
+        let conn = self.conn(index);
+        let listener = &conn.epoch.table.listeners[conn.listener];
+        let limit = listener.config.queue_limit;
+        let admitted = listener
+            .state
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                (q < limit).then_some(q + 1)
+            })
+            .is_ok();
+        if !admitted {
+            self.refuse(index, "every backend is at its maxconn and the queue is full");
+            return;
+        }
+        conn.phase = Phase::Queued;
+        conn.times.active_ms = now_ms;
+        let generation = conn.generation;
+        self.queue.push_back((index, generation));
+    }
+
+    /// Gives freed slots to queued clients, oldest first, and refuses those that waited too long.
+    fn serve_queue(&mut self) {
+        let mut left = self.queue.len();
+        while left > 0 {
+            left -= 1;
+            let Some((index, generation)) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
+                continue;
+            };
+            if conn.generation != generation || conn.phase != Phase::Queued {
+                continue;
+            }
+            let epoch = conn.epoch.clone();
+            let listener = &epoch.table.listeners[conn.listener];
+            let waited = self.now_ms.saturating_sub(conn.times.active_ms);
+            let pick = if waited >= listener.config.queue_timeout_ms {
+                None
+            } else {
+                Some(epoch.table.acquire(conn.listener, conn.tried, self.now_ms))
+            };
+            if pick == Some(Pick::Full) {
+                self.queue.push_back((index, generation));
+                continue;
+            }
+            listener.state.queued.fetch_sub(1, Ordering::Relaxed);
+            conn.phase = Phase::Connecting;
+            match pick {
+                Some(Pick::Backend(backend)) => self.connect_to(index, backend),
+                Some(Pick::None) => self.abort(index),
+                _ => self.refuse(index, "waited queue_timeout_ms for a backend under its maxconn"),
+            }
+        }
+        // Clients still wait on other workers that this one cannot serve: wake them.
+        let waiting: u64 = self
+            .epoch
+            .table
+            .listeners
+            .iter()
+            .map(|l| u64::from(l.state.queued.load(Ordering::Relaxed)))
+            .sum();
+        if waiting > self.queue.len() as u64 {
+            for worker in (0..self.shared.workers.len()).filter(|&w| w != self.id) {
+                self.shared.wake(worker);
+            }
+        }
+    }
+
+    /// Tells a client it cannot be served (MySQL's "Too many connections", as a server at its
+    /// max_connections would) and closes it.
+    fn refuse(&mut self, index: usize, why: &str) {
+        let id = self.id;
+        let conn = self.conn(index);
+        let listener = &conn.epoch.table.listeners[conn.listener];
+        listener.state.queue_refused[id].fetch_add(1, Ordering::Relaxed);
+        let message = format!(
+            "Too many connections (ringlb listener {}: {why})",
+            listener.config.name
+        );
+        let packet = error_packet(ER_CON_COUNT_ERROR, &message);
+        // One small write to a fresh socket whose send buffer is empty: it fits at once, and a
+        // client that has gone only makes it fail.
+        // SAFETY: sends from a live buffer on a descriptor this connection owns.
+        unsafe {
+            libc::send(
+                conn.client.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        tracing::debug!(worker = id, listener = %listener.config.name, "client refused: {why}");
+        self.abort(index);
+    }
+
+    /// Undoes a backend's acquire; a queued client may now take the slot.
+    fn release(&mut self, epoch: &Epoch, backend: usize) {
+        epoch.table.release(backend);
+        let listener = epoch.table.all[backend].listener;
+        if epoch.table.listeners[listener]
+            .state
+            .queued
+            .load(Ordering::Relaxed)
+            > 0
+        {
+            self.queue_dirty = true;
+        }
     }
 
     // ---- connecting ----
 
-    /// Picks the next backend not yet tried and connects to it; closes the client when none is left.
+    /// Picks the next backend not yet tried and connects to it; queues the client when every
+    /// candidate is at its maxconn, closes it when none is left.
     fn connect_next(&mut self, index: usize) {
-        let backends = self.shared.backends.clone();
-        let conn = self.conns[index].as_mut().expect("live connection");
-        let (listener, tried) = (conn.listener, conn.tried);
-        let Some(backend) = backends.acquire(listener, tried, clock::now_ms()) else {
-            tracing::debug!(worker = self.id, "no backend left for a client; closing it");
-            self.abort(index);
-            return;
-        };
-        let position = backend - backends.pools[listener].start;
         let conn = self.conn(index);
+        let epoch = conn.epoch.clone();
+        match epoch.table.acquire(conn.listener, conn.tried, self.now_ms) {
+            Pick::Backend(backend) => self.connect_to(index, backend),
+            Pick::Full => self.enqueue(index),
+            Pick::None => {
+                tracing::debug!(worker = self.id, "no backend left for a client; closing it");
+                self.abort(index);
+            }
+        }
+    }
+
+    /// Connects to `backend`, already acquired for this connection.
+    fn connect_to(&mut self, index: usize, backend: usize) {
+        let conn = self.conn(index);
+        let epoch = conn.epoch.clone();
+        let listener = conn.listener;
+        let table = &epoch.table;
+        let position = backend - table.pools[listener].start;
         conn.tried |= 1u64.checked_shl(position as u32).unwrap_or(0);
-        let fd = match new_backend_socket(backends.all[backend].addr) {
+        let fd = match new_backend_socket(table.all[backend].addr) {
             Ok(fd) => fd,
             Err(e) => {
                 // No socket to be had (out of descriptors or memory): a local failure, not the
                 // backend's, so no backend is marked suspect and no other is tried.
-                backends.release(backend);
+                self.release(&epoch, backend);
                 tracing::debug!(worker = self.id, error = %e, "cannot create a backend socket; closing the client");
                 self.abort(index);
                 return;
             }
         };
+        let conn = self.conn(index);
         let raw = fd.as_raw_fd();
         conn.backend_index = Some(backend);
         conn.backend = Some(fd);
         conn.inflight += 2;
+        conn.times.connect_us = clock::now_us();
         let tried = conn.tried;
-        let addr = &self.backend_addrs[backend];
+        let addr = &epoch.addrs[backend];
         let connect = opcode::Connect::new(types::Fd(raw), addr.as_ptr().cast(), addr.len())
             .build()
             .flags(squeue::Flags::IO_LINK)
             .user_data(token(index, Op::Connect, 0));
-        let others_left = backends.has_candidate(listener, tried);
+        let others_left = table.has_candidate(listener, tried);
         let timeout = if others_left {
-            &self.redispatch_timeouts[listener]
+            &epoch.redispatch_timeouts[listener]
         } else {
-            &self.connect_timeouts[listener]
+            &epoch.connect_timeouts[listener]
         };
         let timeout =
             opcode::LinkTimeout::new(timeout)
@@ -611,42 +1033,78 @@ impl Worker {
         self.push(&[connect, timeout]);
     }
 
-    fn connect_failed(&mut self, backend: usize, error: &io::Error) {
-        let now = clock::now_ms();
-        self.traffic(backend)
+    fn connect_failed(&mut self, epoch: &Epoch, backend: usize, error: &io::Error) {
+        let now = self.now_ms;
+        self.traffic(epoch, backend)
             .connect_errors
             .fetch_add(1, Ordering::Relaxed);
-        self.shared.backends.mark_suspect(backend, now + SUSPECT_MS);
-        if now >= self.last_warning_ms[backend] + WARN_INTERVAL_MS || self.last_warning_ms[backend] == 0 {
-            self.last_warning_ms[backend] = now;
-            let name = &self.shared.backends.all[backend].name;
+        epoch.table.mark_suspect(backend, now + SUSPECT_MS);
+        let last = &epoch.last_warning_ms[backend];
+        if now >= last.get() + WARN_INTERVAL_MS || last.get() == 0 {
+            last.set(now);
+            let name = &epoch.table.all[backend].name;
             tracing::warn!(worker = self.id, backend = %name, error = %error, "connect failed; trying the next backend");
         }
     }
 
     fn on_connect(&mut self, index: usize, result: i32) {
         let conn = self.conn(index);
+        let epoch = conn.epoch.clone();
         let backend = conn.backend_index.expect("connecting to a backend");
         if result < 0 {
             conn.backend = None;
             conn.backend_index = None;
-            self.shared.backends.release(backend);
+            self.release(&epoch, backend);
             // The link timeout cancels the connect: ECANCELED means it timed out.
             let error = if -result == libc::ECANCELED {
                 io::Error::from_raw_os_error(libc::ETIMEDOUT)
             } else {
                 errno(result)
             };
-            self.connect_failed(backend, &error);
+            self.connect_failed(&epoch, backend, &error);
             self.connect_next(index);
             return;
         }
         conn.phase = Phase::Relaying;
-        self.traffic(backend).connections.fetch_add(1, Ordering::Relaxed);
+        conn.connected = true;
+        let now_us = clock::now_us();
+        let took = now_us.saturating_sub(conn.times.connect_us);
+        self.latency(&epoch, backend).record_connect(took);
+        self.traffic(&epoch, backend)
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
         self.wait_readable(index, TO_BACKEND);
         self.wait_readable(index, TO_CLIENT);
     }
 
+    /// This worker's histograms of `backend` (its own lock: uncontended but while the admin
+    /// thread merges).
+    fn latency<'a>(
+        &self,
+        epoch: &'a Epoch,
+        backend: usize,
+    ) -> std::sync::MutexGuard<'a, crate::latency::Latency> {
+        epoch.table.all[backend].stats.latency[self.id]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes arrived in `dir`: keeps the idle clock and the request → first-byte clock.
+    fn saw_bytes(&mut self, index: usize, dir: usize) {
+        let now_ms = self.now_ms;
+        let conn = self.conn(index);
+        conn.times.active_ms = now_ms;
+        if dir == TO_BACKEND {
+            if conn.times.request_us == 0 {
+                conn.times.request_us = clock::now_us();
+            }
+        } else if conn.times.request_us != 0 {
+            let took = clock::now_us().saturating_sub(conn.times.request_us);
+            conn.times.request_us = 0;
+            let (epoch, backend) = (conn.epoch.clone(), conn.backend_index.expect("relaying"));
+            self.latency(&epoch, backend).record_first_byte(took);
+        }
+    }
     /// Waits for the source of `dir` to have bytes, holding no buffer or pipe meanwhile.
     fn wait_readable(&mut self, index: usize, dir: usize) {
         match self.relay {
@@ -698,6 +1156,7 @@ impl Worker {
                     return;
                 };
                 let full = n as u32 == self.buffers.buf_bytes();
+                self.saw_bytes(index, dir);
                 let flow = &mut self.conn(index).flows[dir];
                 flow.buffer = Some((id, 0, n as u32));
                 flow.bulk = full;
@@ -806,6 +1265,7 @@ impl Worker {
     fn on_splice_in(&mut self, index: usize, dir: usize, result: i32) {
         match result {
             n if n > 0 => {
+                self.saw_bytes(index, dir);
                 let flow = &mut self.conn(index).flows[dir];
                 flow.in_pipe = n as u32;
                 flow.bulk = n as u32 == flow.pipe_capacity;
@@ -876,8 +1336,10 @@ impl Worker {
     }
 
     fn count_bytes(&mut self, index: usize, dir: usize, bytes: u64) {
-        let backend = self.conn(index).backend_index.expect("relaying to a backend");
-        let traffic = self.traffic(backend);
+        let conn = self.conn(index);
+        let backend = conn.backend_index.expect("relaying to a backend");
+        let epoch = conn.epoch.clone();
+        let traffic = self.traffic(&epoch, backend);
         let counter = if dir == TO_BACKEND {
             &traffic.bytes_to_backend
         } else {
@@ -958,8 +1420,16 @@ impl Worker {
             }
         }
         if let Some(backend) = conn.backend_index {
-            self.shared.backends.release(backend);
+            if conn.connected {
+                let lifetime = clock::now_us().saturating_sub(conn.times.accepted_us);
+                self.latency(&conn.epoch, backend).record_lifetime(lifetime);
+            }
+            self.release(&conn.epoch, backend);
         }
+        self.open -= 1;
+        self.shared.workers[self.id]
+            .open
+            .store(self.open, Ordering::Relaxed);
         // Dropping `conn` closes both sockets.
     }
 }
@@ -973,6 +1443,19 @@ fn new_backend_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
     )?;
     socket.set_tcp_nodelay(true)?;
     Ok(socket.into())
+}
+
+/// A MySQL ERR packet as a server sends it before the handshake (sequence 0, no SQL state).
+fn error_packet(code: u16, message: &str) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(3 + message.len());
+    payload.push(0xff);
+    payload.extend_from_slice(&code.to_le_bytes());
+    payload.extend_from_slice(message.as_bytes());
+    let len = payload.len() as u32;
+    let mut packet = len.to_le_bytes()[..3].to_vec();
+    packet.push(0);
+    packet.extend_from_slice(&payload);
+    packet
 }
 
 fn timespec_ms(ms: u64) -> types::Timespec {

@@ -159,7 +159,7 @@ impl Sidecar {
                 tracing::info!(node = %self.ha.node, "ha stopped");
                 return;
             }
-            let healthy = self.shared.backends.all.iter().any(|b| b.is_up());
+            let healthy = self.shared.table().all.iter().any(|b| b.is_up());
             if healthy != self.healthy {
                 self.healthy = healthy;
                 let actions = self.machine.on_local_health(now, healthy);

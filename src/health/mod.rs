@@ -2,10 +2,11 @@
 //! rise/fall hysteresis ([`hysteresis`]) and the verdict is written to the backend's `live.up`
 //! atomic, which the workers read when they choose a backend.
 //!
-//! Each backend has its own checker thread (`health-N`); the `health` thread [`spawn`] returns
-//! waits on them. A black-holed backend, whose probe waits out the whole timeout, never
-//! delays another backend's checks. Threads are cheap next to the number of backends a MySQL
-//! load balancer fronts, and blocking sockets keep each probe a straight line of code.
+//! Each backend has its own checker thread (`health-N`), started by [`Health::watch`] when the
+//! backend first appears (at start-up or in a reload) and ended when a reload retires it. A
+//! black-holed backend, whose probe waits out the whole timeout, never delays another
+//! backend's checks. Threads are cheap next to the number of backends a MySQL load balancer
+//! fronts, and blocking sockets keep each probe a straight line of code.
 //!
 //! Invariants: only this module writes `live.up`, and only on a transition, so the atomic always
 //! equals the hysteresis state; a transition to up also clears `live.suspect_until_ms`, so a
@@ -17,56 +18,83 @@ pub mod mysql;
 pub mod probe;
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::balance::{Backend, Backends};
+use crossbeam_utils::CachePadded;
+
+use crate::balance::{Backend, BackendLive};
 use crate::config::HealthConfig;
 use hysteresis::{Hysteresis, Transition};
 use probe::{Alive, ProbeError};
 
-/// Starts the `health` thread, which probes every backend every `interval_ms` and writes each
+/// The health checkers: one thread per backend, probing every `interval_ms` and writing the
 /// backend's `live.up` atomic with rise/fall hysteresis.
-pub fn spawn(config: HealthConfig, backends: Arc<Backends>) -> io::Result<JoinHandle<()>> {
-    spawn_until(config, backends, Arc::new(Stop::default()))
+pub struct Health {
+    config: Arc<HealthConfig>,
+    stop: Arc<Stop>,
+    started: AtomicUsize,
 }
 
-/// As [`spawn`], with a way to stop every checker thread (tests).
-fn spawn_until(config: HealthConfig, backends: Arc<Backends>, stop: Arc<Stop>) -> io::Result<JoinHandle<()>> {
-    let config = Arc::new(config);
-    // Start the per-backend threads here, not in the `health` thread, so that a failure to start
-    // one reaches the caller instead of leaving a backend silently unchecked.
-    let mut checkers = Vec::with_capacity(backends.len());
-    for index in 0..backends.len() {
-        let (config, table, own_stop) = (config.clone(), backends.clone(), stop.clone());
-        let started = std::thread::Builder::new()
-            .name(format!("health-{index}"))
-            .spawn(move || check_loop(&config, &table.all[index], &own_stop));
-        match started {
-            Ok(handle) => checkers.push(handle),
-            Err(e) => {
-                stop.stop();
-                return Err(e);
-            }
+impl Health {
+    pub fn new(config: HealthConfig) -> Self {
+        Self::with_stop(config, Arc::new(Stop::default()))
+    }
+
+    fn with_stop(config: HealthConfig, stop: Arc<Stop>) -> Self {
+        Health {
+            config: Arc::new(config),
+            stop,
+            started: AtomicUsize::new(0),
         }
     }
-    std::thread::Builder::new().name("health".into()).spawn(move || {
-        for checker in checkers {
-            // A checker cannot panic on bad input; if one did, the others carry on.
-            let _ = checker.join();
+
+    /// Starts a checker for each of `backends` (each must have none yet). A failure to start
+    /// one reaches the caller instead of leaving a backend silently unchecked.
+    pub fn watch<'a>(
+        &self,
+        backends: impl IntoIterator<Item = &'a Backend>,
+    ) -> io::Result<Vec<JoinHandle<()>>> {
+        let mut handles = Vec::new();
+        for backend in backends {
+            let target = Target {
+                name: backend.name.clone(),
+                addr: backend.addr,
+                live: backend.live.clone(),
+            };
+            let (config, stop) = (self.config.clone(), self.stop.clone());
+            let n = self.started.fetch_add(1, Ordering::Relaxed);
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("health-{n}"))
+                    .spawn(move || check_loop(&config, &target, &stop))?,
+            );
         }
-    })
+        Ok(handles)
+    }
 }
 
-/// Probes one backend forever (until `stop`), one probe per interval.
-fn check_loop(config: &HealthConfig, backend: &Backend, stop: &Stop) {
+/// What a checker needs of its backend; `live` is shared with every table that has it.
+struct Target {
+    name: String,
+    addr: SocketAddr,
+    live: Arc<CachePadded<BackendLive>>,
+}
+
+/// Probes one backend until `stop` or until a reload retires it, one probe per interval.
+fn check_loop(config: &HealthConfig, backend: &Target, stop: &Stop) {
     let interval = Duration::from_millis(config.interval_ms.max(1));
     let timeout = Duration::from_millis(config.timeout_ms.max(1));
     let mut checker = Checker::new(config);
     let mut next = Instant::now();
     loop {
+        if backend.live.retired.load(Ordering::Relaxed) {
+            tracing::debug!(backend = %backend.name, "health checks end: backend removed");
+            return;
+        }
         let result = probe::probe(config.check, backend.addr, &config.user, timeout);
         checker.apply(backend, result);
         // Keep the cadence; a probe that overran its interval is followed by the next at once.
@@ -103,7 +131,7 @@ impl Checker {
     }
 
     /// Feeds one probe result: warns, writes the atomics and logs as needed.
-    fn apply(&mut self, backend: &Backend, result: Result<Alive, ProbeError>) {
+    fn apply(&mut self, backend: &Target, result: Result<Alive, ProbeError>) {
         match &result {
             Ok(Alive::AccessDenied { error, .. }) if !self.warned_access_denied => {
                 self.warned_access_denied = true;
@@ -176,6 +204,7 @@ struct Stop {
 }
 
 impl Stop {
+    #[cfg(test)]
     fn stop(&self) {
         *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
         self.wake.notify_all();
@@ -205,7 +234,8 @@ impl Stop {
 mod tests {
     use super::probe::tests::{err_packet, greeting_packet};
     use super::*;
-    use crate::config::{BackendConfig, CheckKind, Config, ListenerConfig};
+    use crate::balance::Backends;
+    use crate::config::{BackendConfig, CheckKind, Config};
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener};
     use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -221,31 +251,23 @@ mod tests {
         }
     }
 
+    /// Checks every backend of `table` until `stop`; the handle ends when every checker has.
+    fn spawn_until(
+        config: HealthConfig,
+        table: Arc<Backends>,
+        stop: Arc<Stop>,
+    ) -> io::Result<JoinHandle<()>> {
+        let checkers = Health::with_stop(config, stop).watch(table.all.iter())?;
+        std::thread::Builder::new().spawn(move || {
+            for checker in checkers {
+                let _ = checker.join();
+            }
+        })
+    }
+
     fn backends(addrs: &[SocketAddr]) -> Arc<Backends> {
-        let config = Config {
-            workers: 1,
-            admin: "127.0.0.1:0".parse().unwrap(),
-            shutdown_grace_ms: 5000,
-            health: config(CheckKind::Tcp, 1000, 1000),
-            listeners: vec![ListenerConfig {
-                name: "default".into(),
-                bind: "127.0.0.1:0".parse().unwrap(),
-                connect_timeout_ms: 1000,
-                backends: addrs
-                    .iter()
-                    .map(|a| BackendConfig {
-                        name: a.to_string(),
-                        addr: *a,
-                        weight: 1,
-                        backup: false,
-                    })
-                    .collect(),
-                allow: Vec::new(),
-                balance: Default::default(),
-            }],
-            tuning: Default::default(),
-            ha: None,
-        };
+        let backends = addrs.iter().map(|a| BackendConfig::at(*a)).collect();
+        let config = Config::with_listener("127.0.0.1:0".parse().unwrap(), backends);
         Arc::new(Backends::from_config(&config))
     }
 
