@@ -64,6 +64,9 @@ enum Command {
     Ha(HaCommand),
     /// Drain, disable or enable a backend of a running ringlb (in every listener that has it).
     Backend(BackendArgs),
+    /// Make a running ringlb re-read its configuration file (as SIGHUP does); open connections
+    /// stay. A bad file is refused and the running configuration stays.
+    Reload(StatsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +205,15 @@ fn execute(cli: Cli) -> Result<(), CliError> {
                 args.backend,
                 answer["state"].as_str().unwrap_or("?"),
                 if listeners == 1 { "" } else { "s" }
+            ))
+        }
+        Command::Reload(args) => {
+            let admin = parse_admin(&args.admin)?;
+            let answer: serde_json::Value =
+                crate::admin::table::post_json(admin, "/reload").map_err(CliError::Stats)?;
+            print_stdout(&format!(
+                "reloaded: {}\n",
+                answer["summary"].as_str().unwrap_or("?")
             ))
         }
         Command::Ha(HaCommand::Status(args)) => {

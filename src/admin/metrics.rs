@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use crate::stats::{BackendSnapshot, Snapshot};
+use crate::stats::{BackendSnapshot, ListenerSnapshot, Snapshot};
 
 /// The `Content-Type` of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -99,23 +99,65 @@ pub fn render(snapshot: &Snapshot) -> String {
     }
     // After the families above, so that their exposition stays byte-for-byte as it was.
     if !snapshot.listeners.is_empty() {
-        header(
-            &mut out,
-            "ringlb_listener_rejected_total",
-            "counter",
-            "Client connections closed at accept because the listener's allow list left them out.",
-        );
-        for l in &snapshot.listeners {
-            let _ = writeln!(
-                out,
-                "ringlb_listener_rejected_total{{listener=\"{}\"}} {}",
-                escape(&l.listener),
-                l.rejected_total
-            );
+        for family in LISTENER_FAMILIES {
+            header(&mut out, family.name, family.kind, family.help);
+            for l in &snapshot.listeners {
+                let _ = writeln!(
+                    out,
+                    "{}{{listener=\"{}\"}} {}",
+                    family.name,
+                    escape(&l.listener),
+                    (family.value)(l)
+                );
+            }
         }
+    }
+    header(
+        &mut out,
+        "ringlb_backend_maxconn",
+        "gauge",
+        "Connections the backend holds at most (0: no limit).",
+    );
+    for (b, labels) in snapshot.backends.iter().zip(&labels) {
+        let _ = writeln!(out, "ringlb_backend_maxconn{{{labels}}} {}", b.maxconn);
     }
     out
 }
+
+/// A family with one sample per listener.
+struct ListenerFamily {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&ListenerSnapshot) -> u64,
+}
+
+const LISTENER_FAMILIES: [ListenerFamily; 4] = [
+    ListenerFamily {
+        name: "ringlb_listener_rejected_total",
+        kind: "counter",
+        help: "Client connections closed at accept because the listener's allow list left them out.",
+        value: |l| l.rejected_total,
+    },
+    ListenerFamily {
+        name: "ringlb_listener_queued",
+        kind: "gauge",
+        help: "Clients waiting right now for a backend under its maxconn.",
+        value: |l| l.queued,
+    },
+    ListenerFamily {
+        name: "ringlb_listener_queue_refused_total",
+        kind: "counter",
+        help: "Clients refused with 'Too many connections': the queue was full or their wait ran out.",
+        value: |l| l.queue_refused_total,
+    },
+    ListenerFamily {
+        name: "ringlb_listener_idle_closed_total",
+        kind: "counter",
+        help: "Connections closed after idle_timeout_ms without a byte either way.",
+        value: |l| l.idle_closed_total,
+    },
+];
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -203,6 +245,10 @@ ringlb_backend_bytes_total{backend=\"db-02:3306\",listener=\"default\",direction
 # TYPE ringlb_worker_accepted_total counter
 ringlb_worker_accepted_total{worker=\"0\"} 17
 ringlb_worker_accepted_total{worker=\"1\"} 4
+# HELP ringlb_backend_maxconn Connections the backend holds at most (0: no limit).
+# TYPE ringlb_backend_maxconn gauge
+ringlb_backend_maxconn{backend=\"db-01:3306\",listener=\"default\"} 0
+ringlb_backend_maxconn{backend=\"db-02:3306\",listener=\"default\"} 0
 ";
         assert_eq!(render(&snapshot), expected);
     }
@@ -214,7 +260,7 @@ ringlb_worker_accepted_total{worker=\"1\"} 4
             backends: vec![],
             workers: vec![],
         });
-        assert_eq!(out.lines().filter(|l| l.starts_with("# TYPE ")).count(), 6);
+        assert_eq!(out.lines().filter(|l| l.starts_with("# TYPE ")).count(), 7);
         assert!(out.lines().all(|l| l.starts_with('#')));
     }
 
@@ -233,6 +279,6 @@ ringlb_worker_accepted_total{worker=\"1\"} 4
             "{out}"
         );
         // Every sample stays on one line.
-        assert_eq!(out.lines().filter(|l| !l.starts_with('#')).count(), 6);
+        assert_eq!(out.lines().filter(|l| !l.starts_with('#')).count(), 7);
     }
 }

@@ -184,8 +184,8 @@ fn route(method: &str, path: &str, context: &Context) -> Vec<u8> {
     }
 }
 
-/// `POST /reload`: re-reads the configuration file; 200 with a summary, or 409 with why the
-/// new configuration was refused (the running one stays).
+/// `POST /reload`: re-reads the configuration file; 200 with a JSON summary, or 409 with one
+/// line saying why the new configuration was refused (the running one stays).
 fn reload(method: &str, hook: Option<&ReloadHook>) -> Vec<u8> {
     if method != "POST" {
         return http::response(
@@ -198,13 +198,20 @@ fn reload(method: &str, hook: Option<&ReloadHook>) -> Vec<u8> {
     let Some(hook) = hook else {
         return error_response(404, "reload is not available here");
     };
-    let (status, body) = match hook() {
-        Ok(summary) => (200, serde_json::json!({ "reloaded": true, "summary": summary })),
-        Err(error) => (409, serde_json::json!({ "reloaded": false, "error": error })),
+    let summary = match hook() {
+        Ok(summary) => summary,
+        Err(error) => {
+            return error_response(
+                409,
+                &format!("reload refused, the running configuration stays: {error}"),
+            )
+        }
     };
-    let mut body = body.to_string().into_bytes();
+    let mut body = serde_json::json!({ "reloaded": true, "summary": summary })
+        .to_string()
+        .into_bytes();
     body.push(b'\n');
-    http::response(status, "application/json", &[], &body)
+    http::response(200, "application/json", &[], &body)
 }
 
 /// `POST /backend/HOST:PORT/drain|disable|enable`: the operator's say over a backend, in every

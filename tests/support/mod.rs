@@ -575,6 +575,8 @@ pub struct Ringlb {
     workers: usize,
     listen: SocketAddr,
     admin: SocketAddr,
+    /// Started from a whole file ([`Ringlb::start_with_file`]): no address flags.
+    file_only: bool,
 }
 
 impl Ringlb {
@@ -604,6 +606,7 @@ impl Ringlb {
             workers,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            file_only: false,
         };
         for _attempt in 0..5 {
             ringlb.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -617,18 +620,75 @@ impl Ringlb {
         panic!("ringlb: no free port pair after 5 attempts");
     }
 
+    /// Starts ringlb (two workers) from a whole configuration file: `config(listen, admin)` is
+    /// its text for the free addresses chosen; its first listener should bind `listen` and its
+    /// `[global] admin` be `admin`. The file can be rewritten and reloaded later
+    /// ([`Ringlb::reload_with`]).
+    pub fn start_with_file(config: impl Fn(SocketAddr, SocketAddr) -> String) -> Ringlb {
+        let mut ringlb = Ringlb {
+            dir: TempDir::new("rlb-lb"),
+            child: None,
+            workers: 2,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            file_only: true,
+        };
+        let path = ringlb.config_path();
+        for _attempt in 0..5 {
+            ringlb.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            ringlb.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            std::fs::write(&path, config(ringlb.listen, ringlb.admin)).expect("write ringlb.toml");
+            match ringlb.spawn_and_wait(&[], Some(&path)) {
+                Ok(()) => return ringlb,
+                Err(StartFailure::PortTaken) => continue,
+                Err(StartFailure::Other(message)) => panic!("{message}"),
+            }
+        }
+        panic!("ringlb: no free port pair after 5 attempts");
+    }
+
+    /// The configuration file [`Ringlb::start_with_file`] wrote.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("ringlb.toml")
+    }
+
+    /// Rewrites the configuration file with `text` and runs `ringlb reload` against this
+    /// instance; returns what the command printed and whether it succeeded.
+    pub fn reload_with(&self, text: &str) -> (bool, String) {
+        std::fs::write(self.config_path(), text).expect("rewrite ringlb.toml");
+        let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+            .args(["reload", "--admin"])
+            .arg(self.admin.to_string())
+            .output()
+            .expect("run ringlb reload");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), said)
+    }
+
+    /// Sends `signal` to the ringlb process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill takes no pointers; the pid is our own running child's.
+        let rc = unsafe { libc::kill(self.pid() as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
+    }
+
     fn spawn_and_wait(&mut self, backends: &[SocketAddr], config: Option<&Path>) -> Result<(), StartFailure> {
         let log = self.log_path();
         let log_file = std::fs::File::create(&log).expect("create ringlb.log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringlb"));
-        command
-            .arg("run")
-            .arg("--listen")
-            .arg(self.listen.to_string())
-            .arg("--admin")
-            .arg(self.admin.to_string())
-            .arg("--workers")
-            .arg(self.workers.to_string());
+        command.arg("run");
+        if !self.file_only {
+            command
+                .arg("--listen")
+                .arg(self.listen.to_string())
+                .arg("--admin")
+                .arg(self.admin.to_string());
+        }
+        command.arg("--workers").arg(self.workers.to_string());
         for backend in backends {
             command.arg("--backend").arg(backend.to_string());
         }
