@@ -270,3 +270,29 @@ fn idle_timeout_closes_a_silent_connection_and_spares_a_busy_one() {
     );
     assert_eq!(port_of(&mut busy), a.port());
 }
+
+#[test]
+fn reload_of_an_instance_started_from_flags_alone_is_refused_in_one_line() {
+    let lb = Ringlb::start_with_addrs(&["127.0.0.1:9".parse().unwrap()], "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["reload", "--admin"])
+        .arg(lb.admin_addr().to_string())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--config") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    // SIGHUP is refused the same way, in the log, and ringlb runs on.
+    lb.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(5), "the refusal logged twice", || {
+        std::fs::read_to_string(lb.log_path())
+            .unwrap()
+            .matches("reload refused")
+            .count()
+            == 2
+    });
+    assert!(lb.stats_json()["backends"].is_array());
+}
