@@ -4,6 +4,9 @@
 //! message costs an uncontended add) and summed when the admin endpoint asks. Health and active
 //! connections live in the shared backend table ([`crate::balance`]). [`Snapshot`] is the one
 //! plain-data view that /metrics, /stats and `ringlb stats` all render.
+//!
+//! Latency histograms are per worker too, each behind a mutex that only its worker and, for a
+//! merge, the admin thread take ([`Shared::latency`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,6 +15,7 @@ use crossbeam_utils::CachePadded;
 use serde::{Deserialize, Serialize};
 
 use crate::balance::Backends;
+use crate::latency::{BackendLatency, Latency};
 
 /// One worker's counters for one backend.
 #[derive(Debug, Default)]
@@ -20,6 +24,9 @@ pub struct BackendTraffic {
     pub connect_errors: AtomicU64,
     pub bytes_to_backend: AtomicU64,
     pub bytes_to_client: AtomicU64,
+    /// This worker's connect, first-byte and lifetime histograms for the backend. Only this
+    /// worker records (so its lock is uncontended but for a merge); [`Shared::latency`] merges.
+    pub latency: std::sync::Mutex<Latency>,
 }
 
 /// Everything one worker counts; written only by that worker.
@@ -126,6 +133,32 @@ impl Shared {
             workers,
             listeners,
         }
+    }
+
+    /// Each backend's latency histograms, merged over the workers, in backend-table order. Each
+    /// worker's lock is held only while its histograms are added.
+    pub fn latency(&self) -> Vec<BackendLatency> {
+        self.backends
+            .all
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let mut latency = Latency::new();
+                for w in self.workers.iter() {
+                    // A worker that panicked mid-record leaves counts that are still counts.
+                    let recorded = w.backends[i]
+                        .latency
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    latency.add(&recorded);
+                }
+                BackendLatency {
+                    listener: self.listeners[b.listener].clone(),
+                    backend: b.name.clone(),
+                    latency,
+                }
+            })
+            .collect()
     }
 }
 

@@ -148,7 +148,7 @@ pub fn render(snapshot: &Snapshot) -> String {
 
 /// Appends `header` and `rows` with columns two spaces apart; columns before `text_columns` are
 /// left-aligned, the others right-aligned. No trailing spaces.
-fn aligned(out: &mut String, header: &[&str], rows: &[Vec<String>], text_columns: usize) {
+pub(crate) fn aligned(out: &mut String, header: &[&str], rows: &[Vec<String>], text_columns: usize) {
     let width = |c: usize| {
         rows.iter()
             .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
