@@ -1,4 +1,4 @@
-//! Command line: `ringlb run | check | stats`, parsed by clap, then handed to [`config`],
+//! Command line: `ringlb run | check | stats | histogram | backend | ha`, parsed by clap, then handed to [`config`],
 //! [`runtime`](crate::runtime) or [`admin`](crate::admin).
 //!
 //! Invariant: whatever goes wrong, the user sees one line on stderr, `ringlb: <what>`, naming
@@ -18,6 +18,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
+use crate::admin::HistogramFormat;
 use crate::config::{self, ConfigError, Overrides};
 use crate::runtime::RunError;
 
@@ -67,6 +68,30 @@ enum Command {
     /// Make a running ringlb re-read its configuration file (as SIGHUP does); open connections
     /// stay. A bad file is refused and the running configuration stays.
     Reload(StatsArgs),
+    /// Print the latency histograms of a running ringlb: connect, first byte and connection
+    /// lifetime per backend, as percentiles in ms, an HdrHistogram log or JSON.
+    Histogram(HistogramArgs),
+}
+
+#[derive(Debug, Args)]
+struct HistogramArgs {
+    /// Only this backend (HOST:PORT, as `ringlb stats` shows it), in every listener that has it.
+    #[arg(long, value_name = "HOST:PORT")]
+    backend: Option<String>,
+    /// Admin endpoint of the running ringlb.
+    #[arg(long, value_name = "IP:PORT", default_value = config::DEFAULT_ADMIN)]
+    admin: String,
+    /// text: a table of percentiles in ms; hdr: an HdrHistogram interval log (values in µs);
+    /// json: count, p50, p90, p99, p99.9 and max in µs.
+    #[arg(long, value_enum, default_value_t = HistogramFormatArg::Text)]
+    format: HistogramFormatArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum HistogramFormatArg {
+    Text,
+    Hdr,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -134,7 +159,7 @@ enum CliError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Run(#[from] RunError),
-    /// From the stats client, which already names the admin address.
+    /// From an admin client (stats, histogram, backend, ha), which already names the admin address.
     #[error("{0}")]
     Stats(String),
     #[error("cannot write to stdout: {0}")]
@@ -215,6 +240,17 @@ fn execute(cli: Cli) -> Result<(), CliError> {
                 "reloaded: {}\n",
                 answer["summary"].as_str().unwrap_or("?")
             ))
+        }
+        Command::Histogram(args) => {
+            let admin = parse_admin(&args.admin)?;
+            let format = match args.format {
+                HistogramFormatArg::Text => HistogramFormat::Text,
+                HistogramFormatArg::Hdr => HistogramFormat::Hdr,
+                HistogramFormatArg::Json => HistogramFormat::Json,
+            };
+            let text =
+                crate::admin::histogram(admin, format, args.backend.as_deref()).map_err(CliError::Stats)?;
+            print_stdout(&text)
         }
         Command::Ha(HaCommand::Status(args)) => {
             let admin = parse_admin(&args.admin)?;

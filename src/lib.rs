@@ -4,15 +4,16 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`cli`] | the clap command line: `run`, `check`, `stats`; turns errors into one line and an exit code |
+//! | [`cli`] | the clap command line: `run`, `check`, `stats`, `histogram`; turns errors into one line and an exit code |
 //! | [`config`] | TOML file plus flags, parsed then validated into a typed [`config::Config`] |
 //! | [`runtime`] | binds sockets, starts the threads below, waits for a signal |
 //! | [`dataplane`] | the workers: io_uring, multishot accept, connect, splice / buffered relay |
 //! | [`balance`] | the shared backend table (atomics only) and the least-connections choice |
 //! | [`health`] | the checker thread: MySQL greeting and login, or TCP; rise/fall hysteresis |
 //! | [`ha`] | the HA sidecar: signed heartbeats with the peer node, the state machine that moves the floating IP, netlink for the address, gratuitous ARP |
-//! | [`admin`] | HTTP on loopback: `/metrics` (Prometheus), `/stats` (JSON); the `stats` client |
+//! | [`admin`] | HTTP on loopback: `/metrics` (Prometheus), `/stats` (JSON), `/histogram`; the `stats` and `histogram` clients |
 //! | [`stats`] | per-worker counters and the [`stats::Snapshot`] every view renders |
+//! | [`latency`] | per-backend latency histograms (connect, first byte, lifetime) and their table, HdrHistogram log and Prometheus views |
 //! | [`clock`] | a cheap monotonic millisecond clock shared by all threads |
 //!
 //! # Threads
@@ -23,10 +24,12 @@
 //! | `worker-N` × cores, pinned | one io_uring, one SO_REUSEPORT listener per listener, its connections and pipes | the backend table's atomics; its own counters |
 //! | `health` | one probe per backend per interval | each backend's `up` atomic |
 //! | `ha` (with `[ha]`) | the heartbeat UDP socket, the VIP, gratuitous ARP | reads backend health; writes the status `GET /ha` shows |
-//! | `admin` | the admin HTTP socket | reads atomics and the HA status |
+//! | `admin` | the admin HTTP socket | reads atomics and the HA status; locks each worker's latency histograms briefly to merge them |
 //!
-//! No lock is taken on the data path: a worker's connections never leave it, and what workers
-//! share is a table of cache-padded atomics.
+//! No contended lock is taken on the data path: a worker's connections never leave it, and what
+//! workers share is a table of cache-padded atomics. The one mutex a worker takes is its own
+//! latency histograms' ([`stats::BackendTraffic::latency`]), which only the admin thread also
+//! takes, for a merge of a few microseconds per scrape.
 
 pub mod admin;
 pub mod balance;

@@ -4,6 +4,9 @@
 //! message costs an uncontended add) and summed when the admin endpoint asks. Health and active
 //! connections live in the shared backend table ([`crate::balance`]). [`Snapshot`] is the one
 //! plain-data view that /metrics, /stats and `ringlb stats` all render.
+//!
+//! Latency histograms are per worker too ([`crate::balance::BackendStats`]), each behind a mutex
+//! that only its worker and, for a merge, the admin thread take ([`Shared::latency`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

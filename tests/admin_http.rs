@@ -1,5 +1,7 @@
 //! The admin endpoint over a real socket: the admin thread serves a `Shared` built from a small
-//! configuration; requests are raw bytes so that malformed ones can be sent too.
+//! configuration; requests are raw bytes so that malformed ones can be sent too. Latency values
+//! are recorded into the workers' histograms directly, as the data path would; `ringlb histogram`
+//! is the real binary against this endpoint.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use ringlb::admin;
 use ringlb::balance::Backends;
 use ringlb::config::{BackendConfig, Config, ListenerConfig};
+use ringlb::latency::{self, Kind, PercentilesReport};
 use ringlb::stats::{Shared, Snapshot};
 
 fn config() -> Config {
@@ -45,10 +48,28 @@ fn start() -> (SocketAddr, Arc<Shared>) {
     let shared = Arc::new(Shared::new(backends.clone(), config.workers).unwrap());
     shared.workers[0].accepted.store(5, Ordering::Relaxed);
     shared.workers[1].accepted.store(7, Ordering::Relaxed);
+    // Backend 0 is used by both workers, backend 2 by worker 1 only, backend 1 by none.
+    record(&shared, 0, 0, |l| {
+        l.record_connect(150);
+        l.record_connect(250);
+        for us in 1_000..1_100 {
+            l.record_first_byte(us);
+        }
+    });
+    record(&shared, 1, 0, |l| {
+        l.record_connect(350);
+        l.record_first_byte(5_000);
+        l.record_lifetime(2_000_000);
+    });
+    record(&shared, 1, 2, |l| l.record_first_byte(42));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     admin::spawn(listener, shared.clone(), None).unwrap();
     (addr, shared)
+}
+
+fn record(shared: &Shared, worker: usize, backend: usize, f: impl FnOnce(&mut latency::Latency)) {
+    f(&mut shared.table().all[backend].stats.latency[worker].lock().unwrap());
 }
 
 /// Sends `request` as is and reads the whole answer.
@@ -201,4 +222,250 @@ fn stats_table_refuses_a_non_ringlb_answer() {
     });
     let err = admin::stats_table(addr).unwrap_err();
     assert!(err.starts_with(&format!("{addr}: invalid /stats JSON")), "{err}");
+}
+
+#[test]
+fn histogram_table_merges_the_workers_per_backend() {
+    let (addr, _shared) = start();
+    let answer = get(addr, "/histogram");
+    assert_eq!(status(&answer), "200", "{answer}");
+    assert!(answer.contains("\r\nContent-Type: text/plain; charset=utf-8\r\n"));
+    let rows: Vec<Vec<&str>> = body(&answer)
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["LISTENER", "BACKEND", "KIND", "COUNT", "P50_MS", "P90_MS", "P99_MS", "P99.9_MS", "MAX_MS"]
+    );
+    // Three kinds for each of the three backends.
+    assert_eq!(rows.len(), 1 + 9, "{}", body(&answer));
+    assert_eq!(
+        rows[1],
+        [
+            "rw",
+            "127.0.0.1:13306",
+            "connect",
+            "3",
+            "0.250",
+            "0.351",
+            "0.351",
+            "0.351",
+            "0.351"
+        ]
+    );
+    assert_eq!(rows[2][..4], ["rw", "127.0.0.1:13306", "first_byte", "101"]);
+    assert_eq!(rows[2][8], "5.02", "the max comes from worker 1");
+    // 2 s is shown as the top of its histogram cell, 2.007 s: within the 1/128 resolution.
+    assert_eq!(rows[3][..4], ["rw", "127.0.0.1:13306", "lifetime", "1"]);
+    assert!(rows[3][4..].iter().all(|&v| v == "2007"), "{:?}", rows[3]);
+    assert_eq!(
+        rows[4],
+        ["rw", "127.0.0.1:13307", "connect", "0", "-", "-", "-", "-", "-"]
+    );
+    assert_eq!(
+        rows[8],
+        [
+            "r\"o",
+            "127.0.0.1:13308",
+            "first_byte",
+            "1",
+            "0.042",
+            "0.042",
+            "0.042",
+            "0.042",
+            "0.042"
+        ]
+    );
+}
+
+#[test]
+fn histogram_json_gives_percentiles_in_microseconds() {
+    let (addr, shared) = start();
+    let answer = get(addr, "/histogram?format=json");
+    assert_eq!(status(&answer), "200", "{answer}");
+    assert!(answer.contains("\r\nContent-Type: application/json\r\n"));
+    let report: PercentilesReport = serde_json::from_str(body(&answer)).unwrap();
+    assert_eq!(report, latency::percentiles(&shared.latency()));
+    assert_eq!(report.backends.len(), 3);
+    let rw = &report.backends[0];
+    assert_eq!(
+        (rw.listener.as_str(), rw.backend.as_str()),
+        ("rw", "127.0.0.1:13306")
+    );
+    assert_eq!(rw.connect.count, 3);
+    assert_eq!(rw.connect.max_us, Some(351));
+    let first_byte = rw.first_byte;
+    assert_eq!(first_byte.count, 101);
+    // 101 values: 1000..1100 and one 5000; the median is 1050 to the histogram's resolution.
+    assert!(
+        (1_050..=1_057).contains(&first_byte.p50_us.unwrap()),
+        "{first_byte:?}"
+    );
+    assert!(first_byte.p99_us.unwrap() < 1_110, "{first_byte:?}");
+    assert!(
+        (5_000..5_040).contains(&first_byte.max_us.unwrap()),
+        "{first_byte:?}"
+    );
+    assert_eq!(report.backends[1].lifetime.count, 0);
+    assert_eq!(report.backends[1].lifetime.p50_us, None);
+    let raw: serde_json::Value = serde_json::from_str(body(&answer)).unwrap();
+    assert_eq!(raw["backends"][1]["connect"]["p99_us"], serde_json::Value::Null);
+    assert_eq!(raw["backends"][2]["first_byte"]["p999_us"], 42);
+}
+
+#[test]
+fn histogram_hdr_log_reads_back_with_hdrhistogram() {
+    use base64::Engine;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    use hdrhistogram::serialization::Deserializer;
+    use hdrhistogram::Histogram;
+
+    let (addr, shared) = start();
+    let answer = get(addr, "/histogram?format=hdr&backend=127.0.0.1%3A13306");
+    assert_eq!(status(&answer), "200", "{answer}");
+    assert!(answer.contains("\r\nContent-Type: text/plain; charset=utf-8\r\n"));
+    let expected = shared.latency();
+    let mut deserializer = Deserializer::new();
+    let mut kinds = Vec::new();
+    for item in IntervalLogIterator::new(body(&answer).as_bytes()) {
+        let LogEntry::Interval(interval) = item.unwrap() else {
+            continue;
+        };
+        let (listener, backend, kind) = latency::parse_tag(interval.tag().unwrap().as_str()).unwrap();
+        assert_eq!((listener.as_str(), backend.as_str()), ("rw", "127.0.0.1:13306"));
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(interval.encoded_histogram())
+            .unwrap();
+        let h: Histogram<u64> = deserializer.deserialize(&mut &bytes[..]).unwrap();
+        assert_eq!(&h, expected[0].latency.histogram(kind), "{kind:?}");
+        kinds.push(kind);
+    }
+    assert_eq!(kinds, Kind::ALL);
+}
+
+#[test]
+fn histogram_query_errors_are_one_line_with_their_status() {
+    let (addr, _shared) = start();
+    for (path, code, message) in [
+        (
+            "/histogram?backend=db-9:3306",
+            "404",
+            "no backend \"db-9:3306\" (names as in /stats)\n",
+        ),
+        (
+            "/histogram?format=xml",
+            "400",
+            "format \"xml\": expected text, hdr or json\n",
+        ),
+        (
+            "/histogram?kind=connect",
+            "400",
+            "unknown query parameter \"kind\": expected format or backend\n",
+        ),
+        ("/histogram?backend=%zz", "400", "bad %-escape in the query\n"),
+    ] {
+        let answer = get(addr, path);
+        assert_eq!(status(&answer), code, "{path}: {answer}");
+        assert_eq!(body(&answer), message, "{path}");
+    }
+    let answer = exchange(addr, b"POST /histogram HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(status(&answer), "405", "{answer}");
+    // A known backend in the filter keeps only its rows.
+    let answer = get(addr, "/histogram?backend=127.0.0.1:13308&format=text");
+    let rows: Vec<&str> = body(&answer).lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{answer}");
+    assert!(rows.iter().all(|r| r.contains("127.0.0.1:13308")), "{answer}");
+}
+
+#[test]
+fn metrics_serve_latency_histograms_after_the_counters() {
+    let (addr, _shared) = start();
+    let body = body(&get(addr, "/metrics")).to_string();
+    let labels = "backend=\"127.0.0.1:13306\",listener=\"rw\"";
+    for line in [
+        "# TYPE ringlb_backend_connect_seconds histogram".to_string(),
+        "# TYPE ringlb_backend_first_byte_seconds histogram".to_string(),
+        "# TYPE ringlb_backend_lifetime_seconds histogram".to_string(),
+        format!("ringlb_backend_connect_seconds_bucket{{{labels},le=\"0.0001\"}} 0"),
+        format!("ringlb_backend_connect_seconds_bucket{{{labels},le=\"0.00025\"}} 2"),
+        format!("ringlb_backend_connect_seconds_bucket{{{labels},le=\"0.0005\"}} 3"),
+        format!("ringlb_backend_connect_seconds_bucket{{{labels},le=\"+Inf\"}} 3"),
+        format!("ringlb_backend_connect_seconds_count{{{labels}}} 3"),
+        // 1000..=1003 µs share one histogram cell, which starts at the bound.
+        format!("ringlb_backend_first_byte_seconds_bucket{{{labels},le=\"0.001\"}} 4"),
+        format!("ringlb_backend_first_byte_seconds_bucket{{{labels},le=\"0.0025\"}} 100"),
+        format!("ringlb_backend_first_byte_seconds_count{{{labels}}} 101"),
+        format!("ringlb_backend_lifetime_seconds_count{{{labels}}} 1"),
+        "ringlb_backend_lifetime_seconds_count{backend=\"127.0.0.1:13308\",listener=\"r\\\"o\"} 0"
+            .to_string(),
+    ] {
+        assert!(body.lines().any(|l| l == line), "missing {line:?} in\n{body}");
+    }
+    let counters = body.find("# TYPE ringlb_worker_accepted_total").unwrap();
+    assert!(counters < body.find("# TYPE ringlb_backend_connect_seconds").unwrap());
+}
+
+/// Runs the real `ringlb` binary (a client command, bounded by its own timeouts).
+fn ringlb(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run ringlb")
+}
+
+#[test]
+fn histogram_command_prints_what_the_endpoint_serves() {
+    let (addr, shared) = start();
+    let admin = addr.to_string();
+    let out = ringlb(&["histogram", "--admin", &admin]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        latency::report(&shared.latency())
+    );
+
+    let out = ringlb(&[
+        "histogram",
+        "--admin",
+        &admin,
+        "--format",
+        "json",
+        "--backend",
+        "127.0.0.1:13308",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: PercentilesReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.backends.len(), 1);
+    assert_eq!(report.backends[0].first_byte.p50_us, Some(42));
+
+    let out = ringlb(&["histogram", "--admin", &admin, "--format", "hdr"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tags: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("Tag="))
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    assert_eq!(tags.len(), 9, "{tags:?}");
+    assert_eq!(tags[5], "listener=rw;backend=127.0.0.1:13307;kind=lifetime");
+}
+
+#[test]
+fn histogram_command_names_an_unknown_backend_in_one_line() {
+    let (addr, _shared) = start();
+    let out = ringlb(&[
+        "histogram",
+        "--admin",
+        &addr.to_string(),
+        "--backend",
+        "db-9:3306",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        format!("ringlb: {addr}: no backend \"db-9:3306\" (names as in /stats)\n")
+    );
 }

@@ -277,6 +277,13 @@ fn reload_without_a_running_instance_names_the_admin_address() {
 }
 
 #[test]
+fn histogram_without_a_running_instance_names_the_admin_address() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    assert_fails_with(&["histogram", "--admin", &admin], &[&admin, "connection refused"]);
+    assert_fails_with(&["histogram", "--admin", "localhost"], &["--admin", "localhost"]);
+}
+
+#[test]
 fn bad_log_level_names_the_flag() {
     assert_fails_with(&["--log-level", "verbose", "check"], &["--log-level", "verbose"]);
 }

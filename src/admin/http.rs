@@ -1,5 +1,5 @@
-//! The little HTTP/1.1 the admin endpoint needs, as pure functions: parse a request head, build a
-//! response, and (for `ringlb stats`) split a response into status and body.
+//! The little HTTP/1.1 the admin endpoint needs, as pure functions: parse a request head and its
+//! query string, build a response, and (for `ringlb stats`) split a response into status and body.
 //!
 //! Only what an admin endpoint on loopback needs: GET, no bodies in requests, no keep-alive
 //! (every response carries `Connection: close`), no chunked encoding. Invariant: any byte string
@@ -14,6 +14,8 @@ pub struct RequestHead<'a> {
     pub method: &'a str,
     /// The request target without its query string.
     pub path: &'a str,
+    /// What follows the first `?` of the target, still percent-encoded; empty without one.
+    pub query: &'a str,
 }
 
 /// Why a request head cannot be served.
@@ -69,8 +71,65 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead<'_>>, HeadErr
             return Err(HeadError::Malformed("control character in a header value"));
         }
     }
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
-    Ok(Some(RequestHead { method, path }))
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Ok(Some(RequestHead { method, path, query }))
+}
+
+/// Splits a query string into decoded `(name, value)` pairs, in order: `&`-separated, `name=value`
+/// (a pair without `=` has an empty value), `%XX` escapes and `+` for a space as HTML forms send
+/// them. Errors say what is wrong in a few words.
+pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, &'static str> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode_component(name)?, decode_component(value)?))
+        })
+        .collect()
+}
+
+fn decode_component(text: &str) -> Result<String, &'static str> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or("bad %-escape in the query")?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| "query is not UTF-8")
+}
+
+/// Percent-encodes a query value: everything but letters, digits and `-._~:[]` (what a
+/// `HOST:PORT` needs) becomes `%XX`.
+pub fn encode_query_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Length of the head including its terminating empty line (lines end in LF, optionally CRLF).
@@ -171,17 +230,51 @@ mod tests {
             parse("GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n"),
             Ok(Some(RequestHead {
                 method: "GET",
-                path: "/metrics"
+                path: "/metrics",
+                query: ""
             }))
         );
     }
 
     #[test]
-    fn query_string_is_dropped_from_the_path() {
+    fn query_string_is_split_from_the_path() {
+        let head = parse("GET /stats?x=1&y=%3F HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert_eq!((head.path, head.query), ("/stats", "x=1&y=%3F"));
+        let head = parse("GET /stats? HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert_eq!((head.path, head.query), ("/stats", ""));
+    }
+
+    #[test]
+    fn query_pairs_are_decoded_in_order() {
+        let pairs = |q: &str| -> Vec<(String, String)> { parse_query(q).unwrap() };
+        assert_eq!(pairs(""), []);
         assert_eq!(
-            parse("GET /stats?x=1 HTTP/1.0\r\n\r\n").unwrap().unwrap().path,
-            "/stats"
+            pairs("format=hdr&backend=db-01%3A3306&flag&&a+b=c%20d"),
+            [
+                ("format".to_string(), "hdr".to_string()),
+                ("backend".into(), "db-01:3306".into()),
+                ("flag".into(), String::new()),
+                ("a b".into(), "c d".into()),
+            ]
         );
+        assert_eq!(pairs("x=%C3%BC=1"), [("x".to_string(), "ü=1".to_string())]);
+        for bad in ["x=%", "x=%4", "x=%G1", "%zz=1", "x=%FF", "x=%+1"] {
+            assert!(parse_query(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn encoded_query_values_decode_to_themselves() {
+        for value in ["db-01:3306", "[::1]:3306", "a&b=c d+e%f/g?h#i", "ünï"] {
+            let encoded = encode_query_value(value);
+            assert!(encoded.bytes().all(|b| b > b' ' && b < 0x7F), "{encoded}");
+            let query = format!("backend={encoded}");
+            assert_eq!(
+                parse_query(&query).unwrap(),
+                [("backend".to_string(), value.to_string())]
+            );
+        }
+        assert_eq!(encode_query_value("db-01:3306"), "db-01:3306");
     }
 
     #[test]
@@ -285,6 +378,7 @@ mod tests {
                 .collect();
             let _ = parse_request_head(&input);
             let _ = parse_response(&input);
+            let _ = parse_query(&String::from_utf8_lossy(&input));
         }
     }
 

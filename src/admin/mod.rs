@@ -1,12 +1,15 @@
 //! The admin endpoint: HTTP/1.1 on loopback, served by the `admin` thread one connection at a
-//! time. `GET /metrics` is the Prometheus text format ([`metrics`]), `GET /stats` the JSON
-//! [`Snapshot`](crate::stats::Snapshot); [`stats_table`] is the client behind `ringlb stats`.
+//! time. `GET /metrics` is the Prometheus text format ([`metrics`], then the latency histograms of
+//! [`crate::latency`]), `GET /stats` the JSON [`Snapshot`](crate::stats::Snapshot), and
+//! `GET /histogram` the latency histograms as a table, an HdrHistogram log or JSON percentiles;
+//! [`stats_table`] and [`histogram`] are the clients behind `ringlb stats` and `ringlb histogram`.
 //!
 //! Serving one connection at a time keeps this thread simple and its cost fixed; what bounds the
 //! harm one client can do is the 2 s budget for reading a request head (8 KiB at most), so a slow
 //! or silent client holds the endpoint for 2 s at worst. Every response has `Content-Length` and
-//! `Connection: close`. The thread reads only atomics (through [`Shared::snapshot`]) and never
-//! panics on what a client sends.
+//! `Connection: close`. The thread reads atomics (through [`Shared::snapshot`]), locks each
+//! worker's latency histograms only to merge them ([`Shared::latency`]), and never panics on what
+//! a client sends.
 
 pub mod http;
 pub mod metrics;
@@ -18,6 +21,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::latency;
 use crate::stats::Shared;
 use http::{HeadError, MAX_HEAD_BYTES};
 
@@ -57,6 +61,49 @@ pub fn stats_table(admin: std::net::SocketAddr) -> Result<String, String> {
     table::fetch(admin).map(|snapshot| table::render(&snapshot))
 }
 
+/// How `GET /histogram` shows the latency histograms (`?format=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistogramFormat {
+    /// [`latency::report`]: a table for people.
+    Text,
+    /// [`latency::hdr_log`]: an HdrHistogram interval log.
+    Hdr,
+    /// [`latency::percentiles`] as JSON.
+    Json,
+}
+
+impl HistogramFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistogramFormat::Text => "text",
+            HistogramFormat::Hdr => "hdr",
+            HistogramFormat::Json => "json",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<HistogramFormat> {
+        [HistogramFormat::Text, HistogramFormat::Hdr, HistogramFormat::Json]
+            .into_iter()
+            .find(|f| f.as_str() == name)
+    }
+}
+
+/// Fetches `/histogram` in `format`, of one backend or all, from a running ringlb (`ringlb
+/// histogram`). Errors are one line naming the admin address, or the endpoint's own line (an
+/// unknown backend).
+pub fn histogram(
+    admin: std::net::SocketAddr,
+    format: HistogramFormat,
+    backend: Option<&str>,
+) -> Result<String, String> {
+    let mut path = format!("/histogram?format={}", format.as_str());
+    if let Some(backend) = backend {
+        path.push_str("&backend=");
+        path.push_str(&http::encode_query_value(backend));
+    }
+    table::fetch_text(admin, &path)
+}
+
 fn serve(listener: &TcpListener, context: &Context) {
     loop {
         match listener.accept() {
@@ -89,7 +136,7 @@ fn handle(mut stream: TcpStream, context: &Context) {
     let (len, incoming) = read_head(&mut stream, &mut buf);
     let response = match incoming {
         Incoming::Complete => match http::parse_request_head(&buf[..len]) {
-            Ok(Some(head)) => route(head.method, head.path, context),
+            Ok(Some(head)) => route(head.method, head.path, head.query, context),
             Ok(None) => error_response(400, "incomplete request head"),
             Err(e) => head_error_response(e),
         },
@@ -142,7 +189,7 @@ fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> (usize, Incoming) {
     }
 }
 
-fn route(method: &str, path: &str, context: &Context) -> Vec<u8> {
+fn route(method: &str, path: &str, query: &str, context: &Context) -> Vec<u8> {
     let shared = &*context.shared;
     if let Some(rest) = path.strip_prefix("/backend/") {
         return backend_action(method, rest, shared);
@@ -151,18 +198,19 @@ fn route(method: &str, path: &str, context: &Context) -> Vec<u8> {
         return reload(method, context.reload.as_ref());
     }
     match path {
-        "/metrics" | "/stats" | "/ha" if method != "GET" => http::response(
+        "/metrics" | "/stats" | "/ha" | "/histogram" if method != "GET" => http::response(
             405,
             "text/plain; charset=utf-8",
             &["Allow: GET"],
             b"method not allowed: only GET\n",
         ),
-        "/metrics" => http::response(
-            200,
-            metrics::CONTENT_TYPE,
-            &[],
-            metrics::render(&shared.snapshot()).as_bytes(),
-        ),
+        "/metrics" => {
+            let mut body = metrics::render(&shared.snapshot());
+            // After the counters and gauges, so that their exposition stays as it was.
+            latency::prometheus(&mut body, &shared.latency());
+            http::response(200, metrics::CONTENT_TYPE, &[], body.as_bytes())
+        }
+        "/histogram" => histogram_response(query, shared),
         "/stats" => match serde_json::to_vec(&shared.snapshot()) {
             Ok(mut body) => {
                 body.push(b'\n');
@@ -180,7 +228,65 @@ fn route(method: &str, path: &str, context: &Context) -> Vec<u8> {
                 Err(e) => error_response(500, &format!("cannot encode the HA status: {e}")),
             }
         }
-        _ => error_response(404, "not found: try /metrics, /stats or /ha"),
+        _ => error_response(404, "not found: try /metrics, /stats, /ha or /histogram"),
+    }
+}
+
+/// `GET /histogram[?format=text|hdr|json][&backend=HOST:PORT]`: the latency histograms of every
+/// backend, or of the one named (in every listener that has it).
+fn histogram_response(query: &str, shared: &Shared) -> Vec<u8> {
+    let pairs = match http::parse_query(query) {
+        Ok(pairs) => pairs,
+        Err(e) => return error_response(400, e),
+    };
+    let mut format = HistogramFormat::Text;
+    let mut backend = None;
+    for (name, value) in pairs {
+        match name.as_str() {
+            "format" => match HistogramFormat::parse(&value) {
+                Some(f) => format = f,
+                None => return error_response(400, &format!("format {value:?}: expected text, hdr or json")),
+            },
+            "backend" => backend = Some(value),
+            _ => {
+                return error_response(
+                    400,
+                    &format!("unknown query parameter {name:?}: expected format or backend"),
+                )
+            }
+        }
+    }
+    if let Some(name) = &backend {
+        if !shared.table().all.iter().any(|b| b.name == *name) {
+            return error_response(404, &format!("no backend {name:?} (names as in /stats)"));
+        }
+    }
+    let mut entries = shared.latency();
+    if let Some(name) = &backend {
+        entries.retain(|e| e.backend == *name);
+    }
+    match format {
+        HistogramFormat::Text => http::response(
+            200,
+            "text/plain; charset=utf-8",
+            &[],
+            latency::report(&entries).as_bytes(),
+        ),
+        HistogramFormat::Hdr => {
+            let log = latency::hdr_log(
+                &entries,
+                latency::earliest_since(&entries),
+                std::time::SystemTime::now(),
+            );
+            http::response(200, "text/plain; charset=utf-8", &[], &log)
+        }
+        HistogramFormat::Json => match serde_json::to_vec(&latency::percentiles(&entries)) {
+            Ok(mut body) => {
+                body.push(b'\n');
+                http::response(200, "application/json", &[], &body)
+            }
+            Err(e) => error_response(500, &format!("cannot encode the percentiles: {e}")),
+        },
     }
 }
 

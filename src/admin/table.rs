@@ -1,4 +1,5 @@
-//! `ringlb stats`: fetch `/stats` from a running instance and render it as an aligned table.
+//! `ringlb stats`: fetch `/stats` from a running instance and render it as an aligned table. The
+//! fetch is also every other client command's ([`fetch_json`], [`post_json`], [`fetch_text`]).
 //!
 //! The fetch is a plain blocking HTTP/1.1 GET bounded by timeouts, so a wedged instance cannot
 //! hang the command. Errors are one line naming the admin address, which is what the operator
@@ -39,6 +40,20 @@ fn exchange_json<T: serde::de::DeserializeOwned>(
     method: &str,
     path: &str,
 ) -> Result<T, String> {
+    let body = exchange(admin, method, path, "application/json")?;
+    serde_json::from_slice(&body).map_err(|e| format!("{admin}: invalid {path} JSON: {e}"))
+}
+
+/// GETs `path` from the admin endpoint and returns its body as text; the error is one line
+/// naming `admin`, or the endpoint's own one-line answer.
+pub fn fetch_text(admin: SocketAddr, path: &str) -> Result<String, String> {
+    let body = exchange(admin, "GET", path, "text/plain")?;
+    String::from_utf8(body)
+        .map_err(|_| format!("{admin}: {path} is not UTF-8 text: is this a ringlb admin endpoint?"))
+}
+
+/// One request, the body of a 200 answer back. A 4xx with a one-line body becomes that line.
+fn exchange(admin: SocketAddr, method: &str, path: &str, accept: &str) -> Result<Vec<u8>, String> {
     let fail = |what: String| format!("{admin}: {what}");
     let mut stream = TcpStream::connect_timeout(&admin, CONNECT_TIMEOUT).map_err(|e| fail(describe(&e)))?;
     let deadline = Instant::now() + EXCHANGE_TIMEOUT;
@@ -46,7 +61,7 @@ fn exchange_json<T: serde::de::DeserializeOwned>(
         .set_write_timeout(Some(EXCHANGE_TIMEOUT))
         .map_err(|e| fail(describe(&e)))?;
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nAccept: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nAccept: {accept}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())
@@ -89,7 +104,7 @@ fn exchange_json<T: serde::de::DeserializeOwned>(
         }
         return Err(fail(format!("{method} {path} answered HTTP {status}")));
     }
-    serde_json::from_slice(body).map_err(|e| fail(format!("invalid {path} JSON: {e}")))
+    Ok(body.to_vec())
 }
 
 /// Words for an I/O error that tell the operator what to check.
@@ -148,7 +163,7 @@ pub fn render(snapshot: &Snapshot) -> String {
 
 /// Appends `header` and `rows` with columns two spaces apart; columns before `text_columns` are
 /// left-aligned, the others right-aligned. No trailing spaces.
-fn aligned(out: &mut String, header: &[&str], rows: &[Vec<String>], text_columns: usize) {
+pub(crate) fn aligned(out: &mut String, header: &[&str], rows: &[Vec<String>], text_columns: usize) {
     let width = |c: usize| {
         rows.iter()
             .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
