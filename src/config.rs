@@ -25,6 +25,8 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use crate::proxy_protocol::ProxyVersion;
+
 /// Which probe the health checker sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,6 +78,10 @@ pub struct ListenerConfig {
     /// Client networks allowed to connect; empty: everyone.
     pub allow: Vec<Cidr>,
     pub balance: Balance,
+    /// A PROXY protocol header written to the backend before the client's bytes, so that the
+    /// server sees the client's address (MariaDB: `proxy_protocol_networks` must hold ringlb's
+    /// address); the health check sends the LOCAL form. `None`: the backend sees ringlb.
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 /// How a listener spreads new connections over its backends.
@@ -546,6 +552,9 @@ pub fn to_toml(config: &Config) -> String {
         if listener.balance == Balance::Roundrobin {
             out.push_str("balance = \"roundrobin\"\n");
         }
+        if let Some(version) = listener.send_proxy {
+            out.push_str(&format!("send_proxy = {}\n", toml_string(version.name())));
+        }
         if !listener.allow.is_empty() {
             let nets: Vec<String> = listener
                 .allow
@@ -699,6 +708,7 @@ struct RawListener {
     connect_timeout_ms: Option<Spanned<i64>>,
     allow: Option<Vec<Spanned<String>>>,
     balance: Option<Spanned<String>>,
+    send_proxy: Option<Spanned<String>>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
 }
@@ -1384,6 +1394,7 @@ fn default_listener(
             backends,
             allow: Vec::new(),
             balance: Default::default(),
+            send_proxy: None,
         },
         name_site: Site::Default("listener name"),
         bind_site,
@@ -1437,6 +1448,19 @@ fn file_listener(
             }
         },
     };
+    let send_proxy = match &listener.send_proxy {
+        None => None,
+        Some(v) => Some(ProxyVersion::from_name(v.get_ref()).ok_or_else(|| {
+            origin.at(
+                v.span().start,
+                format!("{key}.send_proxy"),
+                format!(
+                    "unknown PROXY protocol version {:?}, expected \"v1\" or \"v2\"",
+                    v.get_ref()
+                ),
+            )
+        })?),
+    };
     let mut allow = Vec::new();
     for (j, entry) in listener.allow.iter().flatten().enumerate() {
         let cidr = Cidr::parse(entry.get_ref())
@@ -1483,6 +1507,7 @@ fn file_listener(
             backends,
             allow,
             balance,
+            send_proxy,
         },
         name_site,
         bind_site,
@@ -1738,6 +1763,7 @@ user = ""
 name = "rw"
 bind = "10.1.1.1:3306"
 connect_timeout_ms = 300
+send_proxy = "v2"
 [[listener.backend]]
 address = "db-01:3306"
 weight = 10
@@ -1782,6 +1808,7 @@ address = "[::1]:3307"
                 ],
                 allow: Vec::new(),
                 balance: Default::default(),
+                send_proxy: Some(ProxyVersion::V2),
             }]
         );
     }
@@ -2094,6 +2121,16 @@ address = "[::1]:3307"
                 one("a", "0.0.0.0:1", "db-01:1") + "[[listener.backend]]\naddress = \"db-01:1\"\n",
                 "ringlb.toml:7: listener[0].backend[1].address: \"db-01:1\" is listed twice",
             ),
+            (
+                "[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:1\"\nsend_proxy = \"V2\"\n".to_string()
+                    + "[[listener.backend]]\naddress = \"db-01:1\"\n",
+                "ringlb.toml:4: listener[0].send_proxy: unknown PROXY protocol version \"V2\", expected \"v1\" or \"v2\"",
+            ),
+            (
+                "[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:1\"\nsend_proxy = true\n".to_string()
+                    + "[[listener.backend]]\naddress = \"db-01:1\"\n",
+                "ringlb.toml:4: listener[0].send_proxy: invalid type: boolean `true`, expected a string",
+            ),
         ];
         for (text, expected) in cases {
             let e = error_text(&text, &Overrides::default());
@@ -2174,6 +2211,7 @@ user = "odd \"user\"\\ name"
 [[listener]]
 name = "rw"
 bind = "[::]:4040"
+send_proxy = "v1"
 [[listener.backend]]
 address = "db-01:3306"
 weight = 7
@@ -2187,6 +2225,7 @@ address = "127.0.0.1:3307"
             "{written}"
         );
         assert!(written.contains("address = \"127.0.0.1:3307\"\n"), "{written}");
+        assert!(written.contains("send_proxy = \"v1\"\n"), "{written}");
         assert_eq!(load_text(&written, &Overrides::default()).unwrap(), config);
 
         let defaults = load_text("", &Overrides::default()).unwrap();

@@ -39,6 +39,7 @@ fn config() -> Config {
                 backends: vec![backend("127.0.0.1:13306"), backend("127.0.0.1:13307")],
                 allow: Vec::new(),
                 balance: Default::default(),
+                send_proxy: None,
             },
             ListenerConfig {
                 name: "r\"o".into(),
@@ -47,6 +48,7 @@ fn config() -> Config {
                 backends: vec![backend("127.0.0.1:13308")],
                 allow: Vec::new(),
                 balance: Default::default(),
+                send_proxy: None,
             },
         ],
         tuning: Default::default(),

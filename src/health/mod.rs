@@ -242,6 +242,7 @@ mod tests {
                     .collect(),
                 allow: Vec::new(),
                 balance: Default::default(),
+                send_proxy: None,
             }],
             tuning: Default::default(),
             ha: None,
