@@ -2,6 +2,9 @@
 //! rise/fall hysteresis ([`hysteresis`]) and the verdict is written to the backend's `live.up`
 //! atomic, which the workers read when they choose a backend.
 //!
+//! A backend whose listener sends the PROXY protocol (`send_proxy`) is probed with the protocol's
+//! LOCAL header first ([`spawn_with`]; see [`probe`] for why).
+//!
 //! Each backend has its own checker thread (`health-N`); the `health` thread [`spawn`] returns
 //! waits on them. A black-holed backend, whose probe waits out the whole timeout, never
 //! delays another backend's checks. Threads are cheap next to the number of backends a MySQL
@@ -23,27 +26,65 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::balance::{Backend, Backends};
-use crate::config::HealthConfig;
+use crate::config::{HealthConfig, ListenerConfig};
+use crate::proxy_protocol::ProxyVersion;
 use hysteresis::{Hysteresis, Transition};
-use probe::{Alive, ProbeError};
+use probe::{Alive, ProbeError, Target};
 
 /// Starts the `health` thread, which probes every backend every `interval_ms` and writes each
-/// backend's `live.up` atomic with rise/fall hysteresis.
+/// backend's `live.up` atomic with rise/fall hysteresis. No probe sends the PROXY protocol.
 pub fn spawn(config: HealthConfig, backends: Arc<Backends>) -> io::Result<JoinHandle<()>> {
-    spawn_until(config, backends, Arc::new(Stop::default()))
+    let send_proxy = vec![None; backends.len()];
+    spawn_with(config, backends, send_proxy)
 }
 
-/// As [`spawn`], with a way to stop every checker thread (tests).
-fn spawn_until(config: HealthConfig, backends: Arc<Backends>, stop: Arc<Stop>) -> io::Result<JoinHandle<()>> {
+/// As [`spawn`], where `send_proxy[i]` is the PROXY protocol version of the listener that holds
+/// `backends.all[i]` ([`send_proxy_of`] makes the list); the `mysql` probe of such a backend
+/// sends the LOCAL header first. A list of another length is refused (`InvalidInput`).
+pub fn spawn_with(
+    config: HealthConfig,
+    backends: Arc<Backends>,
+    send_proxy: Vec<Option<ProxyVersion>>,
+) -> io::Result<JoinHandle<()>> {
+    spawn_until(config, backends, send_proxy, Arc::new(Stop::default()))
+}
+
+/// Each backend's `send_proxy`, that of the listener whose pool holds it, in the order of
+/// `backends.all`: the list [`spawn_with`] takes.
+pub fn send_proxy_of(listeners: &[ListenerConfig], backends: &Backends) -> Vec<Option<ProxyVersion>> {
+    backends
+        .all
+        .iter()
+        .map(|backend| listeners.get(backend.listener).and_then(|l| l.send_proxy))
+        .collect()
+}
+
+/// As [`spawn_with`], with a way to stop every checker thread (tests).
+fn spawn_until(
+    config: HealthConfig,
+    backends: Arc<Backends>,
+    send_proxy: Vec<Option<ProxyVersion>>,
+    stop: Arc<Stop>,
+) -> io::Result<JoinHandle<()>> {
+    if send_proxy.len() != backends.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "health checks: {} send_proxy entries for {} backends",
+                send_proxy.len(),
+                backends.len()
+            ),
+        ));
+    }
     let config = Arc::new(config);
     // Start the per-backend threads here, not in the `health` thread, so that a failure to start
     // one reaches the caller instead of leaving a backend silently unchecked.
     let mut checkers = Vec::with_capacity(backends.len());
-    for index in 0..backends.len() {
+    for (index, send_proxy) in send_proxy.into_iter().enumerate() {
         let (config, table, own_stop) = (config.clone(), backends.clone(), stop.clone());
         let started = std::thread::Builder::new()
             .name(format!("health-{index}"))
-            .spawn(move || check_loop(&config, &table.all[index], &own_stop));
+            .spawn(move || check_loop(&config, &table.all[index], send_proxy, &own_stop));
         match started {
             Ok(handle) => checkers.push(handle),
             Err(e) => {
@@ -61,13 +102,17 @@ fn spawn_until(config: HealthConfig, backends: Arc<Backends>, stop: Arc<Stop>) -
 }
 
 /// Probes one backend forever (until `stop`), one probe per interval.
-fn check_loop(config: &HealthConfig, backend: &Backend, stop: &Stop) {
+fn check_loop(config: &HealthConfig, backend: &Backend, send_proxy: Option<ProxyVersion>, stop: &Stop) {
     let interval = Duration::from_millis(config.interval_ms.max(1));
     let timeout = Duration::from_millis(config.timeout_ms.max(1));
+    let target = Target {
+        addr: backend.addr,
+        send_proxy,
+    };
     let mut checker = Checker::new(config);
     let mut next = Instant::now();
     loop {
-        let result = probe::probe(config.check, backend.addr, &config.user, timeout);
+        let result = probe::probe(config.check, target, &config.user, timeout);
         checker.apply(backend, result);
         // Keep the cadence; a probe that overran its interval is followed by the next at once.
         next += interval;
@@ -250,6 +295,11 @@ mod tests {
         Arc::new(Backends::from_config(&config))
     }
 
+    /// No backend of `table` sends the PROXY protocol.
+    fn none(table: &Backends) -> Vec<Option<ProxyVersion>> {
+        vec![None; table.len()]
+    }
+
     /// Polls `cond` every 10 ms for up to 5 s.
     fn eventually(what: &str, cond: impl Fn() -> bool) {
         let start = Instant::now();
@@ -315,7 +365,13 @@ mod tests {
         };
         let table = backends(&[dead]);
         let stop = Arc::new(Stop::default());
-        let handle = spawn_until(config(CheckKind::Tcp, 20, 200), table.clone(), stop.clone()).unwrap();
+        let handle = spawn_until(
+            config(CheckKind::Tcp, 20, 200),
+            table.clone(),
+            none(&table),
+            stop.clone(),
+        )
+        .unwrap();
         eventually("dead backend down", || !table.all[0].is_up());
         stop.stop();
         handle.join().unwrap();
@@ -341,7 +397,13 @@ mod tests {
             .suspect_until_ms
             .store(u64::MAX, Ordering::Relaxed);
         let stop = Arc::new(Stop::default());
-        let handle = spawn_until(config(CheckKind::Mysql, 20, 1000), table.clone(), stop.clone()).unwrap();
+        let handle = spawn_until(
+            config(CheckKind::Mysql, 20, 1000),
+            table.clone(),
+            none(&table),
+            stop.clone(),
+        )
+        .unwrap();
         eventually("refused backend down", || !table.all[0].is_up());
         eventually("recovered backend up", || table.all[0].is_up());
         // rise = 2: the two passing checks are connections 3 and 4.
@@ -362,7 +424,13 @@ mod tests {
         );
         let table = backends(&[addr]);
         let stop = Arc::new(Stop::default());
-        let handle = spawn_until(config(CheckKind::Mysql, 10, 1000), table.clone(), stop.clone()).unwrap();
+        let handle = spawn_until(
+            config(CheckKind::Mysql, 10, 1000),
+            table.clone(),
+            none(&table),
+            stop.clone(),
+        )
+        .unwrap();
         eventually("several checks", || served.load(Ordering::Relaxed) >= 5);
         assert!(table.all[0].is_up());
         stop.stop();
@@ -379,7 +447,13 @@ mod tests {
         let table = backends(&[silent.local_addr().unwrap(), good]);
         let stop = Arc::new(Stop::default());
         let start = Instant::now();
-        let handle = spawn_until(config(CheckKind::Mysql, 20, 2000), table.clone(), stop.clone()).unwrap();
+        let handle = spawn_until(
+            config(CheckKind::Mysql, 20, 2000),
+            table.clone(),
+            none(&table),
+            stop.clone(),
+        )
+        .unwrap();
         // Ten checks of the good backend while the silent one's first probe is still waiting.
         eventually("ten checks of the good backend", || {
             served.load(Ordering::Relaxed) >= 10
@@ -397,6 +471,65 @@ mod tests {
         stop.stop();
         handle.join().unwrap();
         done.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn each_backend_gets_the_proxy_header_of_its_own_listener() {
+        use super::probe::tests::scripted_proxy_server;
+        use crate::proxy_protocol::{self, ProxyVersion};
+        let ok = || mysql::packet(2, &[0, 0, 0, 2, 0, 0, 0]).unwrap();
+        let header = proxy_protocol::local_header(ProxyVersion::V2);
+        let (proxied, proxied_seen) = scripted_proxy_server(header.len(), greeting_packet(), vec![ok()]);
+        let (plain, plain_seen) = scripted_proxy_server(0, greeting_packet(), vec![ok()]);
+        let table = backends(&[proxied, plain]);
+        let stop = Arc::new(Stop::default());
+        let send_proxy = vec![Some(ProxyVersion::V2), None];
+        let handle = spawn_until(
+            config(CheckKind::Mysql, 1000, 1000),
+            table,
+            send_proxy,
+            stop.clone(),
+        )
+        .unwrap();
+        // Each scripted server serves the first probe only and returns once it is done.
+        let (preamble, seen) = proxied_seen.join().unwrap();
+        assert_eq!(preamble, header);
+        assert_eq!(seen.len(), 2, "login and COM_QUIT after the header: {seen:?}");
+        let (preamble, seen) = plain_seen.join().unwrap();
+        assert!(preamble.is_empty());
+        assert_eq!(seen.len(), 2, "login and COM_QUIT, no header: {seen:?}");
+        assert_eq!(seen[0].0, 1, "the first bytes were the handshake response");
+        stop.stop();
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn send_proxy_list_follows_each_backends_listener_and_must_match_in_length() {
+        use crate::proxy_protocol::ProxyVersion;
+        let text = "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nsend_proxy = \"v1\"\n\
+                    [[listener.backend]]\naddress = \"127.0.0.1:2\"\n\
+                    [[listener.backend]]\naddress = \"127.0.0.1:3\"\n\
+                    [[listener]]\nname = \"b\"\nbind = \"127.0.0.1:4\"\n\
+                    [[listener.backend]]\naddress = \"127.0.0.1:5\"\n";
+        let resolve = |host: &str, port: u16| Ok(SocketAddr::new(host.parse().unwrap(), port));
+        let config = crate::config::load_str(
+            std::path::Path::new("test.toml"),
+            text,
+            &Default::default(),
+            &resolve,
+        )
+        .unwrap();
+        let table = Arc::new(Backends::from_config(&config));
+        assert_eq!(
+            send_proxy_of(&config.listeners, &table),
+            vec![Some(ProxyVersion::V1), Some(ProxyVersion::V1), None]
+        );
+        let e = spawn_with(config.health.clone(), table, vec![None]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            e.to_string(),
+            "health checks: 1 send_proxy entries for 3 backends"
+        );
     }
 
     #[test]
