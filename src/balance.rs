@@ -224,9 +224,13 @@ impl Backends {
                     .position(|o| o.config.name == listener.name)
                     .map(|i| (old, i))
             });
+            // A backend keeps its state (and its health checker) only while what the checker
+            // sends stays the same: a PROXY header setting change starts a new checker.
+            let same_checks = old_listener
+                .is_some_and(|(old, i)| old.listeners[i].config.send_proxy == listener.send_proxy);
             let start = all.len();
             for b in &listener.backends {
-                let kept = old_listener.and_then(|(old, i)| {
+                let kept = old_listener.filter(|_| same_checks).and_then(|(old, i)| {
                     old.all[old.pools[i].clone()]
                         .iter()
                         .find(|o| o.name == b.name && o.addr == b.addr)

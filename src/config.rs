@@ -25,6 +25,8 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use crate::proxy_protocol::ProxyVersion;
+
 /// Which probe the health checker sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -86,6 +88,10 @@ pub struct ListenerConfig {
     pub queue_limit: u32,
     /// A client waits in the queue this long at most, then is refused.
     pub queue_timeout_ms: u64,
+    /// A PROXY protocol header written to the backend before the client's bytes, so that the
+    /// server sees the client's address (MariaDB: `proxy_protocol_networks` must hold ringlb's
+    /// address); the health check sends the LOCAL form. `None`: the backend sees ringlb.
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 /// How a listener spreads new connections over its backends.
@@ -125,6 +131,7 @@ impl ListenerConfig {
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             queue_limit: DEFAULT_QUEUE_LIMIT,
             queue_timeout_ms: DEFAULT_QUEUE_TIMEOUT_MS,
+            send_proxy: None,
         }
     }
 }
@@ -625,6 +632,9 @@ pub fn to_toml(config: &Config) -> String {
         if listener.balance == Balance::Roundrobin {
             out.push_str("balance = \"roundrobin\"\n");
         }
+        if let Some(version) = listener.send_proxy {
+            out.push_str(&format!("send_proxy = {}\n", toml_string(version.name())));
+        }
         if !listener.allow.is_empty() {
             let nets: Vec<String> = listener
                 .allow
@@ -785,6 +795,7 @@ struct RawListener {
     idle_timeout_ms: Option<Spanned<i64>>,
     queue_limit: Option<Spanned<i64>>,
     queue_timeout_ms: Option<Spanned<i64>>,
+    send_proxy: Option<Spanned<String>>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
 }
@@ -1486,6 +1497,7 @@ fn default_listener(
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             queue_limit: DEFAULT_QUEUE_LIMIT,
             queue_timeout_ms: DEFAULT_QUEUE_TIMEOUT_MS,
+            send_proxy: None,
         },
         name_site: Site::Default("listener name"),
         bind_site,
@@ -1551,6 +1563,19 @@ fn file_listener(
         Some(v) => int_in(origin, v, &format!("{key}.queue_timeout_ms"), 1, 3_600_000)?,
         None => DEFAULT_QUEUE_TIMEOUT_MS,
     };
+    let send_proxy = match &listener.send_proxy {
+        None => None,
+        Some(v) => Some(ProxyVersion::from_name(v.get_ref()).ok_or_else(|| {
+            origin.at(
+                v.span().start,
+                format!("{key}.send_proxy"),
+                format!(
+                    "unknown PROXY protocol version {:?}, expected \"v1\" or \"v2\"",
+                    v.get_ref()
+                ),
+            )
+        })?),
+    };
     let mut allow = Vec::new();
     for (j, entry) in listener.allow.iter().flatten().enumerate() {
         let cidr = Cidr::parse(entry.get_ref())
@@ -1603,6 +1628,7 @@ fn file_listener(
             idle_timeout_ms,
             queue_limit,
             queue_timeout_ms,
+            send_proxy,
         },
         name_site,
         bind_site,
@@ -1859,6 +1885,7 @@ user = ""
 name = "rw"
 bind = "10.1.1.1:3306"
 connect_timeout_ms = 300
+send_proxy = "v2"
 [[listener.backend]]
 address = "db-01:3306"
 weight = 10
@@ -1908,6 +1935,7 @@ address = "[::1]:3307"
                 idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
                 queue_limit: DEFAULT_QUEUE_LIMIT,
                 queue_timeout_ms: DEFAULT_QUEUE_TIMEOUT_MS,
+                send_proxy: Some(ProxyVersion::V2),
             }]
         );
     }
@@ -2220,6 +2248,16 @@ address = "[::1]:3307"
                 one("a", "0.0.0.0:1", "db-01:1") + "[[listener.backend]]\naddress = \"db-01:1\"\n",
                 "ringlb.toml:7: listener[0].backend[1].address: \"db-01:1\" is listed twice",
             ),
+            (
+                "[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:1\"\nsend_proxy = \"V2\"\n".to_string()
+                    + "[[listener.backend]]\naddress = \"db-01:1\"\n",
+                "ringlb.toml:4: listener[0].send_proxy: unknown PROXY protocol version \"V2\", expected \"v1\" or \"v2\"",
+            ),
+            (
+                "[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:1\"\nsend_proxy = true\n".to_string()
+                    + "[[listener.backend]]\naddress = \"db-01:1\"\n",
+                "ringlb.toml:4: listener[0].send_proxy: invalid type: boolean `true`, expected a string",
+            ),
         ];
         for (text, expected) in cases {
             let e = error_text(&text, &Overrides::default());
@@ -2300,6 +2338,7 @@ user = "odd \"user\"\\ name"
 [[listener]]
 name = "rw"
 bind = "[::]:4040"
+send_proxy = "v1"
 [[listener.backend]]
 address = "db-01:3306"
 weight = 7
@@ -2313,6 +2352,7 @@ address = "127.0.0.1:3307"
             "{written}"
         );
         assert!(written.contains("address = \"127.0.0.1:3307\"\n"), "{written}");
+        assert!(written.contains("send_proxy = \"v1\"\n"), "{written}");
         assert_eq!(load_text(&written, &Overrides::default()).unwrap(), config);
 
         let defaults = load_text("", &Overrides::default()).unwrap();

@@ -10,6 +10,7 @@
 //! | [`dataplane`] | the workers: io_uring, multishot accept, connect, splice / buffered relay |
 //! | [`balance`] | the shared backend table (atomics only) and the least-connections choice |
 //! | [`health`] | the checker thread: MySQL greeting and login, or TCP; rise/fall hysteresis |
+//! | [`proxy_protocol`] | PROXY protocol v1/v2 headers sent to backends ahead of a client's bytes (`send_proxy`) |
 //! | [`ha`] | the HA sidecar: signed heartbeats with the peer node, the state machine that moves the floating IP, netlink for the address, gratuitous ARP |
 //! | [`admin`] | HTTP on loopback: `/metrics` (Prometheus), `/stats` (JSON), `/histogram`; the `stats` and `histogram` clients |
 //! | [`stats`] | per-worker counters and the [`stats::Snapshot`] every view renders |
@@ -40,6 +41,7 @@ pub mod dataplane;
 pub mod ha;
 pub mod health;
 pub mod latency;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod runtime;
 pub mod stats;

@@ -220,7 +220,7 @@ impl Reloader {
         for b in &removed_backends {
             b.live.retired.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        if let Err(e) = self.health.watch(new_backends.iter().copied()) {
+        if let Err(e) = self.health.watch(&table, new_backends.iter().copied()) {
             tracing::error!("cannot start a health checker: {e}; new backends stay unchecked");
         }
 

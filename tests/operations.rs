@@ -296,3 +296,139 @@ fn reload_of_an_instance_started_from_flags_alone_is_refused_in_one_line() {
     });
     assert!(lb.stats_json()["backends"].is_array());
 }
+
+#[test]
+fn send_proxy_shows_mariadb_the_clients_own_address_and_health_checks_still_log_in() {
+    let _serial = support::one_at_a_time();
+    let db = MariaDb::start_with_options(&["--proxy-protocol-networks=127.0.0.0/8,::1/128"]);
+    // The client connects from 127.0.0.7; without a header MariaDB would see ringlb (127.0.0.1).
+    let client = SocketAddr::from(([127, 0, 0, 7], 0));
+    for version in ["v1", "v2"] {
+        let lb = Ringlb::start_with_file(|listen, admin| {
+            global(admin) + &listener("writes", listen, &[&db], &format!("send_proxy = \"{version}\""))
+        });
+        let opts = tcp_opts(
+            lb.addr().port(),
+            support::APP_USER,
+            support::APP_PASSWORD,
+            Some(support::TEST_SCHEMA),
+        )
+        .bind_address(Some(client));
+        let mut conn = Conn::new(opts).unwrap_or_else(|e| panic!("{version}: {e}\n{}", lb.log_tail()));
+        let host: String = conn
+            .query_first("SELECT host FROM information_schema.processlist WHERE id = CONNECTION_ID()")
+            .unwrap()
+            .unwrap();
+        assert!(host.starts_with("127.0.0.7:"), "{version}: MariaDB saw {host}");
+
+        // Health checks (every 200 ms) go through the header too, log in, and leave cleanly.
+        let aborted = db.status("Aborted_connects");
+        let connections = db.status("Connections");
+        wait_until(Duration::from_secs(10), "five more health checks", || {
+            db.status("Connections") >= connections + 5
+        });
+        assert_eq!(
+            db.status("Aborted_connects"),
+            aborted,
+            "{version}: checks aborted"
+        );
+        let backend = db.addr().to_string();
+        assert_eq!(
+            lb.metric(
+                "ringlb_backend_up",
+                &[("backend", &backend), ("listener", "writes")]
+            ),
+            Some(1.0),
+            "{version}\n{}",
+            lb.log_tail()
+        );
+    }
+}
+
+#[test]
+fn latency_histograms_show_a_p99_per_backend_and_sigusr1_dumps_them() {
+    let _serial = support::one_at_a_time();
+    let db = MariaDb::start();
+    let lb = Ringlb::start_with_file(|listen, admin| {
+        global(admin).replace("[global]\n", "[global]\nhistogram_dump = \"histograms.hlog\"\n")
+            + &listener("writes", listen, &[&db], "")
+    });
+    let backend = db.addr().to_string();
+    // One login (its reply is a first byte too), 100 quick queries and two slow ones: the p99 of
+    // the time to the first response byte is a slow one, the median a quick one.
+    let mut conn = lb.conn();
+    for _ in 0..100 {
+        conn.query_drop("SELECT 1").unwrap();
+    }
+    for _ in 0..2 {
+        conn.query_drop("SELECT SLEEP(0.2)").unwrap();
+    }
+    drop(conn);
+    wait_until(
+        Duration::from_secs(10),
+        "the connection's lifetime recorded",
+        || lb.stats_json()["backends"][0]["active_connections"] == 0,
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["histogram", "--format", "json", "--backend", &backend, "--admin"])
+        .arg(lb.admin_addr().to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let only = &report["backends"][0];
+    assert_eq!(only["backend"], backend.as_str(), "{report}");
+    let first_byte = &only["first_byte"];
+    assert!(first_byte["count"].as_u64().unwrap() >= 102, "{report}");
+    assert!(first_byte["p99_us"].as_u64().unwrap() >= 200_000, "{report}");
+    assert!(first_byte["p50_us"].as_u64().unwrap() < 100_000, "{report}");
+    assert_eq!(only["connect"]["count"], 1, "{report}");
+    assert_eq!(only["lifetime"]["count"], 1, "{report}");
+    assert!(
+        only["lifetime"]["max_us"].as_u64().unwrap() >= 400_000,
+        "{report}"
+    );
+
+    // The table for people names the percentiles.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["histogram", "--admin"])
+        .arg(lb.admin_addr().to_string())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && table.contains("P99") && table.contains(&backend),
+        "{table}"
+    );
+
+    // Prometheus histograms: every request counted, the slow ones above the 100 ms bucket.
+    let labels = [("backend", backend.as_str()), ("listener", "writes")];
+    let count = lb
+        .metric("ringlb_backend_first_byte_seconds_count", &labels)
+        .unwrap();
+    assert!(count >= 102.0, "{count}");
+    let metrics = lb.metrics();
+    let under_100ms = support::parse_metrics(&metrics)
+        .into_iter()
+        .find(|s| {
+            s.name == "ringlb_backend_first_byte_seconds_bucket"
+                && s.labels.get("backend") == Some(&backend)
+                && s.labels.get("le").map(String::as_str) == Some("0.1")
+        })
+        .expect("a 100 ms bucket")
+        .value;
+    assert_eq!(under_100ms, count - 2.0, "{metrics}");
+
+    // SIGUSR1 writes the same as an HdrHistogram log next to the configuration file.
+    let dump = lb.config_path().with_file_name("histograms.hlog");
+    lb.signal(libc::SIGUSR1);
+    wait_until(Duration::from_secs(10), "the histogram dump", || dump.exists());
+    let log = std::fs::read_to_string(&dump).unwrap();
+    for kind in ["connect", "first_byte", "lifetime"] {
+        assert!(
+            log.contains(&format!("backend={backend};kind={kind}")),
+            "{kind} missing from\n{log}"
+        );
+    }
+}

@@ -1065,6 +1065,14 @@ impl Worker {
             self.connect_next(index);
             return;
         }
+        if let Some(version) = epoch.table.listeners[conn.listener].config.send_proxy {
+            if let Err(e) = send_proxy_header(conn, version) {
+                tracing::debug!(worker = self.id, error = %e, "cannot send the PROXY header; closing");
+                self.abort(index);
+                return;
+            }
+        }
+        let conn = self.conn(index);
         conn.phase = Phase::Relaying;
         conn.connected = true;
         let now_us = clock::now_us();
@@ -1443,6 +1451,35 @@ fn new_backend_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
     )?;
     socket.set_tcp_nodelay(true)?;
     Ok(socket.into())
+}
+
+/// Writes the PROXY protocol header for `conn`'s client to its fresh backend connection, whole:
+/// MariaDB reads a v2 header with one read per part and does not retry a short one. The send
+/// buffer of a socket that just connected is empty, so the few dozen bytes fit at once; a short
+/// or failed write is an error. Two syscalls learn the addresses, only on listeners that send.
+fn send_proxy_header(conn: &Conn, version: crate::proxy_protocol::ProxyVersion) -> io::Result<()> {
+    let client = socket2::SockRef::from(&conn.client);
+    let unknown = || io::Error::new(io::ErrorKind::InvalidData, "client address is not IP");
+    let source = client.peer_addr()?.as_socket().ok_or_else(unknown)?;
+    let destination = client.local_addr()?.as_socket().ok_or_else(unknown)?;
+    let header = crate::proxy_protocol::header(version, source, destination);
+    // SAFETY: sends from a live buffer on a descriptor this connection owns.
+    let sent = unsafe {
+        libc::send(
+            conn.backend_fd(),
+            header.as_ptr().cast(),
+            header.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    match sent {
+        n if n == header.len() as isize => Ok(()),
+        n if n < 0 => Err(io::Error::last_os_error()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "PROXY header sent in part",
+        )),
+    }
 }
 
 /// A MySQL ERR packet as a server sends it before the handshake (sequence 0, no SQL state).

@@ -8,6 +8,9 @@
 //! backend's checks. Threads are cheap next to the number of backends a MySQL load balancer
 //! fronts, and blocking sockets keep each probe a straight line of code.
 //!
+//! A backend whose listener sends the PROXY protocol (`send_proxy`) is probed with the protocol's
+//! LOCAL header first (see [`probe`] for why).
+//!
 //! Invariants: only this module writes `live.up`, and only on a transition, so the atomic always
 //! equals the hysteresis state; a transition to up also clears `live.suspect_until_ms`, so a
 //! backend that recovered is not skipped on the strength of a stale connect failure. Every
@@ -26,10 +29,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
-use crate::balance::{Backend, BackendLive};
+use crate::balance::{Backend, BackendLive, Backends};
 use crate::config::HealthConfig;
+use crate::proxy_protocol::ProxyVersion;
 use hysteresis::{Hysteresis, Transition};
-use probe::{Alive, ProbeError};
+use probe::{Alive, ProbeError, Target};
 
 /// The health checkers: one thread per backend, probing every `interval_ms` and writing the
 /// backend's `live.up` atomic with rise/fall hysteresis.
@@ -52,18 +56,20 @@ impl Health {
         }
     }
 
-    /// Starts a checker for each of `backends` (each must have none yet). A failure to start
-    /// one reaches the caller instead of leaving a backend silently unchecked.
+    /// Starts a checker for each of `backends` of `table` (each must have none yet). A failure
+    /// to start one reaches the caller instead of leaving a backend silently unchecked.
     pub fn watch<'a>(
         &self,
+        table: &Backends,
         backends: impl IntoIterator<Item = &'a Backend>,
     ) -> io::Result<Vec<JoinHandle<()>>> {
         let mut handles = Vec::new();
         for backend in backends {
-            let target = Target {
+            let target = Watched {
                 name: backend.name.clone(),
                 addr: backend.addr,
                 live: backend.live.clone(),
+                send_proxy: table.listeners[backend.listener].config.send_proxy,
             };
             let (config, stop) = (self.config.clone(), self.stop.clone());
             let n = self.started.fetch_add(1, Ordering::Relaxed);
@@ -78,16 +84,22 @@ impl Health {
 }
 
 /// What a checker needs of its backend; `live` is shared with every table that has it.
-struct Target {
+struct Watched {
     name: String,
     addr: SocketAddr,
     live: Arc<CachePadded<BackendLive>>,
+    /// Its listener's PROXY protocol version: the `mysql` probe sends the LOCAL header first.
+    send_proxy: Option<ProxyVersion>,
 }
 
 /// Probes one backend until `stop` or until a reload retires it, one probe per interval.
-fn check_loop(config: &HealthConfig, backend: &Target, stop: &Stop) {
+fn check_loop(config: &HealthConfig, backend: &Watched, stop: &Stop) {
     let interval = Duration::from_millis(config.interval_ms.max(1));
     let timeout = Duration::from_millis(config.timeout_ms.max(1));
+    let target = Target {
+        addr: backend.addr,
+        send_proxy: backend.send_proxy,
+    };
     let mut checker = Checker::new(config);
     let mut next = Instant::now();
     loop {
@@ -95,7 +107,7 @@ fn check_loop(config: &HealthConfig, backend: &Target, stop: &Stop) {
             tracing::debug!(backend = %backend.name, "health checks end: backend removed");
             return;
         }
-        let result = probe::probe(config.check, backend.addr, &config.user, timeout);
+        let result = probe::probe(config.check, target, &config.user, timeout);
         checker.apply(backend, result);
         // Keep the cadence; a probe that overran its interval is followed by the next at once.
         next += interval;
@@ -131,7 +143,7 @@ impl Checker {
     }
 
     /// Feeds one probe result: warns, writes the atomics and logs as needed.
-    fn apply(&mut self, backend: &Target, result: Result<Alive, ProbeError>) {
+    fn apply(&mut self, backend: &Watched, result: Result<Alive, ProbeError>) {
         match &result {
             Ok(Alive::AccessDenied { error, .. }) if !self.warned_access_denied => {
                 self.warned_access_denied = true;
@@ -257,7 +269,7 @@ mod tests {
         table: Arc<Backends>,
         stop: Arc<Stop>,
     ) -> io::Result<JoinHandle<()>> {
-        let checkers = Health::with_stop(config, stop).watch(table.all.iter())?;
+        let checkers = Health::with_stop(config, stop).watch(&table, table.all.iter())?;
         std::thread::Builder::new().spawn(move || {
             for checker in checkers {
                 let _ = checker.join();
@@ -271,6 +283,7 @@ mod tests {
         Arc::new(Backends::from_config(&config))
     }
 
+    /// No backend of `table` sends the PROXY protocol.
     /// Polls `cond` every 10 ms for up to 5 s.
     fn eventually(what: &str, cond: impl Fn() -> bool) {
         let start = Instant::now();
@@ -418,6 +431,38 @@ mod tests {
         stop.stop();
         handle.join().unwrap();
         done.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn each_backend_gets_the_proxy_header_of_its_own_listener() {
+        use super::probe::tests::scripted_proxy_server;
+        use crate::proxy_protocol::{self, ProxyVersion};
+        let ok = || mysql::packet(2, &[0, 0, 0, 2, 0, 0, 0]).unwrap();
+        let header = proxy_protocol::local_header(ProxyVersion::V2);
+        let (proxied, proxied_seen) = scripted_proxy_server(header.len(), greeting_packet(), vec![ok()]);
+        let (plain, plain_seen) = scripted_proxy_server(0, greeting_packet(), vec![ok()]);
+        // Two listeners: the first sends v2 to `proxied`, the second nothing to `plain`.
+        let mut both =
+            Config::with_listener("127.0.0.1:0".parse().unwrap(), vec![BackendConfig::at(proxied)]);
+        both.listeners[0].send_proxy = Some(ProxyVersion::V2);
+        both.listeners.push(crate::config::ListenerConfig::new(
+            "plain",
+            "127.0.0.1:0".parse().unwrap(),
+            vec![BackendConfig::at(plain)],
+        ));
+        let table = Arc::new(Backends::from_config(&both));
+        let stop = Arc::new(Stop::default());
+        let handle = spawn_until(config(CheckKind::Mysql, 1000, 1000), table, stop.clone()).unwrap();
+        // Each scripted server serves the first probe only and returns once it is done.
+        let (preamble, seen) = proxied_seen.join().unwrap();
+        assert_eq!(preamble, header);
+        assert_eq!(seen.len(), 2, "login and COM_QUIT after the header: {seen:?}");
+        let (preamble, seen) = plain_seen.join().unwrap();
+        assert!(preamble.is_empty());
+        assert_eq!(seen.len(), 2, "login and COM_QUIT, no header: {seen:?}");
+        assert_eq!(seen[0].0, 1, "the first bytes were the handshake response");
+        stop.stop();
+        handle.join().unwrap();
     }
 
     #[test]

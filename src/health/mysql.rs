@@ -44,6 +44,9 @@ pub const ER_ACCESS_DENIED_NO_PASSWORD_ERROR: u16 = 1698;
 /// Codes a server may send instead of a greeting.
 pub const ER_CON_COUNT_ERROR: u16 = 1040;
 pub const ER_HOST_IS_BLOCKED: u16 = 1129;
+/// Instead of a greeting: this host may not connect. After the greeting, in reply to a PROXY
+/// protocol header (MariaDB): the header is not accepted from this address.
+pub const ER_HOST_NOT_PRIVILEGED: u16 = 1130;
 
 /// Why bytes from the server could not be understood. Small and `Copy`: it travels in the probe's
 /// result once per check.

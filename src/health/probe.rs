@@ -5,6 +5,22 @@
 //! nothing moves the server toward blocking our host (`max_connect_errors`). The `tcp` probe only
 //! connects.
 //!
+//! For a backend behind a listener with `send_proxy`, the `mysql` probe first sends the PROXY
+//! protocol's LOCAL header ([`proxy_protocol::local_header`]): the server checks a client's
+//! header as the data path will send it, so a server that refuses headers from ringlb (MariaDB:
+//! ringlb not in `proxy_protocol_networks`) fails the login with ERROR 1130 "Proxy header is not
+//! accepted" and goes down, instead of passing checks while it refuses every client. LOCAL keeps
+//! the connection's own address, so the check user is matched against ringlb's host as without
+//! the header. MariaDB answers the header only after its greeting, when it reads the client's
+//! first bytes, so a greeting-only check (`user = ""`) cannot see the refusal. The `tcp` probe
+//! sends nothing, header included.
+//!
+//! A refused header counts on the server as a connection error of ringlb's host, and with name
+//! resolution on (MariaDB's default) `max_connect_errors` of them in a row block the host for
+//! every connection (ERROR 1129) until `FLUSH HOSTS`. So a refused probe is followed at once by a
+//! login without the header, within the same timeout: a successful login resets the count, and
+//! the checks alone never get ringlb blocked. The verdict stays a failure.
+//!
 //! Invariant: a probe never takes longer than its timeout (plus scheduling slack): every connect,
 //! read and write is bounded by the time left until one deadline.
 
@@ -15,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use super::mysql::{self, AuthReply, ErrPacket, InitialPacket, ProtocolError};
 use crate::config::CheckKind;
+use crate::proxy_protocol::{self, ProxyVersion};
 
 /// The largest packet the check accepts; a greeting or login reply is a few hundred bytes, so a
 /// bigger announced length means the peer is not a MySQL server.
@@ -61,6 +78,7 @@ impl fmt::Display for Alive {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     Connect,
+    ProxyHeader,
     Greeting,
     Login,
     LoginReply,
@@ -71,6 +89,7 @@ impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Stage::Connect => "connecting",
+            Stage::ProxyHeader => "sending the PROXY protocol header",
             Stage::Greeting => "reading the greeting",
             Stage::Login => "sending the login",
             Stage::LoginReply => "reading the login reply",
@@ -94,21 +113,80 @@ pub enum ProbeError {
     /// An ERR after the login other than access denied.
     #[error("login failed: {0}")]
     LoginFailed(ErrPacket),
+    /// The server refused the PROXY protocol header (ERROR 1130 after the greeting).
+    #[error(
+        "server refuses the PROXY protocol header (is ringlb's address in its proxy_protocol_networks?): {0}"
+    )]
+    ProxyHeaderRefused(ErrPacket),
     #[error("{stage}: {error}")]
     Protocol { stage: Stage, error: ProtocolError },
 }
 
-/// Probes `addr` once; the whole probe is bounded by `timeout`.
-pub fn probe(kind: CheckKind, addr: SocketAddr, user: &str, timeout: Duration) -> Result<Alive, ProbeError> {
+/// Where a probe goes: the backend's address and whether its listener sends the PROXY protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// The `mysql` probe sends this version's LOCAL header right after connecting.
+    pub send_proxy: Option<ProxyVersion>,
+}
+
+impl From<SocketAddr> for Target {
+    /// A backend without the PROXY protocol.
+    fn from(addr: SocketAddr) -> Target {
+        Target {
+            addr,
+            send_proxy: None,
+        }
+    }
+}
+
+/// Probes `target` once; the whole probe is bounded by `timeout`.
+pub fn probe(
+    kind: CheckKind,
+    target: impl Into<Target>,
+    user: &str,
+    timeout: Duration,
+) -> Result<Alive, ProbeError> {
+    let target = target.into();
+    let deadline = Instant::now() + timeout;
+    let timeout_ms = timeout.as_millis() as u64;
+    match probe_until(kind, target, user, deadline, timeout_ms) {
+        Err(ProbeError::LoginFailed(error))
+            if target.send_proxy.is_some() && error.code == mysql::ER_HOST_NOT_PRIVILEGED =>
+        {
+            // Resets the server's count of connection errors for our host (module docs); its
+            // own outcome changes nothing.
+            let _ = probe_until(kind, Target::from(target.addr), user, deadline, timeout_ms);
+            Err(ProbeError::ProxyHeaderRefused(error))
+        }
+        result => result,
+    }
+}
+
+/// One probe of `target` that ends by `deadline`.
+fn probe_until(
+    kind: CheckKind,
+    target: Target,
+    user: &str,
+    deadline: Instant,
+    timeout_ms: u64,
+) -> Result<Alive, ProbeError> {
     let mut conn = Conn {
         stream: None,
-        deadline: Instant::now() + timeout,
-        timeout_ms: timeout.as_millis() as u64,
+        deadline,
+        timeout_ms,
     };
-    conn.connect(addr)?;
+    conn.connect(target.addr)?;
     match kind {
         CheckKind::Tcp => Ok(Alive::Connected),
-        CheckKind::Mysql => mysql_check(&mut conn, user),
+        CheckKind::Mysql => {
+            if let Some(version) = target.send_proxy {
+                // In one write: MariaDB reads a v2 header with one read per part and does not
+                // retry a short one (see proxy_protocol).
+                conn.write_all(&proxy_protocol::local_header(version), Stage::ProxyHeader)?;
+            }
+            mysql_check(&mut conn, user)
+        }
     }
 }
 
@@ -125,10 +203,13 @@ fn mysql_check(conn: &mut Conn, user: &str) -> Result<Alive, ProbeError> {
 
     let response = mysql::handshake_response(&greeting, user).map_err(protocol(Stage::Login))?;
     let mut next = sequence.wrapping_add(1);
-    conn.write_all(
-        &mysql::packet(next, &response).map_err(protocol(Stage::Login))?,
-        Stage::Login,
-    )?;
+    let login = mysql::packet(next, &response).map_err(protocol(Stage::Login))?;
+    if let Err(failed) = conn.write_all(&login, Stage::Login) {
+        return Err(match err_left_behind(conn) {
+            Some(error) => ProbeError::LoginFailed(error),
+            None => failed,
+        });
+    }
     let mut switches = 0;
     loop {
         let (sequence, payload) = conn.read_packet(Stage::LoginReply)?;
@@ -167,6 +248,18 @@ fn mysql_check(conn: &mut Conn, user: &str) -> Result<Alive, ProbeError> {
     conn.write_all(&mysql::com_quit(), Stage::Quit)?;
     conn.shutdown_write();
     Ok(Alive::LoggedIn { server_version })
+}
+
+/// After a write failed: the ERR packet the server sent before it closed, if one waits in the
+/// receive queue. A server that refuses the client on its first bytes (MariaDB refusing a PROXY
+/// header: ERROR 1130) closes with the rest of them unread, so its kernel resets the connection
+/// and the login write fails; the ERR that explains why still arrived ahead of the reset.
+fn err_left_behind(conn: &mut Conn) -> Option<ErrPacket> {
+    let (_, payload) = conn.read_packet(Stage::LoginReply).ok()?;
+    match mysql::parse_auth_reply(&payload) {
+        Ok(AuthReply::Err(error)) => Some(error),
+        _ => None,
+    }
 }
 
 fn protocol(stage: Stage) -> impl Fn(ProtocolError) -> ProbeError {
@@ -305,8 +398,14 @@ pub(crate) mod tests {
         Ok((h.sequence, p))
     }
 
-    /// What a scripted server received: (sequence, payload) of each client packet.
-    pub(crate) type Seen = thread::JoinHandle<Vec<(u8, Vec<u8>)>>;
+    /// The client packets a scripted server received: (sequence, payload) each.
+    pub(crate) type Packets = Vec<(u8, Vec<u8>)>;
+
+    /// What a scripted server received.
+    pub(crate) type Seen = thread::JoinHandle<Packets>;
+
+    /// What a scripted server received: the PROXY header ahead of the packets, then the packets.
+    pub(crate) type SeenWithPreamble = thread::JoinHandle<(Vec<u8>, Packets)>;
 
     /// One scripted server connection: after the greeting, each reply in `replies` is sent after
     /// reading one client packet. Everything the client sent (sequence, payload) comes back through
@@ -314,21 +413,44 @@ pub(crate) mod tests {
     pub(crate) fn scripted_server(first: Vec<u8>, replies: Vec<Vec<u8>>) -> (SocketAddr, Seen) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let handle = thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(&first).unwrap();
-            let mut seen = Vec::new();
-            let mut replies = replies.into_iter();
-            while let Ok(packet) = read_packet(&mut s) {
-                seen.push(packet);
-                if let Some(reply) = replies.next() {
-                    let _ = s.write_all(&reply);
-                }
-            }
-            seen
-        });
+        let handle = thread::spawn(move || serve_script(&listener, 0, first, replies).1);
         (addr, handle)
+    }
+
+    /// [`scripted_server`] for a client that sends a `preamble_len`-byte PROXY header first: the
+    /// join handle gives the preamble too.
+    pub(crate) fn scripted_proxy_server(
+        preamble_len: usize,
+        first: Vec<u8>,
+        replies: Vec<Vec<u8>>,
+    ) -> (SocketAddr, SeenWithPreamble) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = thread::spawn(move || serve_script(&listener, preamble_len, first, replies));
+        (addr, handle)
+    }
+
+    /// Serves one connection: `first` out, `preamble_len` bytes in, then a reply per packet.
+    fn serve_script(
+        listener: &TcpListener,
+        preamble_len: usize,
+        first: Vec<u8>,
+        replies: Vec<Vec<u8>>,
+    ) -> (Vec<u8>, Packets) {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&first).unwrap();
+        let mut preamble = vec![0; preamble_len];
+        s.read_exact(&mut preamble).unwrap();
+        let mut seen = Vec::new();
+        let mut replies = replies.into_iter();
+        while let Ok(packet) = read_packet(&mut s) {
+            seen.push(packet);
+            if let Some(reply) = replies.next() {
+                let _ = s.write_all(&reply);
+            }
+        }
+        (preamble, seen)
     }
 
     const TIMEOUT: Duration = Duration::from_secs(5);
@@ -349,6 +471,118 @@ pub(crate) mod tests {
         assert_eq!(seen[0].0, 1);
         assert!(seen[0].1.ends_with(b"ringlb_check\0\0mysql_native_password\0"));
         assert_eq!(seen[1], (0, vec![mysql::COM_QUIT]));
+    }
+
+    #[test]
+    fn proxy_local_header_goes_first_then_the_login_as_usual() {
+        for version in [ProxyVersion::V1, ProxyVersion::V2] {
+            let header = proxy_protocol::local_header(version);
+            let ok = mysql::packet(2, &[0, 0, 0, 2, 0, 0, 0]).unwrap();
+            let (addr, server) = scripted_proxy_server(header.len(), greeting_packet(), vec![ok]);
+            let target = Target {
+                addr,
+                send_proxy: Some(version),
+            };
+            let alive = probe(CheckKind::Mysql, target, "ringlb_check", TIMEOUT).unwrap();
+            assert!(matches!(alive, Alive::LoggedIn { .. }), "{version}: {alive:?}");
+            let (preamble, seen) = server.join().unwrap();
+            assert_eq!(preamble, header, "{version}");
+            assert_eq!(
+                seen.len(),
+                2,
+                "{version}: handshake response then COM_QUIT: {seen:?}"
+            );
+            assert_eq!(seen[1], (0, vec![mysql::COM_QUIT]));
+        }
+    }
+
+    #[test]
+    fn refused_proxy_header_fails_and_a_plain_login_follows() {
+        // MariaDB's answer when ringlb is not in proxy_protocol_networks: the greeting, then this
+        // ERR in reply to the client's first bytes. The second connection, without the header,
+        // logs in.
+        let refusal = err_packet(1, 1130, "Proxy header is not accepted from 127.0.0.1");
+        let ok = mysql::packet(2, &[0, 0, 0, 2, 0, 0, 0]).unwrap();
+        let header_len = proxy_protocol::local_header(ProxyVersion::V2).len();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let refused = serve_script(&listener, header_len, greeting_packet(), vec![refusal]);
+            let plain = serve_script(&listener, 0, greeting_packet(), vec![ok]);
+            (refused, plain)
+        });
+        let target = Target {
+            addr,
+            send_proxy: Some(ProxyVersion::V2),
+        };
+        match probe(CheckKind::Mysql, target, "ringlb_check", TIMEOUT) {
+            Err(e @ ProbeError::ProxyHeaderRefused(_)) => assert_eq!(
+                e.to_string(),
+                "server refuses the PROXY protocol header (is ringlb's address in its \
+                 proxy_protocol_networks?): ERROR 1130 (28000): Proxy header is not accepted from 127.0.0.1"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let ((preamble, refused), (no_preamble, plain)) = server.join().unwrap();
+        assert_eq!(preamble, proxy_protocol::local_header(ProxyVersion::V2));
+        assert_eq!(refused.len(), 1, "the login only: {refused:?}");
+        assert!(no_preamble.is_empty());
+        assert_eq!(plain.len(), 2, "login and COM_QUIT, no header: {plain:?}");
+        assert_eq!(plain[0].0, 1, "the first bytes were the handshake response");
+    }
+
+    #[test]
+    fn refusal_without_a_header_sent_is_a_plain_failed_login() {
+        // The same code when no header went out is not about the PROXY protocol: no second login.
+        let refusal = err_packet(2, 1130, "Host is not allowed");
+        let (addr, _server) = scripted_server(greeting_packet(), vec![refusal]);
+        match probe(CheckKind::Mysql, addr, "ringlb_check", TIMEOUT) {
+            Err(ProbeError::LoginFailed(e)) => assert_eq!(e.code, 1130),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn err_before_a_reset_is_reported_instead_of_the_reset() {
+        // As MariaDB refusing a header: it reads the first 4 bytes only, answers greeting and ERR,
+        // and closes with the rest unread, which resets the connection before the login is sent.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut first = [0u8; 4];
+            s.read_exact(&mut first).unwrap();
+            let refusal = err_packet(1, 1130, "Proxy header is not accepted from 127.0.0.1");
+            s.write_all(&[greeting_packet(), refusal].concat()).unwrap();
+        });
+        let target = Target {
+            addr,
+            send_proxy: Some(ProxyVersion::V1),
+        };
+        match probe(CheckKind::Mysql, target, "ringlb_check", TIMEOUT) {
+            Err(ProbeError::ProxyHeaderRefused(e)) => assert_eq!(e.code, 1130),
+            other => panic!("{other:?}"),
+        }
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn tcp_check_sends_no_proxy_header() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = Target {
+            addr,
+            send_proxy: Some(ProxyVersion::V1),
+        };
+        assert_eq!(
+            probe(CheckKind::Tcp, target, "", TIMEOUT).unwrap(),
+            Alive::Connected
+        );
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut received = Vec::new();
+        s.read_to_end(&mut received).unwrap();
+        assert!(received.is_empty(), "{received:?}");
     }
 
     #[test]

@@ -308,7 +308,8 @@ impl MariaDb {
     }
 
     /// [`MariaDb::start`] with more server options, given after the harness's own so that they
-    /// override them (the benchmark raises `--max-connections`).
+    /// override them (the benchmark raises `--max-connections`; the PROXY protocol tests set
+    /// `--proxy-protocol-networks`).
     pub fn start_with_options(extra_options: &[&str]) -> MariaDb {
         let template = template();
         let dir = TempDir::new("rlb-db");
