@@ -274,11 +274,7 @@ fn idle_timeout_closes_a_silent_connection_and_spares_a_busy_one() {
 #[test]
 fn reload_of_an_instance_started_from_flags_alone_is_refused_in_one_line() {
     let lb = Ringlb::start_with_addrs(&["127.0.0.1:9".parse().unwrap()], "");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
-        .args(["reload", "--admin"])
-        .arg(lb.admin_addr().to_string())
-        .output()
-        .unwrap();
+    let out = lb.command(&["reload"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
@@ -370,11 +366,7 @@ fn latency_histograms_show_a_p99_per_backend_and_sigusr1_dumps_them() {
         || lb.stats_json()["backends"][0]["active_connections"] == 0,
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
-        .args(["histogram", "--format", "json", "--backend", &backend, "--admin"])
-        .arg(lb.admin_addr().to_string())
-        .output()
-        .unwrap();
+    let out = lb.command(&["histogram", "--format", "json", "--backend", &backend]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let only = &report["backends"][0];
@@ -391,11 +383,7 @@ fn latency_histograms_show_a_p99_per_backend_and_sigusr1_dumps_them() {
     );
 
     // The table for people names the percentiles.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
-        .args(["histogram", "--admin"])
-        .arg(lb.admin_addr().to_string())
-        .output()
-        .unwrap();
+    let out = lb.command(&["histogram"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && table.contains("P99") && table.contains(&backend),

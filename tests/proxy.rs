@@ -585,11 +585,7 @@ fn drained_backend_lets_its_held_connection_finish_and_takes_no_new_one() {
         .position(|c| port_of(c) == a.port())
         .expect("a held connection on a");
 
-    let drain = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
-        .args(["backend", "drain", &a.addr().to_string(), "--admin"])
-        .arg(lb.admin_addr().to_string())
-        .output()
-        .expect("ringlb backend drain");
+    let drain = lb.command(&["backend", "drain", &a.addr().to_string()]);
     let said = String::from_utf8_lossy(&drain.stdout);
     assert!(
         drain.status.success() && said.contains("drain"),
@@ -611,11 +607,7 @@ fn drained_backend_lets_its_held_connection_finish_and_takes_no_new_one() {
         lb.backend_metric("ringlb_backend_active_connections", a.addr()) == Some(0.0)
     });
 
-    let enable = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
-        .args(["backend", "enable", &a.addr().to_string(), "--admin"])
-        .arg(lb.admin_addr().to_string())
-        .output()
-        .expect("ringlb backend enable");
+    let enable = lb.command(&["backend", "enable", &a.addr().to_string()]);
     assert!(
         enable.status.success(),
         "{}",
@@ -625,11 +617,7 @@ fn drained_backend_lets_its_held_connection_finish_and_takes_no_new_one() {
     assert!(ports.contains(&a.port()), "enabled again but unused: {ports:?}");
 
     // An unknown backend is one clear line and a non-zero exit.
-    let unknown = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
-        .args(["backend", "disable", "db-09:3306", "--admin"])
-        .arg(lb.admin_addr().to_string())
-        .output()
-        .expect("ringlb backend disable");
+    let unknown = lb.command(&["backend", "disable", "db-09:3306"]);
     let err = String::from_utf8_lossy(&unknown.stderr);
     assert!(
         !unknown.status.success() && err.contains("db-09:3306") && err.lines().count() == 1,

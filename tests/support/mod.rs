@@ -657,17 +657,23 @@ impl Ringlb {
     /// instance; returns what the command printed and whether it succeeded.
     pub fn reload_with(&self, text: &str) -> (bool, String) {
         std::fs::write(self.config_path(), text).expect("rewrite ringlb.toml");
-        let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
-            .args(["reload", "--admin"])
-            .arg(self.admin.to_string())
-            .output()
-            .expect("run ringlb reload");
+        let out = self.command(&["reload"]);
         let said = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         (out.status.success(), said)
+    }
+
+    /// Runs `ringlb ARGS --admin ADDR` against this instance (a client subcommand) to its end.
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_ringlb"))
+            .args(args)
+            .arg("--admin")
+            .arg(self.admin.to_string())
+            .output()
+            .unwrap_or_else(|e| panic!("run ringlb {args:?}: {e}"))
     }
 
     /// Sends `signal` to the ringlb process.
