@@ -469,3 +469,62 @@ fn histogram_command_names_an_unknown_backend_in_one_line() {
         format!("ringlb: {addr}: no backend \"db-9:3306\" (names as in /stats)\n")
     );
 }
+
+/// A client that sends a request head one byte every 100 ms and never finishes it, until the
+/// server answers or closes; returns what it read and when, after `start`.
+fn drip(addr: SocketAddr) -> std::thread::JoinHandle<(String, Duration)> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ").unwrap();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while start.elapsed() < Duration::from_secs(30) {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if stream.write_all(b"a").is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        (String::from_utf8_lossy(&answer).into_owned(), start.elapsed())
+    })
+}
+
+#[test]
+fn slow_client_holds_the_endpoint_at_most_its_two_second_budget() {
+    let (addr, _shared) = start();
+    // Accepted first (the listen queue is in order), so it is the one being served.
+    let slow = drip(addr);
+    let start = Instant::now();
+    assert_eq!(status(&get(addr, "/metrics")), "200");
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_secs(3),
+        "a request behind a slow client waited {waited:?}"
+    );
+    let (answer, slow_for) = slow.join().unwrap();
+    assert_eq!(status(&answer), "408", "{answer}");
+    // And the endpoint serves on at its usual pace.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let start = Instant::now();
+        assert_eq!(status(&get(addr, "/metrics")), "200");
+        slowest = slowest.max(start.elapsed());
+    }
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    eprintln!(
+        "[fault] admin endpoint, slow client: a byte every 100 ms got 408 after {slow_for:?}; a \
+         /metrics request behind it answered after {waited:?}; the next 10 within {slowest:?} each"
+    );
+}

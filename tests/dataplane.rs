@@ -17,15 +17,13 @@ use std::time::{Duration, Instant};
 use mysql::prelude::Queryable;
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 use support::{
-    one_at_a_time, poll_until, wait_until, Descriptors, EchoServer, MariaDb, Ringlb, StreamConn, StreamEnd,
-    StreamServer, CHUNK_BYTES,
+    one_at_a_time, poll_until, wait_until, EchoServer, MariaDb, Ringlb, StreamConn, StreamEnd, StreamServer,
+    CHUNK_BYTES, PIPES_KEPT,
 };
 
 const MIB: u64 = 1024 * 1024;
 /// Workers the harness starts ringlb with.
 const WORKERS: usize = 2;
-/// Idle pipes a worker keeps (`PIPES_KEPT` in src/dataplane/worker.rs), two descriptors each.
-const PIPES_KEPT: usize = 8;
 const PIPE_FDS_KEPT: usize = 2 * PIPES_KEPT * WORKERS;
 
 /// A `tcp` health check whose first probe runs at start-up and the next one a minute later, so
@@ -37,44 +35,6 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 fn active_connections(lb: &Ringlb) -> Option<f64> {
     lb.metric("ringlb_backend_active_connections", &[("listener", "default")])
-}
-
-/// ringlb's descriptors once they stop changing: the same counts on 10 reads in a row, 20 ms
-/// apart (a health probe or a closing connection can be in flight at start-up).
-fn settled_descriptors(lb: &Ringlb) -> Descriptors {
-    let (mut last, mut same) = (lb.descriptors(), 0);
-    wait_until(SETTLE, "ringlb's descriptor counts to settle", || {
-        let now = lb.descriptors();
-        same = if now == last { same + 1 } else { 0 };
-        last = now;
-        same >= 10
-    });
-    last
-}
-
-/// Whether ringlb is back at `baseline`: the same sockets and other descriptors, and no more
-/// pipes than the idle pools may keep on top of it (a connection that ends with its pipe empty
-/// gives it back to its worker's pool, which keeps up to [`PIPES_KEPT`]).
-fn at_rest(now: Descriptors, baseline: Descriptors) -> bool {
-    now.sockets == baseline.sockets
-        && now.total - now.pipes == baseline.total - baseline.pipes
-        && now.pipes <= baseline.pipes + PIPE_FDS_KEPT
-}
-
-/// Waits until ringlb is [`at_rest`] against `baseline` and none of its sockets is in
-/// CLOSE_WAIT; panics showing what it holds instead.
-fn wait_for_baseline(lb: &Ringlb, baseline: Descriptors, after: &str) {
-    let settled = poll_until(SETTLE, || {
-        at_rest(lb.descriptors(), baseline) && lb.sockets_in_close_wait() == 0
-    });
-    assert!(
-        settled,
-        "{after}, ringlb still holds {:?} (baseline {baseline:?}, up to {PIPE_FDS_KEPT} more pipe ends \
-         allowed) with {} sockets in CLOSE_WAIT after {SETTLE:?}\nringlb stderr:\n{}",
-        lb.descriptors(),
-        lb.sockets_in_close_wait(),
-        lb.log_tail()
-    );
 }
 
 /// Waits until a [`StreamServer`]'s start-up health probe has come and gone, and returns how many
@@ -115,7 +75,7 @@ fn idle_connections_hold_no_pipes_and_no_buffers() {
     let b = MariaDb::start();
     let lb = Ringlb::start(&[&a, &b], QUIET_HEALTH);
     // Descriptors ringlb inherited (a pipe of whatever started the tests, say) are in the baseline.
-    let baseline = settled_descriptors(&lb);
+    let baseline = lb.settled_descriptors();
 
     // Results larger than a buffer move by splice, so these leave pipes in the workers' pools and
     // the bound below is not met merely because no pipe was ever made.
@@ -275,7 +235,7 @@ fn closed_connections_leave_no_descriptors_or_close_wait() {
     let a = MariaDb::start();
     let b = MariaDb::start();
     let lb = Arc::new(Ringlb::start(&[&a, &b], QUIET_HEALTH));
-    let baseline = settled_descriptors(&lb);
+    let baseline = lb.settled_descriptors();
     assert_eq!(lb.sockets_in_close_wait(), 0, "CLOSE_WAIT before any client");
 
     let kinds = [
@@ -298,8 +258,7 @@ fn closed_connections_leave_no_descriptors_or_close_wait() {
     for thread in threads {
         thread.join().expect("a client thread panicked").unwrap();
     }
-    wait_for_baseline(
-        &lb,
+    lb.wait_for_baseline(
         baseline,
         &format!(
             "{} connections that quit, reset or half-closed",
@@ -477,7 +436,7 @@ fn client_reset_mid_transfer_closes_the_backend_side() {
     let backend = StreamServer::start(Some(STREAM_BYTES));
     let lb = Ringlb::start_with_addrs(&[backend.addr()], QUIET_HEALTH);
     probes_done(&backend);
-    let baseline = settled_descriptors(&lb);
+    let baseline = lb.settled_descriptors();
 
     for round in 0..RESETS {
         let seen = backend.connections().len();
@@ -509,11 +468,7 @@ fn client_reset_mid_transfer_closes_the_backend_side() {
             "round {round}: the backend side ended with {end:?}"
         );
     }
-    wait_for_baseline(
-        &lb,
-        baseline,
-        &format!("after {RESETS} client resets mid-transfer"),
-    );
+    lb.wait_for_baseline(baseline, &format!("after {RESETS} client resets mid-transfer"));
 }
 
 /// Block `index` of client `seed`'s stream: xorshift output, different for every block and

@@ -76,7 +76,8 @@ const SUSPECT_MS: u64 = 2000;
 const REDISPATCH_AFTER_MS: u64 = 250;
 /// Accept is re-armed after this delay when it failed for lack of descriptors or memory.
 const ACCEPT_RETRY_MS: u64 = 100;
-/// At most one warning per backend per this interval about failed connects.
+/// At most one warning per backend per this interval about failed connects, and one per worker
+/// about failed accepts.
 const WARN_INTERVAL_MS: u64 = 1000;
 /// Tick while clients wait in the queue: the precision of `queue_timeout_ms`.
 const QUEUE_TICK_MS: u64 = 20;
@@ -374,6 +375,9 @@ struct Worker {
     now_ms: u64,
     /// Last rejected-client log line, ms: at most one a second.
     last_rejection_log_ms: u64,
+    /// Last failed-accept log line, ms: at most one a second, though accept is retried ten
+    /// times a second while descriptors run short.
+    last_accept_warning_ms: u64,
     shared: Arc<Shared>,
     id: usize,
     /// Entries that did not fit in the submission queue, in order, each with whether it links
@@ -455,6 +459,7 @@ impl Worker {
             queue_dirty: false,
             now_ms: clock::now_ms(),
             last_rejection_log_ms: 0,
+            last_accept_warning_ms: 0,
             shared,
             id: config.id,
             backlog: VecDeque::new(),
@@ -659,7 +664,11 @@ impl Worker {
             );
             if result < 0 && resource {
                 // Out of descriptors or memory: back off instead of spinning on accept.
-                tracing::warn!(worker = self.id, error = %errno(result), "accept failed; retrying shortly");
+                let now = self.now_ms;
+                if now >= self.last_accept_warning_ms + WARN_INTERVAL_MS || self.last_accept_warning_ms == 0 {
+                    self.last_accept_warning_ms = now;
+                    tracing::warn!(worker = self.id, error = %errno(result), "accept failed; retrying shortly (logged at most once a second)");
+                }
                 let entry = opcode::Timeout::new(&*self.accept_retry as *const types::Timespec)
                     .build()
                     .user_data(token(slot, Op::AcceptRetry, 0));

@@ -11,6 +11,12 @@
 //! A backend whose listener sends the PROXY protocol (`send_proxy`) is probed with the protocol's
 //! LOCAL header first (see [`probe`] for why).
 //!
+//! A probe that could not even open its socket because ringlb itself is out of descriptors or
+//! memory is no verdict on the backend and is left out of the hysteresis: otherwise ringlb running
+//! out of descriptors under a flood of clients would take every healthy backend down, and keep
+//! refusing clients for `rise` intervals after the flood ended. The data path treats the same
+//! failure the same way (no backend is marked suspect for it).
+//!
 //! Invariants: only this module writes `live.up`, and only on a transition, so the atomic always
 //! equals the hysteresis state; a transition to up also clears `live.suspect_until_ms`, so a
 //! backend that recovered is not skipped on the strength of a stale connect failure. Every
@@ -129,6 +135,9 @@ struct Checker {
     user: String,
     /// The missing-check-user warning was logged and the user has not logged in since.
     warned_access_denied: bool,
+    /// A probe was skipped for lack of a local socket and no probe has reached the backend
+    /// since: one warning per such run, not one per interval.
+    warned_local_shortage: bool,
 }
 
 impl Checker {
@@ -139,11 +148,26 @@ impl Checker {
             rise: config.rise.max(1),
             user: config.user.clone(),
             warned_access_denied: false,
+            warned_local_shortage: false,
         }
     }
 
     /// Feeds one probe result: warns, writes the atomics and logs as needed.
     fn apply(&mut self, backend: &Watched, result: Result<Alive, ProbeError>) {
+        if let Err(e) = &result {
+            if e.is_local_shortage() {
+                if !self.warned_local_shortage {
+                    self.warned_local_shortage = true;
+                    tracing::warn!(
+                        backend = %backend.name,
+                        "health check skipped: ringlb cannot open a socket ({e}); the backend keeps \
+                         its state until a check can reach it"
+                    );
+                }
+                return;
+            }
+        }
+        self.warned_local_shortage = false;
         match &result {
             Ok(Alive::AccessDenied { error, .. }) if !self.warned_access_denied => {
                 self.warned_access_denied = true;
@@ -463,6 +487,37 @@ mod tests {
         assert_eq!(seen[0].0, 1, "the first bytes were the handshake response");
         stop.stop();
         handle.join().unwrap();
+    }
+
+    #[test]
+    fn a_probe_without_a_local_socket_is_no_verdict_on_the_backend() {
+        let table = backends(&["127.0.0.1:1".parse().unwrap()]);
+        let b = &table.all[0];
+        let watched = Watched {
+            name: b.name.clone(),
+            addr: b.addr,
+            live: b.live.clone(),
+            send_proxy: None,
+        };
+        let mut checker = Checker::new(&config(CheckKind::Mysql, 1000, 1000));
+        let no_socket = |errno| ProbeError::Io {
+            stage: probe::Stage::Connect,
+            source: io::Error::from_raw_os_error(errno),
+        };
+        // Never passed yet: one failure that reached the backend would take it down at once.
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EMFILE,
+        ] {
+            checker.apply(&watched, Err(no_socket(errno)));
+            assert!(b.is_up(), "errno {errno} at connect took the backend down");
+        }
+        // A refused connect is the backend's own failure.
+        checker.apply(&watched, Err(no_socket(libc::ECONNREFUSED)));
+        assert!(!b.is_up());
     }
 
     #[test]

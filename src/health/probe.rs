@@ -122,6 +122,24 @@ pub enum ProbeError {
     Protocol { stage: Stage, error: ProtocolError },
 }
 
+impl ProbeError {
+    /// Whether the probe failed before it reached the backend because ringlb itself had no
+    /// descriptor or memory for a socket (EMFILE, ENFILE, ENOBUFS, ENOMEM at connect): such a
+    /// failure says nothing about the backend.
+    pub fn is_local_shortage(&self) -> bool {
+        match self {
+            ProbeError::Io {
+                stage: Stage::Connect,
+                source,
+            } => matches!(
+                source.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Where a probe goes: the backend's address and whether its listener sends the PROXY protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {

@@ -146,6 +146,25 @@ pub fn die_with_parent(command: &mut Command) {
     }
 }
 
+/// Gives the child `limit` open descriptors at most (`RLIMIT_NOFILE`, soft and hard), from
+/// before it runs its first instruction.
+pub fn limit_open_files(command: &mut Command, limit: u64) {
+    // SAFETY: the closure runs in the forked child before exec and calls only setrlimit, which is
+    // async-signal-safe, on a value of its own stack.
+    unsafe {
+        command.pre_exec(move || {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The path of an installed program, looked up in PATH and the sbin directories; panics naming
 /// the program when it is missing.
 pub fn find_program(name: &str) -> PathBuf {
@@ -411,6 +430,15 @@ impl MariaDb {
             .unwrap_or_else(|e| panic!("status {name} = {value:?}: {e}"))
     }
 
+    /// Sends `signal` to the running server (SIGSTOP freezes it: its kernel still completes TCP
+    /// handshakes into the listen backlog, but nothing answers).
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("the server is running");
+        // SAFETY: kill takes no pointers; the pid is our own child's, not yet reaped.
+        let rc = unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", child.id());
+    }
+
     /// Kills the server with SIGKILL (a crash: no clean shutdown) and waits for it to exit.
     pub fn kill(&mut self) {
         // Dropped first: its COM_QUIT would otherwise go to a dead socket later.
@@ -578,7 +606,42 @@ pub struct Ringlb {
     admin: SocketAddr,
     /// Started from a whole file ([`Ringlb::start_with_file`]): no address flags.
     file_only: bool,
+    /// How the process is started: its network namespace and descriptor limit.
+    launch: Launch,
 }
+
+/// How [`Ringlb::launch`] starts the process, beyond its addresses and configuration.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// Worker threads (`--workers`).
+    pub workers: usize,
+    /// Runs ringlb inside this network namespace (through `ip netns exec`), listening on
+    /// 127.0.0.1:[`NAMESPACE_LISTEN_PORT`] and with its admin on 127.0.0.1:[`NAMESPACE_ADMIN_PORT`]
+    /// there; the harness's own connections to it are made from inside the namespace.
+    pub namespace: Option<String>,
+    /// `RLIMIT_NOFILE` (soft and hard) of the ringlb process, for the out-of-descriptors tests.
+    pub max_open_files: Option<u64>,
+}
+
+impl Default for Launch {
+    fn default() -> Launch {
+        Launch {
+            workers: 2,
+            namespace: None,
+            max_open_files: None,
+        }
+    }
+}
+
+/// Ports of a ringlb started in a namespace: the namespace is the test's own, so they are free.
+pub const NAMESPACE_LISTEN_PORT: u16 = 4040;
+pub const NAMESPACE_ADMIN_PORT: u16 = 4041;
+
+/// Idle pipes a worker keeps by default (`tuning.pipes_kept`), two descriptors each.
+pub const PIPES_KEPT: usize = 8;
+
+/// Generous deadline for ringlb's descriptors to settle, which normally takes milliseconds.
+const SETTLE: Duration = Duration::from_secs(30);
 
 impl Ringlb {
     /// Starts ringlb with two workers in front of `backends`. `extra_config` is TOML for a
@@ -595,26 +658,47 @@ impl Ringlb {
 
     /// Like [`Ringlb::start_with_addrs`] with `workers` worker threads.
     pub fn start_with_workers(backends: &[SocketAddr], extra_config: &str, workers: usize) -> Ringlb {
+        Ringlb::launch(
+            backends,
+            extra_config,
+            Launch {
+                workers,
+                ..Launch::default()
+            },
+        )
+    }
+
+    /// Like [`Ringlb::start_with_addrs`], started as `launch` says (workers, network namespace,
+    /// descriptor limit).
+    pub fn launch(backends: &[SocketAddr], extra_config: &str, launch: Launch) -> Ringlb {
         let dir = TempDir::new("rlb-lb");
         let config = (!extra_config.trim().is_empty()).then(|| {
             let path = dir.path().join("ringlb.toml");
             std::fs::write(&path, extra_config).expect("write ringlb.toml");
             path
         });
+        let in_namespace = launch.namespace.is_some();
         let mut ringlb = Ringlb {
             dir,
             child: None,
-            workers,
+            workers: launch.workers,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             file_only: false,
+            launch,
         };
         for _attempt in 0..5 {
-            ringlb.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            ringlb.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let (listen, admin) = if in_namespace {
+                (NAMESPACE_LISTEN_PORT, NAMESPACE_ADMIN_PORT)
+            } else {
+                (free_port(), free_port())
+            };
+            ringlb.listen = SocketAddr::from(([127, 0, 0, 1], listen));
+            ringlb.admin = SocketAddr::from(([127, 0, 0, 1], admin));
             match ringlb.spawn_and_wait(backends, config.as_deref()) {
                 Ok(()) => return ringlb,
-                Err(StartFailure::PortTaken) => continue,
+                Err(StartFailure::PortTaken) if !in_namespace => continue,
+                Err(StartFailure::PortTaken) => panic!("ringlb in a namespace: port 4040 or 4041 is taken"),
                 Err(StartFailure::Other(message)) => panic!("{message}"),
             }
         }
@@ -633,6 +717,7 @@ impl Ringlb {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             file_only: true,
+            launch: Launch::default(),
         };
         let path = ringlb.config_path();
         for _attempt in 0..5 {
@@ -686,7 +771,16 @@ impl Ringlb {
     fn spawn_and_wait(&mut self, backends: &[SocketAddr], config: Option<&Path>) -> Result<(), StartFailure> {
         let log = self.log_path();
         let log_file = std::fs::File::create(&log).expect("create ringlb.log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ringlb"));
+        let mut command = match &self.launch.namespace {
+            // `ip netns exec` execs ringlb in place: the child's pid is ringlb's.
+            Some(namespace) => {
+                let mut c = Command::new(find_program("ip"));
+                c.args(["netns", "exec", namespace])
+                    .arg(env!("CARGO_BIN_EXE_ringlb"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_ringlb")),
+        };
         command.arg("run");
         if !self.file_only {
             command
@@ -707,14 +801,22 @@ impl Ringlb {
             .stdout(Stdio::null())
             .stderr(log_file);
         die_with_parent(&mut command);
+        if let Some(limit) = self.launch.max_open_files {
+            limit_open_files(&mut command, limit);
+        }
         let child = command
             .spawn()
             .map_err(|e| StartFailure::Other(format!("spawn ringlb: {e}")))?;
         self.child = Some(child);
 
         let admin = self.admin;
+        let namespace = self.launch.namespace.clone();
         let started = await_ready(&mut self.child, &log, "ringlb", &["in use"], || {
-            matches!(http_get(admin, "/metrics"), Ok((200, _)))
+            let answer = match &namespace {
+                Some(namespace) => netns::in_namespace(namespace, || http_get(admin, "/metrics")),
+                None => http_get(admin, "/metrics"),
+            };
+            matches!(answer, Ok((200, _)))
         });
         if started.is_err() {
             self.stop();
@@ -735,6 +837,55 @@ impl Ringlb {
     /// The descriptors ringlb holds now, by kind.
     pub fn descriptors(&self) -> Descriptors {
         Descriptors::of(self.pid())
+    }
+
+    /// Worker threads it runs.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Pipe ends the workers' idle pools may keep on top of a baseline (see [`PIPES_KEPT`]).
+    pub fn pipe_fds_kept(&self) -> usize {
+        2 * PIPES_KEPT * self.workers
+    }
+
+    /// ringlb's descriptors once they stop changing: the same counts on 10 reads in a row, 20 ms
+    /// apart (a health probe or a closing connection can be in flight at start-up).
+    pub fn settled_descriptors(&self) -> Descriptors {
+        let (mut last, mut same) = (self.descriptors(), 0);
+        wait_until(SETTLE, "ringlb's descriptor counts to settle", || {
+            let now = self.descriptors();
+            same = if now == last { same + 1 } else { 0 };
+            last = now;
+            same >= 10
+        });
+        last
+    }
+
+    /// Whether `now` is back at `baseline`: the same sockets and other descriptors, and no more
+    /// pipes than the idle pools may keep on top of it (a connection that ends with its pipe empty
+    /// gives it back to its worker's pool, which keeps up to [`PIPES_KEPT`]).
+    pub fn at_rest(&self, now: Descriptors, baseline: Descriptors) -> bool {
+        now.sockets == baseline.sockets
+            && now.total - now.pipes == baseline.total - baseline.pipes
+            && now.pipes <= baseline.pipes + self.pipe_fds_kept()
+    }
+
+    /// Waits until ringlb is [`Ringlb::at_rest`] against `baseline` and none of its sockets is
+    /// in CLOSE_WAIT; panics showing what it holds instead. `after` says what happened before.
+    pub fn wait_for_baseline(&self, baseline: Descriptors, after: &str) {
+        let settled = poll_until(SETTLE, || {
+            self.at_rest(self.descriptors(), baseline) && self.sockets_in_close_wait() == 0
+        });
+        assert!(
+            settled,
+            "{after}, ringlb still holds {:?} (baseline {baseline:?}, up to {} more pipe ends \
+             allowed) with {} sockets in CLOSE_WAIT after {SETTLE:?}\nringlb stderr:\n{}",
+            self.descriptors(),
+            self.pipe_fds_kept(),
+            self.sockets_in_close_wait(),
+            self.log_tail()
+        );
     }
 
     /// ringlb's resident set size now, in bytes.
@@ -773,7 +924,7 @@ impl Ringlb {
     }
 
     pub fn try_conn(&self) -> mysql::Result<Conn> {
-        Conn::new(tcp_opts(
+        self.try_conn_with(tcp_opts(
             self.listen.port(),
             APP_USER,
             APP_PASSWORD,
@@ -781,9 +932,36 @@ impl Ringlb {
         ))
     }
 
+    /// A connection through the proxy with `opts` (made from inside ringlb's namespace when it
+    /// has one; the socket stays there, so the connection works from any thread).
+    pub fn try_conn_with(&self, opts: OptsBuilder) -> mysql::Result<Conn> {
+        self.nearby(|| Conn::new(opts))
+    }
+
+    /// A plain TCP connection to the proxy's listener (from inside its namespace, if any).
+    pub fn tcp_connect(&self) -> std::io::Result<TcpStream> {
+        let listen = self.listen;
+        self.nearby(|| TcpStream::connect_timeout(&listen, CLIENT_TIMEOUT))
+    }
+
+    /// Runs `f` where ringlb's addresses can be reached: inside its network namespace when it
+    /// runs in one, else right here. Sockets `f` opens stay in that namespace.
+    pub fn nearby<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match &self.launch.namespace {
+            Some(namespace) => netns::in_namespace(namespace, f),
+            None => f(),
+        }
+    }
+
+    /// `GET path` from the admin endpoint: status and body.
+    pub fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let admin = self.admin;
+        self.nearby(|| http_get(admin, path))
+    }
+
     /// The body of `GET /metrics`.
     pub fn metrics(&self) -> String {
-        match http_get(self.admin, "/metrics") {
+        match self.admin_get("/metrics") {
             Ok((200, body)) => body,
             Ok((status, body)) => panic!("GET /metrics: HTTP {status}: {body}"),
             Err(e) => panic!(
@@ -808,7 +986,7 @@ impl Ringlb {
 
     /// The body of `GET /stats`, parsed.
     pub fn stats_json(&self) -> serde_json::Value {
-        match http_get(self.admin, "/stats") {
+        match self.admin_get("/stats") {
             Ok((200, body)) => {
                 serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET /stats is not JSON ({e}): {body}"))
             }
