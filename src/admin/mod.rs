@@ -4,9 +4,11 @@
 //! `GET /histogram` the latency histograms as a table, an HdrHistogram log or JSON percentiles;
 //! [`stats_table`] and [`histogram`] are the clients behind `ringlb stats` and `ringlb histogram`.
 //!
-//! Serving one connection at a time keeps this thread simple and its cost fixed; what bounds the
-//! harm one client can do is the 2 s budget for reading a request head (8 KiB at most), so a slow
-//! or silent client holds the endpoint for 2 s at worst. Every response has `Content-Length` and
+//! The `admin` thread accepts; each connection is served on a thread of its own, at most
+//! [`MAX_HANDLERS`] at once, and one more is answered `503` at once by the accepting thread. What
+//! bounds the harm one client can do is the 2 s budget for reading a request head (8 KiB at
+//! most): a slow or silent client holds one handler for 2 s at worst, and slow clients together
+//! can only make others retry, never wait behind them. Every response has `Content-Length` and
 //! `Connection: close`. The thread reads atomics (through [`Shared::snapshot`]), locks each
 //! worker's latency histograms only to merge them ([`Shared::latency`]), and never panics on what
 //! a client sends.
@@ -17,6 +19,7 @@ pub mod table;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -43,16 +46,34 @@ pub fn spawn(
 ) -> io::Result<JoinHandle<()>> {
     // The accept loop blocks: make sure the socket does, whatever the caller set on it.
     listener.set_nonblocking(false)?;
-    let context = Context { shared, reload };
+    let context = Arc::new(Context {
+        shared,
+        reload,
+        busy: AtomicUsize::new(0),
+    });
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || serve(&listener, &context))
 }
 
+/// Connections served at once; one more gets `503` straight away.
+pub const MAX_HANDLERS: usize = 4;
+
 /// What the endpoint serves from.
 struct Context {
     shared: Arc<Shared>,
     reload: Option<ReloadHook>,
+    /// Connections being served now.
+    busy: AtomicUsize,
+}
+
+/// Counts one handler while it lives.
+struct Busy(Arc<Context>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Fetches `/stats` from a running ringlb and renders it as a table (`ringlb stats`).
@@ -104,10 +125,10 @@ pub fn histogram(
     table::fetch_text(admin, &path)
 }
 
-fn serve(listener: &TcpListener, context: &Context) {
+fn serve(listener: &TcpListener, context: &Arc<Context>) {
     loop {
         match listener.accept() {
-            Ok((stream, _)) => handle(stream, context),
+            Ok((stream, _)) => dispatch(stream, context),
             // ECONNABORTED and friends concern one connection; EMFILE/ENFILE would repeat at once,
             // so wait a little before the next try instead of spinning.
             Err(e)
@@ -118,6 +139,33 @@ fn serve(listener: &TcpListener, context: &Context) {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+}
+
+/// Serves `stream` on a handler thread of its own, or answers 503 when [`MAX_HANDLERS`] are busy.
+fn dispatch(mut stream: TcpStream, context: &Arc<Context>) {
+    let admitted = context
+        .busy
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < MAX_HANDLERS).then_some(n + 1)
+        })
+        .is_ok();
+    if !admitted {
+        let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+        let busy = format!("admin endpoint busy: {MAX_HANDLERS} requests in progress; retry");
+        let _ = stream.write_all(&error_response(503, &busy));
+        return;
+    }
+    let guard = Busy(context.clone());
+    let spawned = std::thread::Builder::new()
+        .name("admin-conn".into())
+        .spawn(move || {
+            let guard = guard;
+            handle(stream, &guard.0);
+        });
+    if let Err(e) = spawned {
+        // The stream went with the closure that could not run; the client sees it closed.
+        tracing::warn!("admin: cannot start a handler thread: {e}");
     }
 }
 
