@@ -516,8 +516,9 @@ fn flood(
 struct Observed {
     /// Polls where the VIP was not held by lb1 alone, with who held it.
     wrong_holders: Vec<Vec<&'static str>>,
-    /// Roles other than lb1 active and lb2 standby, as (node, role).
-    wrong_roles: Vec<(usize, String)>,
+    /// Roles other than lb1 active and lb2 standby, or a takeover count that moved, as (node,
+    /// role, takeovers).
+    wrong_roles: Vec<(usize, String, u64)>,
     /// Peers shown in another state than alive, as (node, state).
     peer_not_alive: Vec<(usize, String)>,
     /// The oldest last heartbeat from its peer each node reported, in ms.
@@ -584,7 +585,7 @@ fn heartbeat_flood_causes_no_false_takeover() {
                     continue;
                 };
                 if status.role != ["active", "standby"][i] || status.takeovers != before[i].takeovers {
-                    seen.wrong_roles.push((i, status.role.clone()));
+                    seen.wrong_roles.push((i, status.role.clone(), status.takeovers));
                 }
                 for peer in &status.peers {
                     if peer.state != "alive" {
