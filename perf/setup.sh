@@ -6,7 +6,8 @@
 #
 # Sourced by perf/syscalls.sh and perf/flamegraph.sh, which call:
 #   perf_start_backends          the two servers, users app/app and ringlb_check, sbtest1 prepared
-#   perf_start_proxy KIND        KIND = ringlb | haproxy; sets PROXY_PID and PROXY_PORT
+#   perf_start_proxy KIND        KIND = ringlb | haproxy; sets PROXY_PID and PROXY_PORT (and
+#                                RINGLB_ADMIN_PORT for ringlb)
 #   perf_stop_proxy              stops the proxy started last
 #   perf_sysbench SECONDS [ARG]  sysbench oltp_point_select through the proxy, in the foreground
 #   perf_queries                 statements the two servers have executed so far (Questions)
@@ -39,6 +40,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/ringlb-perf.XXXXXX")
 PROXY_PID=
 PROXY_PORT=
 PROXY_KIND=
+# ringlb's admin endpoint port (perf_start_ringlb sets it).
+RINGLB_ADMIN_PORT=
 DB_PORTS=()
 # The same ports as a string, exported with perf_queries so that a child shell can count queries.
 export PERF_DB_PORTS=""
@@ -97,10 +100,10 @@ proxy_answers() { "$MARIADB" -h127.0.0.1 -P"$PROXY_PORT" -uapp -papp -N -B -e 'S
 
 perf_start_ringlb() {
     perf_build_ringlb
-    local admin config=()
-    admin=$(pick_port)
+    local config=()
+    RINGLB_ADMIN_PORT=$(pick_port)
     [ -n "${RINGLB_CONFIG:-}" ] && config=(--config "$RINGLB_CONFIG")
-    "$RINGLB" run "${config[@]}" --listen "127.0.0.1:$PROXY_PORT" --admin "127.0.0.1:$admin" \
+    "$RINGLB" run "${config[@]}" --listen "127.0.0.1:$PROXY_PORT" --admin "127.0.0.1:$RINGLB_ADMIN_PORT" \
         --backend "127.0.0.1:${DB_PORTS[0]}" --backend "127.0.0.1:${DB_PORTS[1]}" \
         --workers "$RINGLB_WORKERS" --log-level warn 2>"$WORK/ringlb.log" &
     PROXY_PID=$!

@@ -11,6 +11,7 @@ mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use mysql::prelude::Queryable;
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 use support::{
     one_at_a_time, poll_until, wait_until, EchoServer, MariaDb, Ringlb, StreamConn, StreamEnd, StreamServer,
-    CHUNK_BYTES, PIPES_KEPT,
+    TcpServer, CHUNK_BYTES, PIPES_KEPT,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -424,6 +425,69 @@ fn connect_timeout_redispatches_to_the_next_backend() {
         errors >= 1.0,
         "no connect error counted for the black hole ({errors}): the connections never met it"
     );
+}
+
+/// Backends that accept a connection and end it before sending a byte, as a MariaDB server that
+/// is being stopped does with the connections still in its listen queue: one closes (FIN), one
+/// resets (RST). The client has sent nothing yet, so ringlb can still hand it to the next backend
+/// unnoticed, and every client must get a server's greeting; with either relay.
+#[test]
+fn backend_gone_before_its_first_byte_is_replaced_by_the_next() {
+    let _serial = one_at_a_time();
+    const CONNECTIONS: usize = 12;
+    for tuning in ["", "[tuning]\nrelay = \"splice\"\n"] {
+        // Until armed they behave (hold each connection until its EOF), so that the health
+        // check's start-up probe counts them up; armed, they end every connection at once.
+        let armed = Arc::new(AtomicBool::new(false));
+        let broken = |reset: bool| {
+            let armed = armed.clone();
+            move |mut stream: TcpStream, _: &AtomicBool| {
+                if !armed.load(Ordering::Relaxed) {
+                    let _ = stream.read(&mut [0u8; 64]);
+                } else if reset {
+                    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                }
+            }
+        };
+        let closes = TcpServer::start("the closing backend", broken(false));
+        let resets = TcpServer::start("the resetting backend", broken(true));
+        let b = MariaDb::start();
+        let backends = [closes.addr(), resets.addr(), b.addr()];
+        let lb = Ringlb::start_with_addrs(&backends, &format!("{QUIET_HEALTH}{tuning}"));
+        wait_until(SETTLE, "the start-up checks to count every backend up", || {
+            backends
+                .iter()
+                .all(|&backend| lb.backend_metric("ringlb_backend_up", backend) == Some(1.0))
+        });
+        armed.store(true, Ordering::Relaxed);
+
+        for i in 0..CONNECTIONS {
+            let port = lb
+                .try_conn()
+                .and_then(|mut conn| conn.query_first::<u16, _>("SELECT @@port"))
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{tuning:?}: connection {i} failed: {e}\nringlb stderr:\n{}",
+                        lb.log_tail()
+                    )
+                });
+            assert_eq!(
+                port,
+                Some(b.port()),
+                "{tuning:?}: connection {i} answered by {port:?}"
+            );
+        }
+        // Both broken backends were met (and each marked suspect, so later clients skip them).
+        for broken in [closes.addr(), resets.addr()] {
+            let errors = lb
+                .backend_metric("ringlb_backend_connect_errors_total", broken)
+                .unwrap_or(0.0);
+            assert!(
+                errors >= 1.0,
+                "{tuning:?}: no error counted for {broken}: the clients never met it"
+            );
+        }
+    }
 }
 
 #[test]

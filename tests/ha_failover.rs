@@ -10,10 +10,13 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
 
 use support::netns::{require_root, Topology, NODE_INTERFACE, SUBNET_PREFIX, VIP};
 use support::{poll_until, TempDir};
@@ -36,9 +39,12 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// lb1, lb2, db and client; the backend is a TCP server in db that greets each connection.
-    fn start() -> Cluster {
-        let net = Topology::new(&["lb1", "lb2", "db", "client"]);
+    /// lb1, lb2, db and client, and `extra` idle nodes on the same segment (an attacker); the
+    /// backend is a TCP server in db that greets each connection.
+    fn start_with_nodes(extra: &[&str]) -> Cluster {
+        let mut names = vec!["lb1", "lb2", "db", "client"];
+        names.extend_from_slice(extra);
+        let net = Topology::new(&names);
         // The backend: a listener created inside db (a socket stays in the namespace it was made
         // in), served from an ordinary thread.
         let backend = SocketAddr::from((net.addr("db"), BACKEND_PORT));
@@ -58,9 +64,15 @@ impl Cluster {
         )
     }
 
-    /// [`Cluster::start`], then waits until the VIP answers and the preferred lb1 alone holds it.
+    /// [`Cluster::start_with_nodes`] without extra nodes, settled as below.
     fn start_settled() -> Cluster {
-        let cluster = Cluster::start();
+        Cluster::start_settled_with_nodes(&[])
+    }
+
+    /// [`Cluster::start_with_nodes`], then waits until the VIP answers and the preferred lb1
+    /// alone holds it.
+    fn start_settled_with_nodes(extra: &[&str]) -> Cluster {
+        let cluster = Cluster::start_with_nodes(extra);
         cluster.wait_for_answer("start-up");
         assert!(
             poll_until(BOUND, || cluster.holders() == ["lb1"]),
@@ -209,6 +221,34 @@ impl Cluster {
         start.elapsed()
     }
 
+    /// Datagrams the kernel dropped at node `i`'s heartbeat port before ringlb could read them,
+    /// from the `drops` column of the namespace's /proc/net/udp (a full receive buffer): at the
+    /// socket connected to the peer, and at the others.
+    fn kernel_drops(&self, i: usize) -> KernelDrops {
+        let pid = self.nodes[i].as_ref().expect("the node runs").id();
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/udp")).unwrap_or_default();
+        // The kernel prints an address as the native-endian integer of its network-order bytes.
+        let hex = |node: &str, port: u16| {
+            let ip = u32::from_le_bytes(self.net.addr(node).octets());
+            format!("{ip:08X}:{port:04X}")
+        };
+        let (local, peer) = (hex(Self::name(i), HA_PORT), hex(Self::name(1 - i), HA_PORT));
+        let mut drops = KernelDrops::default();
+        for line in table.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(1) != Some(&local.as_str()) {
+                continue;
+            }
+            let dropped: u64 = fields.last().and_then(|d| d.parse().ok()).unwrap_or(0);
+            if fields.get(2) == Some(&peer.as_str()) {
+                drops.at_peer_socket += dropped;
+            } else {
+                drops.elsewhere += dropped;
+            }
+        }
+        drops
+    }
+
     fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].take() {
             let _ = child.kill();
@@ -231,6 +271,73 @@ impl Drop for Cluster {
             self.kill(i);
         }
     }
+}
+
+/// What the kernel dropped at a node's heartbeat port; see [`Cluster::kernel_drops`].
+#[derive(Debug, Default, Clone, Copy)]
+struct KernelDrops {
+    at_peer_socket: u64,
+    elsewhere: u64,
+}
+
+/// A heartbeat in `node`'s name, well formed and signed with the wrong key: "leaving", from an
+/// incarnation newer than any, so that it would make the receiver take over if it were believed.
+fn forged_heartbeat(node: &str) -> Vec<u8> {
+    ringlb::ha::message::encode(
+        &ringlb::ha::message::Message {
+            node: node.into(),
+            incarnation: u64::MAX,
+            sequence: 1,
+            role: ringlb::ha::message::Role::Leaving,
+            preferred: true,
+            healthy: true,
+        },
+        &ringlb::config::AuthKey::from_bytes(b"not the key"),
+    )
+}
+
+/// A datagram that starts like a heartbeat but is longer than the longest one.
+fn oversized_heartbeat() -> Vec<u8> {
+    let mut datagram = ringlb::ha::message::MAGIC.to_vec();
+    datagram.push(ringlb::ha::message::VERSION);
+    datagram.resize(1400, 0x5a);
+    datagram
+}
+
+/// `count` genuine heartbeats that node `from` sent to node `to`, as they crossed the wire: read
+/// by a packet socket in `to`'s namespace, for a test to play back.
+fn capture_heartbeats(cluster: &Cluster, from: usize, to: usize, count: usize) -> Vec<Vec<u8>> {
+    let source = cluster.net.addr(Cluster::name(from)).octets();
+    let destination = cluster.net.addr(Cluster::name(to)).octets();
+    cluster.net.run_in(Cluster::name(to), || {
+        // SOCK_DGRAM: IPv4 packets without their Ethernet header.
+        let ethertype = (libc::ETH_P_IP as u16).to_be();
+        let mut socket = Socket::new(
+            Domain::PACKET,
+            Type::DGRAM,
+            Some(Protocol::from(i32::from(ethertype))),
+        )
+        .expect("a packet socket");
+        socket.set_read_timeout(Some(BOUND)).unwrap();
+        let mut captured = Vec::new();
+        let mut packet = [0u8; 2048];
+        while captured.len() < count {
+            let len = socket.read(&mut packet).expect("capture a heartbeat");
+            let packet = &packet[..len];
+            if len < 20 || packet[0] >> 4 != 4 || packet[9] != libc::IPPROTO_UDP as u8 {
+                continue;
+            }
+            let header = usize::from(packet[0] & 0x0f) * 4;
+            let udp_payload = header + 8;
+            if len < udp_payload || packet[12..16] != source || packet[16..20] != destination {
+                continue;
+            }
+            if u16::from_be_bytes([packet[header + 2], packet[header + 3]]) == HA_PORT {
+                captured.push(packet[udp_payload..].to_vec());
+            }
+        }
+        captured
+    })
 }
 
 #[test]
@@ -281,42 +388,37 @@ fn forged_and_garbage_heartbeats_are_dropped_and_counted() {
     let cluster = Cluster::start_settled();
     let before = cluster.ha_status(1).expect("GET /ha on lb2");
     // From lb1's own address (the only one lb2 listens to), so the datagrams reach the checks:
-    // garbage, a truncated one and one signed with the wrong key.
+    // garbage, a truncated one, an oversized one, one signed with the wrong key, and genuine
+    // heartbeats of lb1's recorded on the wire and played back.
     let target = SocketAddr::from((cluster.net.addr("lb2"), HA_PORT));
-    let forged = ringlb::ha::message::encode(
-        &ringlb::ha::message::Message {
-            node: "lb1".into(),
-            incarnation: u64::MAX,
-            sequence: 1,
-            role: ringlb::ha::message::Role::Leaving,
-            preferred: true,
-            healthy: true,
-        },
-        &ringlb::config::AuthKey::from_bytes(b"not the key"),
-    );
-    // In rounds of 30, each waited for until counted: a faster burst would overflow the
-    // socket's receive buffer, and what the kernel drops there ringlb never sees to count.
+    let forged = forged_heartbeat("lb1");
+    let replays = capture_heartbeats(&cluster, 0, 1, 5);
+    let garbage: &[u8] = b"garbage that is no heartbeat at all, long enough to parse";
+    let oversized = oversized_heartbeat();
+    let mut round: Vec<&[u8]> = Vec::new();
+    for _ in 0..10 {
+        round.extend_from_slice(&[garbage, &forged, &forged[..10], &oversized]);
+    }
+    for replay in &replays {
+        round.extend_from_slice(&[replay, replay]);
+    }
+    let per_round = round.len() as u64;
+    // In rounds, each waited for until counted: a faster burst would overflow the socket's
+    // receive buffer, and what the kernel drops there ringlb never sees to count.
     let socket = cluster
         .net
         .run_in("lb1", || std::net::UdpSocket::bind((cluster.net.addr("lb1"), 0)))
         .unwrap();
-    let garbage: &[u8] = b"garbage that is no heartbeat at all, long enough to parse";
-    for round in 1..=20u64 {
-        for _ in 0..10 {
-            socket.send_to(garbage, target).unwrap();
-            socket.send_to(&forged, target).unwrap();
-            socket.send_to(&forged[..10], target).unwrap();
+    for n in 1..=20u64 {
+        for datagram in &round {
+            socket.send_to(datagram, target).unwrap();
         }
         let counted = poll_until(BOUND, || {
             cluster
                 .ha_status(1)
-                .is_some_and(|st| st.dropped.total() >= before.dropped.total() + 30 * round)
+                .is_some_and(|st| st.dropped.total() >= before.dropped.total() + per_round * n)
         });
-        assert!(
-            counted,
-            "round {round}: GET /ha on lb2: {:?}",
-            cluster.ha_status(1)
-        );
+        assert!(counted, "round {n}: GET /ha on lb2: {:?}", cluster.ha_status(1));
     }
     // A forged "leaving" from lb1 must not have made lb2 take over.
     assert_eq!(cluster.holders(), ["lb1"], "{}", cluster.logs());
@@ -324,7 +426,11 @@ fn forged_and_garbage_heartbeats_are_dropped_and_counted() {
     assert_eq!(lb2.role, "standby", "{lb2:?}");
     let d = lb2.dropped;
     assert!(
-        d.bad_tag >= 200 && d.truncated >= 200 && d.malformed >= 200,
+        d.bad_tag >= 200
+            && d.truncated >= 200
+            && d.malformed >= 200
+            && d.oversized >= 200
+            && d.replayed >= 200,
         "{lb2:?}"
     );
     // The operator's view of the same: `ringlb ha status` on lb2.
@@ -342,6 +448,225 @@ fn forged_and_garbage_heartbeats_are_dropped_and_counted() {
     );
     for needle in ["node      lb2", "role      standby", "lb1", "alive", "bad tag"] {
         assert!(table.contains(needle), "{needle:?} missing from:\n{table}");
+    }
+}
+
+/// How long the flood lasts: a dozen deadtimes (400 ms by default).
+const FLOOD: Duration = Duration::from_secs(5);
+/// Flooding threads aimed at the standby, which a lost heartbeat would make take over; and at
+/// the active node, which would count its standby dead.
+const FLOOD_THREADS_AT_STANDBY: usize = 3;
+const FLOOD_THREADS_AT_ACTIVE: usize = 1;
+/// Sends between two looks at the stop flag.
+const FLOOD_BATCH: usize = 64;
+
+/// Datagrams one flooding thread sent, and sends that failed.
+#[derive(Default)]
+struct FloodCount {
+    sent: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Sends `datagrams` round and round to node `target`'s heartbeat port from the attacker until
+/// `stop`: each `(true, _)` from the address of `target`'s peer (spoofed, so that it passes the
+/// sender check and reaches the length, magic and tag checks) with an ephemeral port, each
+/// `(false, _)` from the attacker's own address.
+///
+/// Not from the peer's heartbeat port as well: datagrams that spoof the peer's exact address and
+/// port share the genuine heartbeats' kernel queue, and a sender faster than the receiver's HMAC
+/// checks can overflow it (the limit documented at `Sockets` in src/ha/runner.rs).
+fn flood(
+    cluster: &Cluster,
+    target: usize,
+    datagrams: &[(bool, Vec<u8>)],
+    stop: &AtomicBool,
+    count: &FloodCount,
+) {
+    let to = SocketAddr::from((cluster.net.addr(Cluster::name(target)), HA_PORT));
+    let peer = cluster.net.addr(Cluster::name(1 - target));
+    let own = cluster.net.addr("attacker");
+    cluster.net.run_in("attacker", || {
+        let spoofing = Socket::new(Domain::IPV4, Type::DGRAM, None).expect("a UDP socket");
+        // IP_TRANSPARENT: bind to, and send from, an address this namespace does not have.
+        spoofing.set_ip_transparent_v4(true).expect("IP_TRANSPARENT");
+        spoofing
+            .bind(&SocketAddr::from((peer, 0)).into())
+            .expect("bind to the peer's address");
+        let spoofing: UdpSocket = spoofing.into();
+        let honest = UdpSocket::bind((own, 0)).expect("bind to the attacker's address");
+        while !stop.load(Ordering::Relaxed) {
+            let (mut sent, mut failed) = (0, 0);
+            for _ in 0..FLOOD_BATCH {
+                for (spoofed, datagram) in datagrams {
+                    let socket = if *spoofed { &spoofing } else { &honest };
+                    match socket.send_to(datagram, to) {
+                        Ok(_) => sent += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+            }
+            count.sent.fetch_add(sent, Ordering::Relaxed);
+            count.failed.fetch_add(failed, Ordering::Relaxed);
+        }
+    });
+}
+
+/// The worst that each node's `GET /ha` showed during the flood.
+#[derive(Debug, Default)]
+struct Observed {
+    /// Polls where the VIP was not held by lb1 alone, with who held it.
+    wrong_holders: Vec<Vec<&'static str>>,
+    /// Roles other than lb1 active and lb2 standby, or a takeover count that moved, as (node,
+    /// role, takeovers).
+    wrong_roles: Vec<(usize, String, u64)>,
+    /// Peers shown in another state than alive, as (node, state).
+    peer_not_alive: Vec<(usize, String)>,
+    /// The oldest last heartbeat from its peer each node reported, in ms.
+    max_heartbeat_age_ms: [u64; 2],
+    polls: u64,
+}
+
+#[test]
+fn heartbeat_flood_causes_no_false_takeover() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::start_settled_with_nodes(&["attacker"]);
+    // Everything the flood could wear out: the datagrams dropped, the takeovers, the transitions
+    // the notify command and the log record.
+    let before: Vec<_> = (0..2).map(|i| cluster.ha_status(i).expect("GET /ha")).collect();
+    let kernel_before = [cluster.kernel_drops(0), cluster.kernel_drops(1)];
+    let notified_before = [cluster.notified(0), cluster.notified(1)];
+    let transitions = |i: usize| cluster.log(i).matches("ha transition").count();
+    let transitions_before = [transitions(0), transitions(1)];
+
+    // Per target: forged (the wrong key: each costs the receiver an HMAC), genuine ones played
+    // back (an HMAC and the replay check), truncated and oversized ones from the peer's address,
+    // and garbage from the attacker's own.
+    let datagrams: Vec<Vec<(bool, Vec<u8>)>> = (0..2)
+        .map(|target| {
+            let forged = forged_heartbeat(Cluster::name(1 - target));
+            let mut list = vec![
+                (true, forged.clone()),
+                (true, forged[..20].to_vec()),
+                (true, oversized_heartbeat()),
+                (
+                    false,
+                    b"garbage from a stranger, of a heartbeat's length".to_vec(),
+                ),
+            ];
+            for replay in capture_heartbeats(&cluster, 1 - target, target, 2) {
+                list.push((true, replay));
+            }
+            list.push((true, forged));
+            list
+        })
+        .collect();
+    let targets: Vec<usize> = std::iter::repeat_n(1, FLOOD_THREADS_AT_STANDBY)
+        .chain(std::iter::repeat_n(0, FLOOD_THREADS_AT_ACTIVE))
+        .collect();
+    let counts = [FloodCount::default(), FloodCount::default()];
+    let stop = AtomicBool::new(false);
+    let mut seen = Observed::default();
+    let started = Instant::now();
+    let flood_time = std::thread::scope(|scope| {
+        for &target in &targets {
+            let (cluster, datagrams, stop, count) = (&cluster, &datagrams[target], &stop, &counts[target]);
+            scope.spawn(move || flood(cluster, target, datagrams, stop, count));
+        }
+        while started.elapsed() < FLOOD {
+            seen.polls += 1;
+            let holders = cluster.holders();
+            if holders != ["lb1"] {
+                seen.wrong_holders.push(holders);
+            }
+            for i in 0..2 {
+                let Some(status) = cluster.ha_status(i) else {
+                    continue;
+                };
+                if status.role != ["active", "standby"][i] || status.takeovers != before[i].takeovers {
+                    seen.wrong_roles.push((i, status.role.clone(), status.takeovers));
+                }
+                for peer in &status.peers {
+                    if peer.state != "alive" {
+                        seen.peer_not_alive.push((i, peer.state.clone()));
+                    }
+                    let age = peer.last_heartbeat_age_ms.unwrap_or(u64::MAX);
+                    seen.max_heartbeat_age_ms[i] = seen.max_heartbeat_age_ms[i].max(age);
+                }
+            }
+            // A sampling interval, not a wait for a condition: it leaves the cores to the flood.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Relaxed);
+        started.elapsed()
+    });
+
+    // What each side did, for the record: rates are not asserted (the cores are shared).
+    let after: Vec<_> = (0..2)
+        .map(|i| cluster.ha_status(i).expect("GET /ha after the flood"))
+        .collect();
+    let seconds = flood_time.as_secs_f64();
+    let mut lost_at_peer_socket = [0; 2];
+    for i in [1, 0] {
+        let sent = counts[i].sent.load(Ordering::Relaxed);
+        let counted = after[i].dropped.total() - before[i].dropped.total();
+        let (kernel, kernel_before) = (cluster.kernel_drops(i), kernel_before[i]);
+        lost_at_peer_socket[i] = kernel.at_peer_socket - kernel_before.at_peer_socket;
+        eprintln!(
+            "flood at {} ({}): {sent} datagrams sent in {seconds:.1} s ({:.0}/s, {} sends failed); \
+             ringlb counted {counted} ({:.0}/s); the kernel dropped {} at full buffers, {} of them \
+             at the socket connected to the peer; oldest heartbeat seen {} ms; {:?}",
+            Cluster::name(i),
+            ["active", "standby"][i],
+            sent as f64 / seconds,
+            counts[i].failed.load(Ordering::Relaxed),
+            counted as f64 / seconds,
+            kernel.elsewhere - kernel_before.elsewhere + lost_at_peer_socket[i],
+            lost_at_peer_socket[i],
+            seen.max_heartbeat_age_ms[i],
+            after[i].dropped,
+        );
+    }
+    eprintln!("{} polls of the VIP and GET /ha during the flood", seen.polls);
+
+    assert!(
+        seen.wrong_holders.is_empty() && seen.wrong_roles.is_empty(),
+        "the flood moved the VIP or a role: {seen:?}\n{}",
+        cluster.logs()
+    );
+    assert!(
+        seen.peer_not_alive.is_empty(),
+        "the flood made a node count its peer dead: {seen:?}\n{}",
+        cluster.logs()
+    );
+    assert_eq!(
+        lost_at_peer_socket,
+        [0, 0],
+        "genuine heartbeats lost at a full buffer"
+    );
+    assert_eq!(cluster.holders(), ["lb1"], "{}", cluster.logs());
+    for i in 0..2 {
+        assert_eq!(after[i].takeovers, before[i].takeovers, "{:?}", after[i]);
+        assert_eq!(
+            cluster.notified(i),
+            notified_before[i],
+            "notify log of {}",
+            Cluster::name(i)
+        );
+        assert_eq!(transitions(i), transitions_before[i], "{}", cluster.logs());
+        // The flood reached ringlb's checks, every kind of it (a flood that never arrived would
+        // prove nothing).
+        let (d, b) = (after[i].dropped, before[i].dropped);
+        assert!(
+            d.bad_tag > b.bad_tag
+                && d.replayed > b.replayed
+                && d.truncated > b.truncated
+                && d.oversized > b.oversized
+                && d.unknown_sender > b.unknown_sender,
+            "{}: before {b:?}, after {d:?}",
+            Cluster::name(i)
+        );
     }
 }
 

@@ -71,11 +71,10 @@ CREATE USER IF NOT EXISTS 'ringlb_check'@'%';
 SQL
 }
 
-# start_mariadb N PORT [EXTRA_MARIADBD_OPTION...]: starts server N in $WORK/db<N> on
-# 127.0.0.1:PORT and waits (at most 60 s) until `app` can log in.
+# start_mariadb N PORT [EXTRA_MARIADBD_OPTION...]: creates server N's data directory in $WORK/db<N>,
+# then launches it (launch_mariadb).
 start_mariadb() {
-    local n=$1 port=$2 dir=$WORK/db$1
-    shift 2
+    local n=$1 dir=$WORK/db$1
     local user_opt=()
     [ "$(id -u)" -eq 0 ] && user_opt=(--user=root)
     [ -f "$WORK/init.sql" ] || mariadb_init_sql >"$WORK/init.sql"
@@ -86,20 +85,46 @@ start_mariadb() {
         cat "$dir/install.log" >&2
         die "mariadb-install-db failed for server $n"
     }
+    launch_mariadb "$@"
+}
+
+# Server N's process id while it runs (launch_mariadb sets it, stop_mariadb clears it).
+MARIADB_PIDS=()
+
+# launch_mariadb N PORT [EXTRA_MARIADBD_OPTION...]: starts server N from its existing data
+# directory $WORK/db<N> on 127.0.0.1:PORT and waits (at most 60 s) until `app` can log in. The
+# same call starts it again after stop_mariadb.
+launch_mariadb() {
+    local n=$1 port=$2 dir=$WORK/db$1
+    shift 2
+    local user_opt=()
+    [ "$(id -u)" -eq 0 ] && user_opt=(--user=root)
     "$MARIADBD" --no-defaults --datadir="$dir/data" --socket="$dir/mysqld.sock" --port="$port" \
         --bind-address=127.0.0.1 --skip-name-resolve --pid-file="$dir/mysqld.pid" \
         --log-error="$dir/error.log" --tmpdir="$dir/tmp" --init-file="$WORK/init.sql" --skip-log-bin \
-        --innodb-buffer-pool-size=16M --innodb-log-file-size=4M "${user_opt[@]}" "$@" 2>"$dir/stderr.log" &
+        --innodb-buffer-pool-size=16M --innodb-log-file-size=4M "${user_opt[@]}" "$@" 2>>"$dir/stderr.log" &
+    MARIADB_PIDS[n]=$!
     STARTED_PIDS+=($!)
     local deadline=$((SECONDS + 60))
     until "$MARIADB" -h127.0.0.1 -P"$port" -uapp -papp -e 'SELECT 1' >/dev/null 2>&1; do
-        if [ "$SECONDS" -ge "$deadline" ]; then
+        if [ "$SECONDS" -ge "$deadline" ] || ! kill -0 "${MARIADB_PIDS[n]}" 2>/dev/null; then
             tail -n 20 "$dir/error.log" >&2
             die "MariaDB $n on port $port did not start; its log is above"
         fi
         sleep 0.1
     done
     echo "$LIB_TAG: MariaDB $n listening on 127.0.0.1:$port"
+}
+
+# stop_mariadb N [SIGNAL]: stops server N with SIGNAL (default TERM: a clean shutdown; KILL: a
+# crash) and waits for its process to exit.
+stop_mariadb() {
+    local n=$1 signal=${2:-TERM} pid=${MARIADB_PIDS[$1]:-}
+    [ -n "$pid" ] || die "MariaDB $n is not running"
+    kill -s "$signal" "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    forget_started "$pid"
+    MARIADB_PIDS[n]=
 }
 
 # wait_until SECONDS WHAT COMMAND...: runs COMMAND every 0.1 s until it succeeds; dies naming

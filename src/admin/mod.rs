@@ -34,6 +34,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// the connection (a reset can destroy the response before the client reads it).
 const LINGER: Duration = Duration::from_millis(200);
 const LINGER_MAX_BYTES: usize = 64 * 1024;
+/// The linger of a `503` answered by the accepting thread.
+const BUSY_LINGER: Duration = Duration::from_millis(50);
 
 /// What `POST /reload` runs: reloads the configuration, answering one line either way.
 pub type ReloadHook = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
@@ -153,7 +155,11 @@ fn dispatch(mut stream: TcpStream, context: &Arc<Context>) {
     if !admitted {
         let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
         let busy = format!("admin endpoint busy: {MAX_HANDLERS} requests in progress; retry");
-        let _ = stream.write_all(&error_response(503, &busy));
+        if stream.write_all(&error_response(503, &busy)).is_ok() {
+            // A short linger, so the unread request does not turn the close into a reset that
+            // destroys the answer; short, since this is the accepting thread's time.
+            linger_close_within(stream, BUSY_LINGER);
+        }
         return;
     }
     let guard = Busy(context.clone());
@@ -414,11 +420,16 @@ fn error_response(status: u16, message: &str) -> Vec<u8> {
 
 /// Closes gracefully: FIN first, then drain what the client still sends for a moment, so the
 /// kernel does not answer unread bytes with a reset that could discard the response in flight.
-fn linger_close(mut stream: TcpStream) {
+fn linger_close(stream: TcpStream) {
+    linger_close_within(stream, LINGER);
+}
+
+/// [`linger_close`] draining for at most `linger`.
+fn linger_close_within(mut stream: TcpStream, linger: Duration) {
     if stream.shutdown(Shutdown::Write).is_err() {
         return;
     }
-    let deadline = Instant::now() + LINGER;
+    let deadline = Instant::now() + linger;
     let mut drained = 0;
     let mut sink = [0u8; 4096];
     while drained < LINGER_MAX_BYTES {

@@ -20,6 +20,11 @@
 //!    An error on either side → `shutdown(SHUT_RDWR)` on both, which completes every op still in
 //!    flight; the connection is freed when the last completion arrives.
 //!
+//!    Except while no byte has moved either way: a backend that closes or resets then (a MariaDB
+//!    server being stopped does so with the connections in its listen queue) counts as a failed
+//!    connect, and the client, which has seen nothing, goes to the next backend
+//!    (`Phase::Redispatching`: its pending read is cancelled first, so that no op is left on it).
+//!
 //! # Queue, timeouts, reload
 //!
 //! A backend at its `maxconn` takes no new connection; when every backend that could take one is
@@ -114,6 +119,8 @@ enum Op {
     PollIn = 9,
     Wake = 10,
     Tick = 11,
+    /// Cancels the client's pending read of a connection in `Phase::Redispatching`.
+    Cancel = 12,
 }
 
 impl Op {
@@ -131,6 +138,7 @@ impl Op {
             9 => Op::PollIn,
             10 => Op::Wake,
             11 => Op::Tick,
+            12 => Op::Cancel,
             _ => return None,
         })
     }
@@ -205,6 +213,10 @@ enum Phase {
     Queued,
     Connecting,
     Relaying,
+    /// The backend went away before its first byte, and the client has sent none: the old
+    /// backend socket is closed, the client's pending read is being cancelled, and when nothing
+    /// is left in flight the next backend is tried.
+    Redispatching,
     Closing,
 }
 
@@ -293,6 +305,9 @@ struct Conn {
     times: Times,
     /// The backend accepted the connection (its lifetime is recorded at close).
     connected: bool,
+    /// A byte has arrived from either side (or, while redispatching, the client's EOF): from then
+    /// on the client is tied to its backend, and the backend going away ends the connection.
+    bytes_seen: bool,
 }
 
 impl Conn {
@@ -624,6 +639,21 @@ impl Worker {
                     self.finish_if_done(index);
                     return;
                 }
+                if conn.phase == Phase::Redispatching {
+                    if op == Op::Recv {
+                        // The client's read completed before its cancel: bytes taken or its EOF
+                        // mean it can no longer move unnoticed; nothing taken (cancelled, no
+                        // buffer) changes nothing.
+                        if result >= 0 {
+                            conn.bytes_seen = true;
+                        }
+                        if let Some(id) = cqueue::buffer_select(flags) {
+                            self.recycle_buffer(id);
+                        }
+                    }
+                    self.redispatch_if_done(index);
+                    return;
+                }
                 match op {
                     Op::Connect => self.on_connect(index, result),
                     Op::ConnectTimeout => {}
@@ -633,6 +663,9 @@ impl Worker {
                     Op::SpliceOut => self.on_splice_out(index, dir, result),
                     Op::PollOut => self.on_poll_out(index, dir, result),
                     Op::PollIn => self.on_poll_in(index, dir, result),
+                    // Only sent while redispatching, and its completion handled there; a late
+                    // one has nothing left to do.
+                    Op::Cancel => {}
                     Op::Accept | Op::AcceptRetry | Op::Wake | Op::Tick => unreachable!("handled above"),
                 }
             }
@@ -711,6 +744,7 @@ impl Worker {
                 ..Times::default()
             },
             connected: false,
+            bytes_seen: false,
         };
         let index = match self.free.pop() {
             Some(index) => {
@@ -1111,6 +1145,7 @@ impl Worker {
         let now_ms = self.now_ms;
         let conn = self.conn(index);
         conn.times.active_ms = now_ms;
+        conn.bytes_seen = true;
         if dir == TO_BACKEND {
             if conn.times.request_us == 0 {
                 conn.times.request_us = clock::now_us();
@@ -1140,6 +1175,9 @@ impl Worker {
 
     fn on_poll_in(&mut self, index: usize, dir: usize, result: i32) {
         if result < 0 && !matches!(-result, libc::EINTR | libc::EAGAIN) {
+            if dir == TO_CLIENT && self.redispatch_before_first_byte(index, &errno(result)) {
+                return;
+            }
             self.abort(index);
         } else {
             // Readable, at EOF, or an error the splice will report.
@@ -1193,6 +1231,9 @@ impl Worker {
             }
             _ if matches!(-result, libc::EAGAIN | libc::EINTR) => self.submit_recv(index, dir),
             _ => {
+                if dir == TO_CLIENT && self.redispatch_before_first_byte(index, &errno(result)) {
+                    return;
+                }
                 tracing::debug!(worker = self.id, dir, error = %errno(result), "recv failed; closing");
                 self.abort(index);
             }
@@ -1298,6 +1339,9 @@ impl Worker {
                 self.wait_readable(index, dir);
             }
             _ => {
+                if dir == TO_CLIENT && self.redispatch_before_first_byte(index, &errno(result)) {
+                    return;
+                }
                 tracing::debug!(worker = self.id, dir, error = %errno(result), "splice from socket failed; closing");
                 self.abort(index);
             }
@@ -1367,6 +1411,15 @@ impl Worker {
 
     /// EOF from the source: pass it on as a half-close, and close when both directions are done.
     fn end_of_stream(&mut self, index: usize, dir: usize) {
+        if dir == TO_CLIENT {
+            let closed = io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed the connection before sending a byte",
+            );
+            if self.redispatch_before_first_byte(index, &closed) {
+                return;
+            }
+        }
         let conn = self.conn(index);
         conn.flows[dir].state = FlowState::Done;
         // SAFETY: shutdown on a descriptor this connection owns; it touches no memory.
@@ -1375,6 +1428,67 @@ impl Worker {
             conn.phase = Phase::Closing;
             self.finish_if_done(index);
         }
+    }
+
+    /// The backend ended the connection (`error`) before its first byte: when the client has
+    /// sent nothing either and another backend is left, gives this one up as a failed connect
+    /// and starts moving the client to the next (`Phase::Redispatching`); returns whether it did.
+    /// Otherwise the caller ends the connection as usual.
+    fn redispatch_before_first_byte(&mut self, index: usize, error: &io::Error) -> bool {
+        let conn = self.conn(index);
+        if conn.phase != Phase::Relaying || conn.bytes_seen {
+            return false;
+        }
+        // The client's direction may only be waiting for the client, holding nothing and with
+        // no op on the backend socket: a read or poll of the client, or nothing at all.
+        let pending = match conn.flows[TO_BACKEND].state {
+            FlowState::Recv => Some(Op::Recv),
+            FlowState::PollIn => Some(Op::PollIn),
+            FlowState::Idle | FlowState::WaitBuffer => None,
+            _ => return false,
+        };
+        let epoch = conn.epoch.clone();
+        let Some(backend) = conn.backend_index else {
+            return false;
+        };
+        if !epoch.table.has_candidate(conn.listener, conn.tried) {
+            return false;
+        }
+        self.return_pipe(index, TO_CLIENT);
+        let conn = self.conn(index);
+        conn.phase = Phase::Redispatching;
+        // No op refers to the backend socket any more: the backend's direction has just
+        // completed its last one, and the client's waits on the client.
+        conn.backend = None;
+        conn.backend_index = None;
+        conn.connected = false;
+        self.release(&epoch, backend);
+        self.connect_failed(&epoch, backend, error);
+        if let Some(op) = pending {
+            self.conn(index).inflight += 1;
+            let entry = opcode::AsyncCancel::new(token(index, op, TO_BACKEND))
+                .build()
+                .user_data(token(index, Op::Cancel, TO_BACKEND));
+            self.push(&[entry]);
+        }
+        self.redispatch_if_done(index);
+        true
+    }
+
+    /// Once nothing of a redispatching connection is in flight: the next backend, or the end
+    /// when the client sent something (or left) meanwhile.
+    fn redispatch_if_done(&mut self, index: usize) {
+        let conn = self.conn(index);
+        if conn.phase != Phase::Redispatching || conn.inflight > 0 {
+            return;
+        }
+        if conn.bytes_seen {
+            self.abort(index);
+            return;
+        }
+        conn.flows = [Flow::new(), Flow::new()];
+        conn.phase = Phase::Connecting;
+        self.connect_next(index);
     }
 
     fn return_pipe(&mut self, index: usize, dir: usize) {
@@ -1520,7 +1634,14 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        for op in [Op::Accept, Op::Connect, Op::Recv, Op::SpliceOut, Op::PollOut] {
+        for op in [
+            Op::Accept,
+            Op::Connect,
+            Op::Recv,
+            Op::SpliceOut,
+            Op::PollOut,
+            Op::Cancel,
+        ] {
             for dir in [0, 1] {
                 let (index, back, d) = untoken(token(123_456, op, dir));
                 assert_eq!((index, back, d), (123_456, Some(op), dir));

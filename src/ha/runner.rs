@@ -1,11 +1,17 @@
 //! The `ha` thread: the thin I/O around the pure [`Machine`].
 //!
-//! It owns the heartbeat UDP socket, the VIP and the gratuitous-ARP socket. Each loop it feeds
+//! It owns the heartbeat UDP sockets, the VIP and the gratuitous-ARP socket. Each loop it feeds
 //! the machine the clock, this node's health (any backend up) and every authenticated datagram,
 //! and carries out what the machine decides: send a signed heartbeat to every peer, add the VIP
 //! and announce it (a burst, then a slow refresh while active, so that neighbours whose ARP cache
 //! went stale during a partition follow), remove it, run the notify command. Datagrams that fail
 //! authentication, parse, or replay checks are counted by reason and otherwise ignored.
+//!
+//! A flood at the heartbeat port must not cost a genuine heartbeat (four lost in a row are a
+//! false takeover with the default timers). So each peer's datagrams have a socket, and a kernel
+//! queue, of their own ([`Sockets`]), read first on every pass: garbage from any other address,
+//! or from a peer's address with another port, fills only the shared socket's queue, which the
+//! kernel may overflow at no cost to the peers.
 //!
 //! Start-up errors (the UDP port, the interface) surface from [`spawn`] before the thread runs;
 //! at run time a failed VIP change is logged and retried on the next decision, never fatal.
@@ -13,11 +19,14 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
 
 use super::garp::Garp;
 use super::machine::{Action, Machine, Params, PeerState, Transition};
@@ -36,7 +45,7 @@ const GARP_REFRESH_MS: u64 = 1000;
 const MAX_WAIT_MS: u64 = 50;
 /// Heartbeats are far smaller; anything larger is dropped as oversized.
 const DATAGRAM_BYTES: usize = 2048;
-/// Datagrams read in one pass before the machine gets its next tick.
+/// Datagrams read from one socket in one pass before the machine gets its next tick.
 const MAX_DATAGRAMS_PER_PASS: usize = 1024;
 
 /// Why the HA sidecar could not start.
@@ -44,6 +53,8 @@ const MAX_DATAGRAMS_PER_PASS: usize = 1024;
 pub enum HaError {
     #[error("[ha] bind {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("[ha] the heartbeat socket for peer {peer}: {source}")]
+    Peer { peer: SocketAddr, source: io::Error },
     #[error("[ha] {0}")]
     Vip(#[from] super::vip::VipError),
     #[error("cannot start the ha thread: {0}")]
@@ -72,42 +83,98 @@ impl HaHandle {
     }
 }
 
-/// Binds the heartbeat socket, checks the interface, and starts the `ha` thread.
+/// Binds the heartbeat sockets, checks the interface, and starts the `ha` thread.
 pub fn spawn(ha: HaConfig, shared: Arc<Shared>) -> Result<HaHandle, HaError> {
-    let socket = UdpSocket::bind(ha.bind).map_err(|source| HaError::Bind {
-        addr: ha.bind,
-        source,
-    })?;
-    socket.set_nonblocking(true).map_err(|source| HaError::Bind {
-        addr: ha.bind,
-        source,
-    })?;
+    let sockets = Sockets::bind(&ha)?;
     let vip = Vip::new(ha.vip.addr, ha.vip.prefix_len, &ha.interface)?;
     let stop = Arc::new(AtomicBool::new(false));
     let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
         .name("ha".into())
-        .spawn(move || Sidecar::new(ha, socket, vip, shared).run(&thread_stop))
+        .spawn(move || Sidecar::new(ha, sockets, vip, shared).run(&thread_stop))
         .map_err(HaError::Thread)?;
     Ok(HaHandle { stop, thread })
 }
 
-/// Waits up to `ms` for the socket to have a datagram.
-fn wait_readable(socket: &UdpSocket, ms: u64) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut pollfd = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call; poll touches nothing else.
-    let ready = unsafe { libc::poll(&mut pollfd, 1, ms as libc::c_int) };
-    ready > 0
+/// The heartbeat sockets. `shared` is bound to `[ha] bind`: it sends every heartbeat and
+/// receives whatever no other socket takes. Each of `peers` is bound to the same address and
+/// connected to one peer, which makes the kernel deliver datagrams from that exact address and
+/// port to it alone (a connected socket wins the lookup), in a receive queue of its own.
+///
+/// What this does not separate: datagrams that spoof a peer's address *and* port share its queue,
+/// and a sender faster than the HMAC checks can still overflow it. Against an attacker on the
+/// heartbeat network only a dedicated link helps.
+struct Sockets {
+    shared: UdpSocket,
+    /// In `[ha] peers` order.
+    peers: Vec<UdpSocket>,
+}
+
+impl Sockets {
+    fn bind(ha: &HaConfig) -> Result<Sockets, HaError> {
+        let bind_error = |source| HaError::Bind {
+            addr: ha.bind,
+            source,
+        };
+        let domain = Domain::for_address(ha.bind);
+        let shared = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(bind_error)?;
+        // Bound before SO_REUSEADDR is set, so that a port another socket holds (a second ringlb
+        // with the same configuration) is still refused; set afterwards, it lets the peers'
+        // sockets share the port.
+        shared.bind(&ha.bind.into()).map_err(bind_error)?;
+        shared.set_reuse_address(true).map_err(bind_error)?;
+        shared.set_nonblocking(true).map_err(bind_error)?;
+        // The port the kernel chose when `bind` names port 0.
+        let local = shared.local_addr().map_err(bind_error)?;
+        let mut peers = Vec::with_capacity(ha.peers.len());
+        for &peer in &ha.peers {
+            let connected = || -> io::Result<UdpSocket> {
+                let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+                socket.set_reuse_address(true)?;
+                socket.bind(&local)?;
+                socket.connect(&peer.into())?;
+                socket.set_nonblocking(true)?;
+                Ok(socket.into())
+            };
+            peers.push(connected().map_err(|source| HaError::Peer { peer, source })?);
+        }
+        Ok(Sockets {
+            shared: shared.into(),
+            peers,
+        })
+    }
+
+    /// Every socket in the order a pass reads them: the peers' first, the shared one last.
+    fn in_read_order(&self) -> impl Iterator<Item = &UdpSocket> {
+        self.peers.iter().chain(std::iter::once(&self.shared))
+    }
+
+    /// Waits up to `ms` for any of the sockets to have a datagram.
+    fn wait_readable(&self, ms: u64) -> bool {
+        let mut pollfds: Vec<libc::pollfd> = self
+            .in_read_order()
+            .map(|socket| libc::pollfd {
+                fd: socket.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `pollfds` is a valid array of that many pollfds for the duration of the call,
+        // and poll writes only their `revents`.
+        let ready = unsafe {
+            libc::poll(
+                pollfds.as_mut_ptr(),
+                pollfds.len() as libc::nfds_t,
+                ms as libc::c_int,
+            )
+        };
+        ready > 0
+    }
 }
 
 struct Sidecar {
     ha: HaConfig,
-    socket: UdpSocket,
+    sockets: Sockets,
     vip: Vip,
     shared: Arc<Shared>,
     machine: Machine,
@@ -124,7 +191,7 @@ struct Sidecar {
 }
 
 impl Sidecar {
-    fn new(ha: HaConfig, socket: UdpSocket, vip: Vip, shared: Arc<Shared>) -> Sidecar {
+    fn new(ha: HaConfig, sockets: Sockets, vip: Vip, shared: Arc<Shared>) -> Sidecar {
         // Larger on every start: the wall clock in nanoseconds.
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -132,7 +199,7 @@ impl Sidecar {
         let machine = Machine::new(Params::from_config(&ha, incarnation), clock::now_ms());
         Sidecar {
             ha,
-            socket,
+            sockets,
             vip,
             shared,
             machine,
@@ -176,20 +243,39 @@ impl Sidecar {
                 .next_tick_ms()
                 .saturating_sub(clock::now_ms())
                 .clamp(1, MAX_WAIT_MS);
-            if wait_readable(&self.socket, wait) {
-                // Drain everything queued before the next tick, so that a flood of garbage costs
-                // one pass over the socket buffer rather than one loop each, and a genuine
-                // heartbeat behind it is not left waiting (or dropped by a full buffer).
-                for _ in 0..MAX_DATAGRAMS_PER_PASS {
-                    match self.socket.recv_from(&mut buffer) {
-                        Ok((len, from)) => self.receive(&buffer[..len], from),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "ha: receive failed");
-                            break;
-                        }
-                    }
+            if self.sockets.wait_readable(wait) {
+                // Drain what is queued before the next tick, so that a flood of garbage costs one
+                // pass rather than one loop each; the peers' sockets first, so that a genuine
+                // heartbeat never waits behind the shared socket's garbage.
+                for index in 0..=self.sockets.peers.len() {
+                    self.drain(index, &mut buffer);
+                }
+            }
+        }
+    }
+
+    /// Reads and handles up to [`MAX_DATAGRAMS_PER_PASS`] datagrams from the socket at `index`
+    /// of [`Sockets::in_read_order`].
+    fn drain(&mut self, index: usize, buffer: &mut [u8]) {
+        for _ in 0..MAX_DATAGRAMS_PER_PASS {
+            let socket = self
+                .sockets
+                .in_read_order()
+                .nth(index)
+                .expect("an index below the socket count");
+            match socket.recv_from(buffer) {
+                Ok((len, from)) => self.receive(&buffer[..len], from),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // A peer's socket reports an ICMP port unreachable for a heartbeat sent while the
+                // peer's ringlb was down; reading it cleared it.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionRefused
+                    ) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "ha: receive failed");
+                    return;
                 }
             }
         }
@@ -238,7 +324,7 @@ impl Sidecar {
                 Action::Send(message) => {
                     let datagram = message::encode(&message, &self.ha.authkey);
                     for peer in &self.ha.peers {
-                        if let Err(e) = self.socket.send_to(&datagram, peer) {
+                        if let Err(e) = self.sockets.shared.send_to(&datagram, peer) {
                             tracing::debug!(peer = %peer, error = %e, "ha: heartbeat not sent");
                         }
                     }
