@@ -504,7 +504,7 @@ pub fn load_authkey(path: &Path) -> Result<AuthKey, ConfigError> {
 }
 
 /// Reads a key file; a parameter of `build` so that validation is unit-tested without files.
-type KeyReader<'r> = &'r dyn Fn(&Path) -> Result<AuthKey, ConfigError>;
+pub type KeyReader<'r> = &'r dyn Fn(&Path) -> Result<AuthKey, ConfigError>;
 
 /// Resolves a host (a name or an IP literal) and port to one address.
 pub type Resolver<'r> = &'r dyn Fn(&str, u16) -> Result<SocketAddr, String>;
@@ -520,7 +520,9 @@ pub fn load_str(
     load_str_with(path, text, overrides, resolve, &load_authkey)
 }
 
-fn load_str_with(
+/// [`load_str`] with the key file read by `read_key` too: the unit tests and the config fuzz
+/// target stand in for the file system with it, as for DNS with `resolve`.
+pub fn load_str_with(
     path: &Path,
     text: &str,
     overrides: &Overrides,
