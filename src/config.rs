@@ -903,12 +903,15 @@ fn schema_error(origin: &Origin<'_>, document: &DeTable<'_>, error: &toml::de::E
         };
         return origin.at(offset, key, "required key is missing");
     }
-    // "unknown field `x`, expected ..." points at the key, which the path already ends with.
+    // "unknown field `x`, expected ..." points at the key, which the path already ends with
+    // (quoted and escaped when it needs to be). serde writes the key as it stands, backticks and
+    // newlines included, so the part kept is what follows the last "`, expected ": the expected
+    // names are ours and hold no backtick.
     let message = match message
         .strip_prefix("unknown field `")
-        .and_then(|r| r.split_once('`'))
+        .map(|rest| rest.rfind("`, expected ").map_or("", |at| &rest[at + 1..]))
     {
-        Some((_, rest)) => format!("unknown key{rest}"),
+        Some(expected) => format!("unknown key{expected}"),
         None => message
             .replace("expected i64", "expected an integer")
             .replace("expected a sequence", "expected an array of tables"),
@@ -2121,6 +2124,27 @@ address = "[::1]:3307"
         for (text, expected) in cases {
             let e = error_text(text, &Overrides::default());
             assert!(e.starts_with(expected), "{e:?} should start with {expected:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_with_backticks_or_newlines_stay_on_one_line() {
+        // Found by the config fuzz target: serde quotes an unknown key between backticks as it
+        // stands, and the message was cut at the key's own backtick, leaving its newline in.
+        let cases = [
+            (
+                "[global]\n\"a`b\\n\" = 1\n",
+                "ringlb.toml:2: global.\"a`b\\n\": unknown key, expected one of `workers`, `admin`, \
+                 `shutdown_grace_ms`, `histogram_dump`",
+            ),
+            (
+                "\"x`, expected \\n`\" = 1\n",
+                "ringlb.toml:1: \"x`, expected \\n`\": unknown key, expected one of `global`, `health`, \
+                 `tuning`, `ha`, `listener`",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(error_text(text, &Overrides::default()), expected);
         }
     }
 
