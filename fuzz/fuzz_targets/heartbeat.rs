@@ -118,8 +118,8 @@ fn check_round_trip(fields: Fields, key: &AuthKey) {
     );
 }
 
-/// The tracker against a model: the newest (incarnation, sequence) accepted per node.
-/// Three bytes a message: node, incarnation, sequence, in small ranges so that they collide.
+/// The tracker against a model that keeps the newest (incarnation, sequence) accepted per node.
+/// Three bytes make a message (node, incarnation, sequence), in small ranges so that they collide.
 fn check_tracker(bytes: &[u8]) {
     let mut tracker = PeerTracker::new();
     let mut newest: HashMap<u8, (u64, u64)> = HashMap::new();
