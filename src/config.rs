@@ -504,7 +504,7 @@ pub fn load_authkey(path: &Path) -> Result<AuthKey, ConfigError> {
 }
 
 /// Reads a key file; a parameter of `build` so that validation is unit-tested without files.
-type KeyReader<'r> = &'r dyn Fn(&Path) -> Result<AuthKey, ConfigError>;
+pub type KeyReader<'r> = &'r dyn Fn(&Path) -> Result<AuthKey, ConfigError>;
 
 /// Resolves a host (a name or an IP literal) and port to one address.
 pub type Resolver<'r> = &'r dyn Fn(&str, u16) -> Result<SocketAddr, String>;
@@ -520,7 +520,9 @@ pub fn load_str(
     load_str_with(path, text, overrides, resolve, &load_authkey)
 }
 
-fn load_str_with(
+/// [`load_str`] with the key file read by `read_key` too: the unit tests and the config fuzz
+/// target stand in for the file system with it, as for DNS with `resolve`.
+pub fn load_str_with(
     path: &Path,
     text: &str,
     overrides: &Overrides,
@@ -901,12 +903,15 @@ fn schema_error(origin: &Origin<'_>, document: &DeTable<'_>, error: &toml::de::E
         };
         return origin.at(offset, key, "required key is missing");
     }
-    // "unknown field `x`, expected ..." points at the key, which the path already ends with.
+    // "unknown field `x`, expected ..." points at the key, which the path already ends with
+    // (quoted and escaped when it needs to be). serde writes the key as it stands, backticks and
+    // newlines included, so the part kept is what follows the last "`, expected ": the expected
+    // names are ours and hold no backtick.
     let message = match message
         .strip_prefix("unknown field `")
-        .and_then(|r| r.split_once('`'))
+        .map(|rest| rest.rfind("`, expected ").map_or("", |at| &rest[at + 1..]))
     {
-        Some((_, rest)) => format!("unknown key{rest}"),
+        Some(expected) => format!("unknown key{expected}"),
         None => message
             .replace("expected i64", "expected an integer")
             .replace("expected a sequence", "expected an array of tables"),
@@ -2119,6 +2124,27 @@ address = "[::1]:3307"
         for (text, expected) in cases {
             let e = error_text(text, &Overrides::default());
             assert!(e.starts_with(expected), "{e:?} should start with {expected:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_with_backticks_or_newlines_stay_on_one_line() {
+        // Found by the config fuzz target: serde quotes an unknown key between backticks as it
+        // stands, and the message was cut at the key's own backtick, leaving its newline in.
+        let cases = [
+            (
+                "[global]\n\"a`b\\n\" = 1\n",
+                "ringlb.toml:2: global.\"a`b\\n\": unknown key, expected one of `workers`, `admin`, \
+                 `shutdown_grace_ms`, `histogram_dump`",
+            ),
+            (
+                "\"x`, expected \\n`\" = 1\n",
+                "ringlb.toml:1: \"x`, expected \\n`\": unknown key, expected one of `global`, `health`, \
+                 `tuning`, `ha`, `listener`",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(error_text(text, &Overrides::default()), expected);
         }
     }
 

@@ -196,10 +196,12 @@ pub fn parse_response(bytes: &[u8]) -> Result<(u16, &[u8]), &'static str> {
     if !version.starts_with("HTTP/1.") {
         return Err("not an HTTP/1 response");
     }
+    // Three digits, 1xx to 5xx (u16::from_str alone would also take "+20" and "002").
     let status = parts
         .next()
-        .filter(|code| code.len() == 3)
+        .filter(|code| code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|code| code.parse::<u16>().ok())
+        .filter(|code| (100..=599).contains(code))
         .ok_or("bad status code")?;
     let mut content_length = None;
     for line in lines {
@@ -414,5 +416,22 @@ mod tests {
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
         assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 2000 OK\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn status_code_is_three_digits_from_1xx_to_5xx() {
+        // Found by the admin_http fuzz target: a sign or a leading zero passed as a status.
+        for bad in ["+20", "002", "099", "600", " 20", "2 0", "-99"] {
+            let bytes = format!("HTTP/1.1 {bad} OK\r\n\r\n");
+            assert_eq!(
+                parse_response(bytes.as_bytes()),
+                Err("bad status code"),
+                "{bad:?}"
+            );
+        }
+        for good in [100, 200, 404, 599] {
+            let bytes = format!("HTTP/1.1 {good} X\r\n\r\n");
+            assert_eq!(parse_response(bytes.as_bytes()), Ok((good, &b""[..])));
+        }
     }
 }

@@ -8,7 +8,9 @@
 //! `Aborted_connects` and its `max_connect_errors` host block.
 //!
 //! Invariant: no input makes these functions panic or read out of bounds; anything short or
-//! unexpected is a [`ProtocolError`] naming the field that was being read.
+//! unexpected is a [`ProtocolError`] naming the field that was being read. Text meant for people
+//! (the server version, an ERR packet's SQL state and message) ends up in log lines, so it comes
+//! out as one line: invalid UTF-8 replaced, control characters escaped (`\n`, `\u{1b}`).
 
 use std::fmt;
 
@@ -178,7 +180,7 @@ fn parse_greeting_body(r: &mut Reader<'_>) -> Result<Greeting, ProtocolError> {
     r.take(1, "filler")?;
     let mut capabilities = u32::from(r.u16_le("capability flags")?);
     let mut greeting = Greeting {
-        server_version: String::from_utf8_lossy(server_version).into_owned(),
+        server_version: printable(server_version),
         connection_id,
         capabilities,
         character_set: None,
@@ -220,16 +222,34 @@ fn parse_err_body(r: &mut Reader<'_>) -> Result<ErrPacket, ProtocolError> {
     let sql_state = if r.peek() == Some(b'#') {
         r.take(1, "SQL state marker")?;
         let state = r.take(5, "SQL state")?;
-        Some(String::from_utf8_lossy(state).into_owned())
+        Some(printable(state))
     } else {
         None
     };
-    let message = String::from_utf8_lossy(r.rest()).into_owned();
+    let message = printable(r.rest());
     Ok(ErrPacket {
         code,
         sql_state,
         message,
     })
+}
+
+/// Text from the server for a log line: invalid UTF-8 kept lossily, control characters (a
+/// newline, an escape sequence) written as Rust escapes so that they cannot break the line.
+fn printable(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if !text.chars().any(char::is_control) {
+        return text.into_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Builds the payload of a `HandshakeResponse41` logging in as `user` with an empty password,
@@ -616,6 +636,35 @@ mod tests {
             panic!("expected ERR");
         };
         assert_eq!(e.message, "\u{FFFD}(");
+    }
+
+    #[test]
+    fn control_characters_from_the_server_are_escaped_onto_one_line() {
+        // Found by the mysql fuzz target: an ERR packet's message and SQL state, and the server
+        // version, went into log lines as sent, newlines and escape sequences included.
+        let mut p = vec![0xFF];
+        p.extend_from_slice(&ER_CON_COUNT_ERROR.to_le_bytes());
+        p.extend_from_slice(b"#\x05oo m\nToo many\r\nconnections \x1b[31m\xc3(");
+        let Ok(InitialPacket::Error(e)) = parse_initial(&p) else {
+            panic!("expected ERR");
+        };
+        assert_eq!(e.sql_state.as_deref(), Some("\\u{5}oo m"));
+        assert_eq!(e.message, "\\nToo many\\r\\nconnections \\u{1b}[31m\u{FFFD}(");
+        assert_eq!(
+            e.to_string(),
+            "ERROR 1040 (\\u{5}oo m): \\nToo many\\r\\nconnections \\u{1b}[31m\u{FFFD}("
+        );
+        let Ok(AuthReply::Err(e)) = parse_auth_reply(&p) else {
+            panic!("expected ERR");
+        };
+        assert!(!e.to_string().contains(['\n', '\r', '\x1b']), "{e}");
+
+        let mut bytes = mariadb_greeting();
+        bytes[1..4].copy_from_slice(b"\n5\t");
+        let g = greeting(&bytes);
+        assert_eq!(g.server_version, "\\n5\\t.5-10.11.6-MariaDB-0+deb12u1");
+        // Ordinary text, non-ASCII included, is kept as sent.
+        assert_eq!(printable("Accès refusé".as_bytes()), "Accès refusé");
     }
 
     #[test]
