@@ -746,16 +746,8 @@ impl Worker {
             connected: false,
             bytes_seen: false,
         };
-        let index = match self.free.pop() {
-            Some(index) => {
-                self.conns[index] = Some(conn);
-                index
-            }
-            None => {
-                self.conns.push(Some(conn));
-                self.conns.len() - 1
-            }
-        };
+        let free = self.free.pop();
+        let index = put(&mut self.conns, free, conn);
         self.open += 1;
         self.shared.workers[self.id]
             .open
@@ -858,16 +850,8 @@ impl Worker {
                 listener,
                 closing: false,
             };
-            let index = match self.slots.iter().position(Option::is_none) {
-                Some(index) => {
-                    self.slots[index] = Some(slot);
-                    index
-                }
-                None => {
-                    self.slots.push(Some(slot));
-                    self.slots.len() - 1
-                }
-            };
+            let free = self.slots.iter().position(Option::is_none);
+            let index = put(&mut self.slots, free, slot);
             self.arm_accept(index);
         }
         self.epoch = Rc::new(Epoch::new(table));
@@ -1562,6 +1546,20 @@ impl Worker {
             .open
             .store(self.open, Ordering::Relaxed);
         // Dropping `conn` closes both sockets.
+    }
+}
+
+/// Stores `value` in the free entry `free` of `slots`, or in a new one; returns its index.
+fn put<T>(slots: &mut Vec<Option<T>>, free: Option<usize>, value: T) -> usize {
+    match free {
+        Some(index) => {
+            slots[index] = Some(value);
+            index
+        }
+        None => {
+            slots.push(Some(value));
+            slots.len() - 1
+        }
     }
 }
 
