@@ -420,3 +420,66 @@ fn latency_histograms_show_a_p99_per_backend_and_sigusr1_dumps_them() {
         );
     }
 }
+
+#[test]
+fn reloads_under_connection_churn_fail_no_connection() {
+    let _serial = support::one_at_a_time();
+    let a = MariaDb::start();
+    let b = MariaDb::start();
+    let lb = Ringlb::start_with_file(|listen, admin| global(admin) + &listener("writes", listen, &[&a], ""));
+    let with_b = global(lb.admin_addr()) + &listener("writes", lb.addr(), &[&a, &b], "");
+    let without_b = global(lb.admin_addr()) + &listener("writes", lb.addr(), &[&a], "");
+
+    // Clients connect, query and quit in a loop on two threads while the backend set changes
+    // under them ten times.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listen = lb.addr();
+    let churn: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match connect(listen).and_then(|mut c| c.query_first::<u16, _>("SELECT @@port")) {
+                        Ok(Some(_)) => ok += 1,
+                        Ok(None) => failed.push("no row".to_string()),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let mut held = lb.conn();
+    for round in 0..10 {
+        let text = if round % 2 == 0 { &with_b } else { &without_b };
+        let (ok, said) = lb.reload_with(text);
+        assert!(ok, "reload {round}: {said}");
+        let expected = if round % 2 == 0 { 2 } else { 1 };
+        assert_eq!(backends_of(&lb, "writes").len(), expected, "after reload {round}");
+        assert_eq!(
+            port_of(&mut held),
+            a.port(),
+            "the held connection after reload {round}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for thread in churn {
+        let (o, f) = thread.join().unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    eprintln!(
+        "[reload] 10 reloads under churn: {ok} connections answered, {} failed",
+        failed.len()
+    );
+    assert!(ok > 0, "no connection went through");
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
