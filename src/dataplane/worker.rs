@@ -1159,10 +1159,7 @@ impl Worker {
 
     fn on_poll_in(&mut self, index: usize, dir: usize, result: i32) {
         if result < 0 && !matches!(-result, libc::EINTR | libc::EAGAIN) {
-            if dir == TO_CLIENT && self.redispatch_before_first_byte(index, &errno(result)) {
-                return;
-            }
-            self.abort(index);
+            self.read_failed(index, dir, result, "poll for reading");
         } else {
             // Readable, at EOF, or an error the splice will report.
             self.submit_splice_in(index, dir);
@@ -1214,13 +1211,7 @@ impl Worker {
                 self.waiting_for_buffer.push_back((index, generation, dir));
             }
             _ if matches!(-result, libc::EAGAIN | libc::EINTR) => self.submit_recv(index, dir),
-            _ => {
-                if dir == TO_CLIENT && self.redispatch_before_first_byte(index, &errno(result)) {
-                    return;
-                }
-                tracing::debug!(worker = self.id, dir, error = %errno(result), "recv failed; closing");
-                self.abort(index);
-            }
+            _ => self.read_failed(index, dir, result, "recv"),
         }
     }
 
@@ -1322,13 +1313,7 @@ impl Worker {
                 self.return_pipe(index, dir);
                 self.wait_readable(index, dir);
             }
-            _ => {
-                if dir == TO_CLIENT && self.redispatch_before_first_byte(index, &errno(result)) {
-                    return;
-                }
-                tracing::debug!(worker = self.id, dir, error = %errno(result), "splice from socket failed; closing");
-                self.abort(index);
-            }
+            _ => self.read_failed(index, dir, result, "splice from socket"),
         }
     }
 
@@ -1412,6 +1397,16 @@ impl Worker {
             conn.phase = Phase::Closing;
             self.finish_if_done(index);
         }
+    }
+
+    /// Reading the source of `dir` failed (`what`, with `result`): the connection ends, unless it
+    /// is the backend failing before its first byte, which is redispatched instead.
+    fn read_failed(&mut self, index: usize, dir: usize, result: i32, what: &str) {
+        if dir == TO_CLIENT && self.redispatch_before_first_byte(index, &errno(result)) {
+            return;
+        }
+        tracing::debug!(worker = self.id, dir, error = %errno(result), "{what} failed; closing");
+        self.abort(index);
     }
 
     /// The backend ended the connection (`error`) before its first byte: when the client has
