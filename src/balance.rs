@@ -155,9 +155,13 @@ impl Backend {
         }
     }
 
-    /// Up and enabled: may take new connections.
+    /// Up, enabled and still configured: may take new connections. A backend a reload removed
+    /// has no health checker any more, so a client still holding the old table (queued, or
+    /// redispatched) must not be sent there on the strength of its last verdict.
     fn takes_connections(&self) -> bool {
-        self.is_up() && self.live.admin_state.load(Ordering::Relaxed) == AdminState::Enabled as u8
+        self.is_up()
+            && self.live.admin_state.load(Ordering::Relaxed) == AdminState::Enabled as u8
+            && !self.live.retired.load(Ordering::Relaxed)
     }
 
     fn full(&self) -> bool {

@@ -211,9 +211,33 @@ fn maxconn_queues_clients_until_a_slot_frees_and_refuses_them_after_the_queue_ti
         listener_stat(&lb, "patient", "queued") == 1
     });
     assert!(!second.is_finished(), "the second client got past maxconn");
-    // The slot frees: the queued client is served.
+    // More wait, spread over both workers: waiting costs no CPU (no worker wakes another while
+    // the backend stays full).
+    let more: Vec<_> = (0..5)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut conn = connect(listen).expect("a queued client gets in");
+                port_of(&mut conn)
+            })
+        })
+        .collect();
+    wait_until(Duration::from_secs(10), "six clients queued", || {
+        listener_stat(&lb, "patient", "queued") == 6
+    });
+    let cpu_before = lb.cpu_seconds();
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu = lb.cpu_seconds() - cpu_before;
+    eprintln!("[queue] six clients queued for 1 s: ringlb used {cpu:.3} CPU s");
+    assert!(
+        cpu < 0.5,
+        "ringlb spins while clients wait: {cpu:.3} CPU s in 1 s"
+    );
+    // The slot frees: the queued clients are served, one after another.
     drop(first);
     assert_eq!(second.join().unwrap(), a.port());
+    for client in more {
+        assert_eq!(client.join().unwrap(), a.port());
+    }
     assert_eq!(listener_stat(&lb, "patient", "queued"), 0);
 
     // With a 300 ms queue timeout the waiting client gets MySQL's "Too many connections".

@@ -121,6 +121,7 @@ enum Op {
     Tick = 11,
     /// Cancels the client's pending read of a connection in `Phase::Redispatching`.
     Cancel = 12,
+    QueueTick = 13,
 }
 
 impl Op {
@@ -139,6 +140,7 @@ impl Op {
             10 => Op::Wake,
             11 => Op::Tick,
             12 => Op::Cancel,
+            13 => Op::QueueTick,
             _ => return None,
         })
     }
@@ -379,13 +381,21 @@ struct Worker {
     epoch: Rc<Epoch>,
     control: Receiver<Control>,
     accept_retry: Box<types::Timespec>,
-    /// The tick's interval while it is armed (read by the kernel then: changed only while not).
-    tick: Box<types::Timespec>,
-    tick_armed: bool,
+    /// The idle sweep's interval while it is armed (read by the kernel then: changed only while
+    /// not), and the interval itself: the shortest of every table this worker's connections use.
+    idle_tick: Box<types::Timespec>,
+    idle_tick_armed: bool,
+    idle_tick_ms: u64,
+    /// The queue's tick ([`QUEUE_TICK_MS`], never changed), armed while clients are queued.
+    queue_tick: Box<types::Timespec>,
+    queue_tick_armed: bool,
     /// Clients waiting for a backend under its `maxconn`: (slot, generation), oldest first.
     queue: VecDeque<(usize, u32)>,
     /// A slot may have freed for a queued client: serve the queue after this batch.
     queue_dirty: bool,
+    /// This worker freed a slot that clients wait for since it last served its queue: what its
+    /// own queue does not take, another worker's may (they are woken then, and only then).
+    released_for_waiters: bool,
     /// Read once per batch of completions, ms.
     now_ms: u64,
     /// Last rejected-client log line, ms: at most one a second.
@@ -468,10 +478,14 @@ impl Worker {
             epoch: Rc::new(Epoch::new(table)),
             control,
             accept_retry: Box::new(timespec_ms(ACCEPT_RETRY_MS)),
-            tick: Box::new(timespec_ms(IDLE_TICK_MAX_MS)),
-            tick_armed: false,
+            idle_tick: Box::new(timespec_ms(IDLE_TICK_MAX_MS)),
+            idle_tick_armed: false,
+            idle_tick_ms: 0,
+            queue_tick: Box::new(timespec_ms(QUEUE_TICK_MS)),
+            queue_tick_armed: false,
             queue: VecDeque::new(),
             queue_dirty: false,
+            released_for_waiters: false,
             now_ms: clock::now_ms(),
             last_rejection_log_ms: 0,
             last_accept_warning_ms: 0,
@@ -481,6 +495,7 @@ impl Worker {
             waiting_for_buffer: VecDeque::new(),
             completions: Vec::with_capacity(config.tuning.ring_entries as usize),
         };
+        worker.idle_tick_ms = worker.epoch.idle_tick_ms;
         for slot in 0..worker.slots.len() {
             worker.arm_accept(slot);
         }
@@ -514,7 +529,7 @@ impl Worker {
                 self.queue_dirty = false;
                 self.serve_queue();
             }
-            self.arm_tick();
+            self.arm_ticks();
         }
     }
     // ---- submission ----
@@ -586,25 +601,25 @@ impl Worker {
         self.push(&[entry]);
     }
 
-    /// Arms the tick when something needs it: queued clients (their timeout) or connections
-    /// under an idle timeout. A worker with neither never wakes on its own.
-    fn arm_tick(&mut self) {
-        if self.tick_armed {
-            return;
+    /// Arms the ticks that something needs: the queue's while clients are queued (their
+    /// timeout), the idle sweep's while connections live under an idle timeout. A worker with
+    /// neither never wakes on its own.
+    fn arm_ticks(&mut self) {
+        if !self.queue_tick_armed && !self.queue.is_empty() {
+            self.queue_tick_armed = true;
+            let entry = opcode::Timeout::new(&*self.queue_tick as *const types::Timespec)
+                .build()
+                .user_data(token(0, Op::QueueTick, 0));
+            self.push(&[entry]);
         }
-        let ms = if !self.queue.is_empty() {
-            QUEUE_TICK_MS
-        } else if self.open > 0 && self.epoch.idle_tick_ms > 0 {
-            self.epoch.idle_tick_ms
-        } else {
-            return;
-        };
-        *self.tick = timespec_ms(ms);
-        self.tick_armed = true;
-        let entry = opcode::Timeout::new(&*self.tick as *const types::Timespec)
-            .build()
-            .user_data(token(0, Op::Tick, 0));
-        self.push(&[entry]);
+        if !self.idle_tick_armed && self.open > 0 && self.idle_tick_ms > 0 {
+            *self.idle_tick = timespec_ms(self.idle_tick_ms);
+            self.idle_tick_armed = true;
+            let entry = opcode::Timeout::new(&*self.idle_tick as *const types::Timespec)
+                .build()
+                .user_data(token(0, Op::Tick, 0));
+            self.push(&[entry]);
+        }
     }
 
     // ---- completion dispatch ----
@@ -621,7 +636,12 @@ impl Worker {
                 }
             }
             Some(Op::Wake) => self.on_wake(flags),
-            Some(Op::Tick) => self.on_tick(),
+            Some(Op::Tick) => self.on_idle_tick(),
+            Some(Op::QueueTick) => {
+                self.queue_tick_armed = false;
+                self.now_ms = clock::now_ms();
+                self.serve_queue();
+            }
             Some(op) => {
                 let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
                     debug_assert!(false, "completion for a free slot");
@@ -666,7 +686,9 @@ impl Worker {
                     // Only sent while redispatching, and its completion handled there; a late
                     // one has nothing left to do.
                     Op::Cancel => {}
-                    Op::Accept | Op::AcceptRetry | Op::Wake | Op::Tick => unreachable!("handled above"),
+                    Op::Accept | Op::AcceptRetry | Op::Wake | Op::Tick | Op::QueueTick => {
+                        unreachable!("handled above")
+                    }
                 }
             }
             None => debug_assert!(false, "unknown op in user_data {user_data:#x}"),
@@ -855,15 +877,21 @@ impl Worker {
             self.arm_accept(index);
         }
         self.epoch = Rc::new(Epoch::new(table));
+        // Connections opened under the old table keep its idle timeouts: sweep often enough for
+        // both until they are gone.
+        self.idle_tick_ms = match (self.open > 0, self.idle_tick_ms, self.epoch.idle_tick_ms) {
+            (true, old, new) if old > 0 && new > 0 => old.min(new),
+            (true, old, new) => old.max(new),
+            (false, _, new) => new,
+        };
     }
 
-    fn on_tick(&mut self) {
-        self.tick_armed = false;
+    fn on_idle_tick(&mut self) {
+        self.idle_tick_armed = false;
         self.now_ms = clock::now_ms();
-        if self.open > 0 && self.epoch.idle_tick_ms > 0 {
+        if self.open > 0 && self.idle_tick_ms > 0 {
             self.close_idle();
         }
-        self.serve_queue();
     }
 
     /// Closes relaying connections that moved no byte for their listener's `idle_timeout_ms`.
@@ -943,7 +971,12 @@ impl Worker {
                 _ => self.refuse(index, "waited queue_timeout_ms for a backend under its maxconn"),
             }
         }
-        // Clients still wait on other workers that this one cannot serve: wake them.
+        // A slot this worker freed, that its own queue did not take, may serve a client queued on
+        // another worker: wake them. Only after a release, so that workers never wake each other
+        // in turn while the backends stay full.
+        if !std::mem::take(&mut self.released_for_waiters) {
+            return;
+        }
         let waiting: u64 = self
             .epoch
             .table
@@ -996,6 +1029,7 @@ impl Worker {
             > 0
         {
             self.queue_dirty = true;
+            self.released_for_waiters = true;
         }
     }
 
@@ -1540,6 +1574,10 @@ impl Worker {
         self.shared.workers[self.id]
             .open
             .store(self.open, Ordering::Relaxed);
+        if self.open == 0 {
+            // No connection of an older table is left: the current one's sweep is enough.
+            self.idle_tick_ms = self.epoch.idle_tick_ms;
+        }
         // Dropping `conn` closes both sockets.
     }
 }
