@@ -1133,9 +1133,12 @@ impl Worker {
                 return;
             }
         }
+        let now_ms = self.now_ms;
         let conn = self.conn(index);
         conn.phase = Phase::Relaying;
         conn.connected = true;
+        // Idle from here on, not from the accept or a wait in the queue.
+        conn.times.active_ms = now_ms;
         let now_us = clock::now_us();
         let took = now_us.saturating_sub(conn.times.connect_us);
         self.latency(&epoch, backend).record_connect(took);
@@ -1444,9 +1447,10 @@ impl Worker {
     }
 
     /// The backend ended the connection (`error`) before its first byte: when the client has
-    /// sent nothing either and another backend is left, gives this one up as a failed connect
-    /// and starts moving the client to the next (`Phase::Redispatching`); returns whether it did.
-    /// Otherwise the caller ends the connection as usual.
+    /// sent nothing either, gives this one up as a failed connect and starts moving the client
+    /// on (`Phase::Redispatching`): to the next backend, to the queue when the others are at
+    /// their maxconn, or to its end when none is left. Returns whether it did; otherwise the
+    /// caller ends the connection as usual.
     fn redispatch_before_first_byte(&mut self, index: usize, error: &io::Error) -> bool {
         let conn = self.conn(index);
         if conn.phase != Phase::Relaying || conn.bytes_seen {
@@ -1464,9 +1468,6 @@ impl Worker {
         let Some(backend) = conn.backend_index else {
             return false;
         };
-        if !epoch.table.has_candidate(conn.listener, conn.tried) {
-            return false;
-        }
         self.return_pipe(index, TO_CLIENT);
         let conn = self.conn(index);
         conn.phase = Phase::Redispatching;
