@@ -1540,6 +1540,14 @@ impl Worker {
             return;
         }
         conn.phase = Phase::Closing;
+        if let Some(backend) = &conn.backend {
+            // The backend's close will be a reset, not a FIN: a server still writing a result
+            // must fail at once. After a FIN it could wait, blocked on a window that this closed
+            // socket no longer opens, until its zero-window probes back off to tens of seconds
+            // (measured: a MariaDB session left 30 s with 3.6 MB unsent). The client's side keeps
+            // its FIN, so that an error packet written to it just before is still read.
+            let _ = socket2::SockRef::from(backend).set_linger(Some(std::time::Duration::ZERO));
+        }
         for fd in [conn.client.as_raw_fd(), conn.backend_fd()] {
             if fd >= 0 {
                 // SAFETY: shutdown on descriptors this connection owns; it touches no memory.
