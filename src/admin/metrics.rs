@@ -11,15 +11,15 @@ use crate::stats::{BackendSnapshot, ListenerSnapshot, Snapshot};
 /// The `Content-Type` of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
-/// A family with one sample per backend.
-struct Family {
+/// A family with one sample per `T` (a backend or a listener).
+struct Family<T> {
     name: &'static str,
     kind: &'static str,
     help: &'static str,
-    value: fn(&BackendSnapshot) -> u64,
+    value: fn(&T) -> u64,
 }
 
-const BACKEND_GAUGES_AND_COUNTERS: [Family; 4] = [
+const BACKEND_GAUGES_AND_COUNTERS: [Family<BackendSnapshot>; 4] = [
     Family {
         name: "ringlb_backend_up",
         kind: "gauge",
@@ -124,34 +124,26 @@ pub fn render(snapshot: &Snapshot) -> String {
     out
 }
 
-/// A family with one sample per listener.
-struct ListenerFamily {
-    name: &'static str,
-    kind: &'static str,
-    help: &'static str,
-    value: fn(&ListenerSnapshot) -> u64,
-}
-
-const LISTENER_FAMILIES: [ListenerFamily; 4] = [
-    ListenerFamily {
+const LISTENER_FAMILIES: [Family<ListenerSnapshot>; 4] = [
+    Family {
         name: "ringlb_listener_rejected_total",
         kind: "counter",
         help: "Client connections closed at accept because the listener's allow list left them out.",
         value: |l| l.rejected_total,
     },
-    ListenerFamily {
+    Family {
         name: "ringlb_listener_queued",
         kind: "gauge",
         help: "Clients waiting right now for a backend under its maxconn.",
         value: |l| l.queued,
     },
-    ListenerFamily {
+    Family {
         name: "ringlb_listener_queue_refused_total",
         kind: "counter",
         help: "Clients refused with 'Too many connections': the queue was full or their wait ran out.",
         value: |l| l.queue_refused_total,
     },
-    ListenerFamily {
+    Family {
         name: "ringlb_listener_idle_closed_total",
         kind: "counter",
         help: "Connections closed after idle_timeout_ms without a byte either way.",

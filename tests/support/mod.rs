@@ -330,18 +330,7 @@ impl MariaDb {
     /// override them (the benchmark raises `--max-connections`; the PROXY protocol tests set
     /// `--proxy-protocol-networks`).
     pub fn start_with_options(extra_options: &[&str]) -> MariaDb {
-        let template = template();
-        let dir = TempDir::new("rlb-db");
-        copy_dir(&template, &dir.path().join("data")).expect("copy the template data directory");
-        std::fs::write(dir.path().join("init.sql"), INIT_SQL).expect("write init.sql");
-        let mut server = MariaDb {
-            dir,
-            port: 0,
-            child: None,
-            extra_options: extra_options.iter().map(|o| o.to_string()).collect(),
-            admin: Mutex::new(None),
-            placement: None,
-        };
+        let mut server = MariaDb::unstarted(0, extra_options, None);
         for _attempt in 0..5 {
             server.port = free_port();
             match server.spawn_and_wait() {
@@ -354,22 +343,30 @@ impl MariaDb {
         panic!("MariaDB: no free port after 5 attempts");
     }
 
+    /// A server with its own copy of the template data directory, not started yet.
+    fn unstarted(
+        port: u16,
+        extra_options: &[&str],
+        placement: Option<(String, std::net::Ipv4Addr)>,
+    ) -> MariaDb {
+        let dir = TempDir::new("rlb-db");
+        copy_dir(&template(), &dir.path().join("data")).expect("copy the template data directory");
+        std::fs::write(dir.path().join("init.sql"), INIT_SQL).expect("write init.sql");
+        MariaDb {
+            dir,
+            port,
+            child: None,
+            extra_options: extra_options.iter().map(|o| o.to_string()).collect(),
+            admin: Mutex::new(None),
+            placement,
+        }
+    }
+
     /// A server inside network namespace `namespace`, listening on `ip:port` there (the HA tests'
     /// db-01 and db-02). Its process runs through `ip netns exec`; [`MariaDb::kill`] and
     /// [`MariaDb::restart`] work as for a local one.
     pub fn start_in_namespace(namespace: &str, ip: std::net::Ipv4Addr, port: u16) -> MariaDb {
-        let template = template();
-        let dir = TempDir::new("rlb-db");
-        copy_dir(&template, &dir.path().join("data")).expect("copy the template data directory");
-        std::fs::write(dir.path().join("init.sql"), INIT_SQL).expect("write init.sql");
-        let mut server = MariaDb {
-            dir,
-            port,
-            child: None,
-            extra_options: Vec::new(),
-            admin: Mutex::new(None),
-            placement: Some((namespace.to_string(), ip)),
-        };
+        let mut server = MariaDb::unstarted(port, &[], Some((namespace.to_string(), ip)));
         match server.spawn_and_wait() {
             Ok(()) => server,
             Err(StartFailure::PortTaken) => panic!("MariaDB in {namespace}: port {port} is taken"),
