@@ -69,6 +69,12 @@ pub struct ListenerState {
     pub queue_refused: Box<[CachePadded<AtomicU64>]>,
     /// Per worker: connections closed by `idle_timeout_ms`.
     pub idle_closed: Box<[CachePadded<AtomicU64>]>,
+    /// Per worker: clients moved to another backend after theirs failed to connect or closed
+    /// before its first byte.
+    pub redispatches: Box<[CachePadded<AtomicU64>]>,
+    /// Per worker: clients closed with "no backend available": `retries` used up, every backend
+    /// tried, or none up.
+    pub no_backend: Box<[CachePadded<AtomicU64>]>,
     /// Clients waiting in some worker's queue right now.
     pub queued: CachePadded<AtomicU32>,
 }
@@ -80,6 +86,8 @@ impl ListenerState {
             rejected: counters(),
             queue_refused: counters(),
             idle_closed: counters(),
+            redispatches: counters(),
+            no_backend: counters(),
             queued: Default::default(),
         }
     }
@@ -300,11 +308,11 @@ impl Backends {
 
     /// Picks a backend of `listener` for a new connection and counts it as active.
     ///
-    /// `tried` is a bitmask of pool positions already tried for this connection (redispatch).
+    /// `tried` holds the pool positions already tried for this connection (redispatch).
     /// Ties rotate, so sequential short connections alternate between equal backends.
     /// Backends at their `maxconn` are passed over; when that leaves none but some could take
     /// the connection once a slot frees, the answer is [`Pick::Full`].
-    pub fn acquire(&self, listener: usize, tried: u64, now_ms: u64) -> Pick {
+    pub fn acquire(&self, listener: usize, tried: &Tried, now_ms: u64) -> Pick {
         let pool = self.pools[listener].clone();
         let rotor = self.rotors[listener].fetch_add(1, Ordering::Relaxed);
         let backends = &self.all[pool.clone()];
@@ -313,7 +321,7 @@ impl Backends {
             Balance::Roundrobin => choose_round_robin,
         };
         // Backends that filled up between the choice and the count, passed over on the next try.
-        let mut lost_race = 0u64;
+        let mut excluded = tried.clone();
         for _ in 0..=backends.len() {
             // In order of preference: healthy primaries, then primaries a recent connect failed
             // on (they may have recovered before their check says so), then the same for backups.
@@ -329,7 +337,7 @@ impl Backends {
             let pick = [(true, false), (false, false), (true, true), (false, true)]
                 .into_iter()
                 .find_map(|(skip_suspect, backup)| {
-                    pick_in(backends.len(), tried | lost_race, rotor, &|pos| {
+                    pick_in(backends.len(), &excluded, rotor, &|pos| {
                         candidate(pos, skip_suspect, backup)
                     })
                 });
@@ -337,12 +345,12 @@ impl Backends {
             if self.all[pool.start + pick].try_take() {
                 return Pick::Backend(pool.start + pick);
             }
-            lost_race |= 1u64.checked_shl(pick as u32).unwrap_or(0);
+            excluded.insert(pick);
         }
         let waitable = backends
             .iter()
             .enumerate()
-            .any(|(pos, b)| untried(tried, pos) && b.takes_connections() && b.maxconn > 0);
+            .any(|(pos, b)| !tried.contains(pos) && b.takes_connections() && b.maxconn > 0);
         if waitable {
             Pick::Full
         } else {
@@ -352,11 +360,11 @@ impl Backends {
 
     /// Whether a healthy backend of `listener` not in `tried` is left to try, suspect or not:
     /// [`Backends::acquire`] falls back to suspect backends before it gives up.
-    pub fn has_candidate(&self, listener: usize, tried: u64) -> bool {
+    pub fn has_candidate(&self, listener: usize, tried: &Tried) -> bool {
         self.all[self.pools[listener].clone()]
             .iter()
             .enumerate()
-            .any(|(pos, b)| untried(tried, pos) && b.takes_connections() && !b.full())
+            .any(|(pos, b)| !tried.contains(pos) && b.takes_connections() && !b.full())
     }
 
     /// Sets the operator's state of every backend named `name` (in any listener); returns how
@@ -388,9 +396,50 @@ impl Backends {
     }
 }
 
-/// Whether pool position `pos` is not in the `tried` mask (positions past 64 never are).
-fn untried(tried: u64, pos: usize) -> bool {
-    pos >= 64 || tried & (1 << pos) == 0
+/// The pool positions one connection has tried, so that a redispatch never tries a backend
+/// twice; any pool size (positions past 64 spill to the heap, the first 64 cost nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tried {
+    low: u64,
+    high: Vec<u64>,
+    count: u32,
+}
+
+impl Tried {
+    pub fn contains(&self, pos: usize) -> bool {
+        let word = if pos < 64 {
+            self.low
+        } else {
+            self.high.get(pos / 64 - 1).copied().unwrap_or(0)
+        };
+        word & (1 << (pos % 64)) != 0
+    }
+
+    pub fn insert(&mut self, pos: usize) {
+        if self.contains(pos) {
+            return;
+        }
+        let word = if pos < 64 {
+            &mut self.low
+        } else {
+            let i = pos / 64 - 1;
+            if self.high.len() <= i {
+                self.high.resize(i + 1, 0);
+            }
+            &mut self.high[i]
+        };
+        *word |= 1 << (pos % 64);
+        self.count += 1;
+    }
+
+    /// How many positions were tried.
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
 }
 
 /// Weighted round robin: the eligible candidates (up, not yet tried) in pool order, each
@@ -398,13 +447,13 @@ fn untried(tried: u64, pos: usize) -> bool {
 /// not count. Returns the position in the pool.
 pub fn choose_round_robin(
     n: usize,
-    tried: u64,
+    tried: &Tried,
     rotor: usize,
     candidate: &dyn Fn(usize) -> Candidate,
 ) -> Option<usize> {
     let eligible = |pos: usize| {
         let c = candidate(pos);
-        (c.up && (pos >= 64 || tried & (1 << pos) == 0)).then_some(c.weight.max(1) as usize)
+        (c.up && !tried.contains(pos)).then_some(c.weight.max(1) as usize)
     };
     let total: usize = (0..n).filter_map(eligible).sum();
     if total == 0 {
@@ -433,7 +482,12 @@ pub struct Candidate {
 /// Least connections: among eligible candidates (up, not yet tried) the smallest
 /// `active / weight` (`candidate(pos)` for positions `0..n`), compared exactly by cross-multiplication; ties go to the first one at or
 /// after position `rotor % n`, so equal backends take turns. Returns the position in the pool.
-pub fn choose(n: usize, tried: u64, rotor: usize, candidate: &dyn Fn(usize) -> Candidate) -> Option<usize> {
+pub fn choose(
+    n: usize,
+    tried: &Tried,
+    rotor: usize,
+    candidate: &dyn Fn(usize) -> Candidate,
+) -> Option<usize> {
     if n == 0 {
         return None;
     }
@@ -442,7 +496,7 @@ pub fn choose(n: usize, tried: u64, rotor: usize, candidate: &dyn Fn(usize) -> C
     for step in 0..n {
         let pos = (start + step) % n;
         let c = candidate(pos);
-        if !c.up || (pos < 64 && tried & (1 << pos) != 0) {
+        if !c.up || tried.contains(pos) {
             continue;
         }
         let better = match best {
@@ -470,15 +524,24 @@ mod tests {
         }
     }
 
+    /// The positions whose bits are set in `bits`.
+    fn mask(bits: u64) -> Tried {
+        let mut tried = Tried::default();
+        (0..64)
+            .filter(|pos| bits & (1 << pos) != 0)
+            .for_each(|pos| tried.insert(pos));
+        tried
+    }
+
     fn acq(table: &Backends, listener: usize, tried: u64, now_ms: u64) -> Option<usize> {
-        match table.acquire(listener, tried, now_ms) {
+        match table.acquire(listener, &mask(tried), now_ms) {
             Pick::Backend(b) => Some(b),
             _ => None,
         }
     }
 
     fn pick(all: &[Candidate], tried: u64, rotor: usize) -> Option<usize> {
-        choose(all.len(), tried, rotor, &|pos| all[pos])
+        choose(all.len(), &mask(tried), rotor, &|pos| all[pos])
     }
 
     #[test]
@@ -490,17 +553,48 @@ mod tests {
         };
         let all = [up(0), heavy, up(0)];
         let picks: Vec<_> = (0..8)
-            .map(|r| choose_round_robin(all.len(), 0, r, &|pos| all[pos]).unwrap())
+            .map(|r| choose_round_robin(all.len(), &mask(0), r, &|pos| all[pos]).unwrap())
             .collect();
         assert_eq!(picks, vec![0, 1, 1, 2, 0, 1, 1, 2]);
         // Down or tried backends drop out of the cycle.
         let mut down = all;
         down[1].up = false;
         let picks: Vec<_> = (0..4)
-            .map(|r| choose_round_robin(3, 0b100, r, &|pos| down[pos]).unwrap())
+            .map(|r| choose_round_robin(3, &mask(0b100), r, &|pos| down[pos]).unwrap())
             .collect();
         assert_eq!(picks, vec![0, 0, 0, 0]);
-        assert_eq!(choose_round_robin(3, 0b101, 0, &|pos| down[pos]), None);
+        assert_eq!(choose_round_robin(3, &mask(0b101), 0, &|pos| down[pos]), None);
+    }
+
+    #[test]
+    fn tried_holds_positions_of_any_pool_size() {
+        let mut tried = Tried::default();
+        for pos in [0, 63, 64, 65, 200, 65] {
+            tried.insert(pos);
+        }
+        assert_eq!(tried.len(), 5);
+        for pos in [0, 63, 64, 65, 200] {
+            assert!(tried.contains(pos), "{pos}");
+        }
+        for pos in [1, 62, 66, 127, 128, 199, 201, 10_000] {
+            assert!(!tried.contains(pos), "{pos}");
+        }
+    }
+
+    #[test]
+    fn every_backend_of_a_large_pool_is_tried_once_then_none_is_left() {
+        let table = table(100);
+        let mut tried = Tried::default();
+        for _ in 0..100 {
+            let Pick::Backend(b) = table.acquire(0, &tried, 0) else {
+                panic!("a backend is left after {} tries", tried.len());
+            };
+            assert!(!tried.contains(b), "backend {b} picked twice");
+            tried.insert(b);
+            table.release(b);
+        }
+        assert!(!table.has_candidate(0, &tried));
+        assert_eq!(table.acquire(0, &tried, 0), Pick::None);
     }
 
     #[test]
@@ -594,13 +688,13 @@ mod tests {
     #[test]
     fn a_candidate_is_left_only_while_an_untried_healthy_backend_is() {
         let table = table(2);
-        assert!(table.has_candidate(0, 0b01));
-        assert!(!table.has_candidate(0, 0b11));
+        assert!(table.has_candidate(0, &mask(0b01)));
+        assert!(!table.has_candidate(0, &mask(0b11)));
         // Suspect still counts: acquire falls back to it.
         table.mark_suspect(1, 1000);
-        assert!(table.has_candidate(0, 0b01));
+        assert!(table.has_candidate(0, &mask(0b01)));
         table.all[1].live.up.store(false, Ordering::Relaxed);
-        assert!(!table.has_candidate(0, 0b01));
+        assert!(!table.has_candidate(0, &mask(0b01)));
     }
 
     #[test]
@@ -634,7 +728,7 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(acq(&table, 0, 0, 0), Some(1));
         }
-        assert!(!table.has_candidate(0, 0b10));
+        assert!(!table.has_candidate(0, &mask(0b10)));
         table.set_admin_state("127.0.0.1:3307", AdminState::Disabled);
         assert_eq!(acq(&table, 0, 0, 0), None);
         table.set_admin_state("127.0.0.1:3306", AdminState::Enabled);

@@ -88,6 +88,10 @@ pub struct ListenerConfig {
     pub queue_limit: u32,
     /// A client waits in the queue this long at most, then is refused.
     pub queue_timeout_ms: u64,
+    /// After a client's first backend fails (connect refused or timed out, or closed before its
+    /// first byte), at most this many other backends are tried, each a different one; then the
+    /// client gets a "no backend available" error (HAProxy's `retries`, with its redispatch).
+    pub retries: u32,
     /// A PROXY protocol header written to the backend before the client's bytes, so that the
     /// server sees the client's address (MariaDB: `proxy_protocol_networks` must hold ringlb's
     /// address); the health check sends the LOCAL form. `None`: the backend sees ringlb.
@@ -131,6 +135,7 @@ impl ListenerConfig {
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             queue_limit: DEFAULT_QUEUE_LIMIT,
             queue_timeout_ms: DEFAULT_QUEUE_TIMEOUT_MS,
+            retries: DEFAULT_RETRIES,
             send_proxy: None,
         }
     }
@@ -376,6 +381,10 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 28_800_000;
 pub const DEFAULT_QUEUE_LIMIT: u32 = 1024;
 pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 5000;
+/// Other backends a client tries after its first fails (HAProxy's default `retries`).
+pub const DEFAULT_RETRIES: u32 = 3;
+/// The most `retries` accepts: more than any pool needs, since no backend is tried twice.
+const MAX_RETRIES: i64 = 10_000;
 /// Where SIGUSR1 writes the latency histograms unless `[global] histogram_dump` says otherwise.
 pub const DEFAULT_HISTOGRAM_DUMP: &str = "/var/tmp/ringlb-histograms.hlog";
 
@@ -631,6 +640,7 @@ pub fn to_toml(config: &Config) -> String {
         out.push_str(&format!("idle_timeout_ms = {}\n", listener.idle_timeout_ms));
         out.push_str(&format!("queue_limit = {}\n", listener.queue_limit));
         out.push_str(&format!("queue_timeout_ms = {}\n", listener.queue_timeout_ms));
+        out.push_str(&format!("retries = {}\n", listener.retries));
         if listener.balance == Balance::Roundrobin {
             out.push_str("balance = \"roundrobin\"\n");
         }
@@ -797,6 +807,7 @@ struct RawListener {
     idle_timeout_ms: Option<Spanned<i64>>,
     queue_limit: Option<Spanned<i64>>,
     queue_timeout_ms: Option<Spanned<i64>>,
+    retries: Option<Spanned<i64>>,
     send_proxy: Option<Spanned<String>>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
@@ -1502,6 +1513,7 @@ fn default_listener(
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             queue_limit: DEFAULT_QUEUE_LIMIT,
             queue_timeout_ms: DEFAULT_QUEUE_TIMEOUT_MS,
+            retries: DEFAULT_RETRIES,
             send_proxy: None,
         },
         name_site: Site::Default("listener name"),
@@ -1568,6 +1580,10 @@ fn file_listener(
         Some(v) => int_in(origin, v, &format!("{key}.queue_timeout_ms"), 1, 3_600_000)?,
         None => DEFAULT_QUEUE_TIMEOUT_MS,
     };
+    let retries = match &listener.retries {
+        Some(v) => int_in(origin, v, &format!("{key}.retries"), 0, MAX_RETRIES)?,
+        None => DEFAULT_RETRIES,
+    };
     let send_proxy = match &listener.send_proxy {
         None => None,
         Some(v) => Some(ProxyVersion::from_name(v.get_ref()).ok_or_else(|| {
@@ -1633,6 +1649,7 @@ fn file_listener(
             idle_timeout_ms,
             queue_limit,
             queue_timeout_ms,
+            retries,
             send_proxy,
         },
         name_site,
@@ -1940,6 +1957,7 @@ address = "[::1]:3307"
                 idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
                 queue_limit: DEFAULT_QUEUE_LIMIT,
                 queue_timeout_ms: DEFAULT_QUEUE_TIMEOUT_MS,
+                retries: DEFAULT_RETRIES,
                 send_proxy: Some(ProxyVersion::V2),
             }]
         );

@@ -3,8 +3,11 @@
 //!
 //! A reload is all or nothing. The new file is loaded and validated, and every new listener's
 //! sockets are bound, before anything changes; any failure leaves the running configuration
-//! exactly as it was and is answered with one line naming the culprit. Then each worker gets the
-//! new table ([`Control::Reload`]) and answers once it uses it; connections already open keep the
+//! exactly as it was and is answered with one line naming the culprit. Then the new table is
+//! handed to the workers in two steps ([`hand_off`]): each worker holds it aside and answers
+//! ([`Control::Prepare`]); only when every one has answered does each switch to it
+//! ([`Control::Commit`]), and if one cannot be reached or does not answer in time, every worker
+//! drops it ([`Control::Abort`]) and the reload is refused. Connections already open keep the
 //! table they were opened under until they close. Backends and listeners that stay keep their
 //! state (health, counts, counters); new backends get a health checker, removed ones lose theirs.
 //!
@@ -21,11 +24,11 @@ use socket2::Socket;
 
 use crate::config::{self, Config, Overrides};
 use crate::dataplane::listener;
-use crate::dataplane::worker::Control;
+use crate::dataplane::worker::{Control, NewSockets};
 use crate::health::Health;
 use crate::stats::Shared;
 
-/// How long a reload waits for every worker to take the new table.
+/// How long a reload waits for every worker to answer each step.
 const WORKER_ANSWER: Duration = Duration::from_secs(5);
 
 /// Where a reload reads the configuration from: the file and flags ringlb was started with.
@@ -53,6 +56,88 @@ pub struct Reloader {
 struct State {
     config: Config,
     listening: Vec<Listening>,
+}
+
+/// Hands `table` (and each worker's new listener sockets, `per_worker`) to every worker, all or
+/// none: first every worker holds it aside and answers; if one is gone or does not answer within
+/// `answer_within`, every worker is told to drop it and the answer is an error, with no worker
+/// changed. Otherwise every worker is told to switch, which a worker that has just answered
+/// cannot fail to do; its confirmation is awaited so that the reload's answer comes after.
+/// `wake` makes a worker read its messages.
+pub fn hand_off(
+    workers: &[Sender<Control>],
+    wake: impl Fn(usize),
+    table: &Arc<crate::balance::Backends>,
+    per_worker: Vec<NewSockets>,
+    answer_within: Duration,
+) -> Result<(), String> {
+    let abort_all = || {
+        for (w, sender) in workers.iter().enumerate() {
+            if sender.send(Control::Abort).is_ok() {
+                wake(w);
+            }
+        }
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    for (w, (sender, add)) in workers.iter().zip(per_worker).enumerate() {
+        let message = Control::Prepare {
+            table: table.clone(),
+            add,
+            done: done_tx.clone(),
+        };
+        if sender.send(message).is_err() {
+            abort_all();
+            return Err(format!("worker {w} is gone; no worker changed"));
+        }
+        wake(w);
+    }
+    if let Err(missing) = await_all(&done_rx, workers.len(), answer_within) {
+        abort_all();
+        return Err(format!(
+            "worker(s) {missing:?} did not answer within {answer_within:?}; no worker changed"
+        ));
+    }
+    for (w, sender) in workers.iter().enumerate() {
+        // Only a worker thread that has ended (the process is going down) refuses this.
+        if sender
+            .send(Control::Commit {
+                done: done_tx.clone(),
+            })
+            .is_ok()
+        {
+            wake(w);
+        }
+    }
+    if let Err(missing) = await_all(&done_rx, workers.len(), answer_within) {
+        tracing::warn!("worker(s) {missing:?} did not confirm the reload within {answer_within:?}; they switch when they next wake");
+    }
+    Ok(())
+}
+
+/// Waits for an answer from each of `workers` workers (answers carry the worker's id); on a
+/// timeout, the ids that did not answer.
+fn await_all(
+    answers: &std::sync::mpsc::Receiver<usize>,
+    workers: usize,
+    within: Duration,
+) -> Result<(), Vec<usize>> {
+    let deadline = std::time::Instant::now() + within;
+    let mut answered = vec![false; workers];
+    let mut left = workers;
+    while left > 0 {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        match answers.recv_timeout(wait) {
+            Ok(w) if w < workers && !answered[w] => {
+                answered[w] = true;
+                left -= 1;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err((0..workers).filter(|&w| !answered[w]).collect());
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Reloader {
@@ -176,8 +261,7 @@ impl Reloader {
                 sockets,
             });
         }
-        let mut per_worker: Vec<Vec<(String, Socket)>> =
-            (0..self.workers.len()).map(|_| Vec::new()).collect();
+        let mut per_worker: Vec<NewSockets> = (0..self.workers.len()).map(|_| Vec::new()).collect();
         for l in &fresh {
             for (w, socket) in l.sockets.iter().enumerate() {
                 let socket = socket
@@ -196,26 +280,13 @@ impl Reloader {
             .collect();
         let removed_backends: Vec<_> = old_table.removed_in(&table).collect();
 
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        for (w, (sender, add)) in self.workers.iter().zip(per_worker).enumerate() {
-            let message = Control::Reload {
-                table: table.clone(),
-                add,
-                done: done_tx.clone(),
-            };
-            if sender.send(message).is_err() {
-                return Err(format!("worker {w} is gone"));
-            }
-            self.shared.wake(w);
-        }
-        drop(done_tx);
-        for _ in 0..self.workers.len() {
-            // A worker that does not answer still applies the message when it next wakes.
-            if done_rx.recv_timeout(WORKER_ANSWER).is_err() {
-                tracing::warn!("a worker did not confirm the reload within {WORKER_ANSWER:?}");
-                break;
-            }
-        }
+        hand_off(
+            &self.workers,
+            |w| self.shared.wake(w),
+            &table,
+            per_worker,
+            WORKER_ANSWER,
+        )?;
         self.shared.set_table(table.clone());
         for b in &removed_backends {
             b.live.retired.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -244,5 +315,112 @@ impl Reloader {
         );
         state.config = new;
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::{channel, Receiver};
+
+    use crate::balance::Backends;
+
+    fn table() -> Arc<Backends> {
+        let backends = vec![config::BackendConfig::at("127.0.0.1:3306".parse().unwrap())];
+        let config = Config::with_listener("127.0.0.1:4040".parse().unwrap(), backends);
+        Arc::new(Backends::from_config(&config))
+    }
+
+    /// What a worker received, by kind.
+    fn kinds(receiver: &Receiver<Control>) -> Vec<&'static str> {
+        receiver
+            .try_iter()
+            .map(|m| match m {
+                Control::Prepare { .. } => "prepare",
+                Control::Commit { .. } => "commit",
+                Control::Abort => "abort",
+            })
+            .collect()
+    }
+
+    /// A worker thread that answers every step, as a live worker does.
+    fn answering_worker(id: usize) -> (Sender<Control>, std::thread::JoinHandle<Vec<&'static str>>) {
+        let (sender, receiver) = channel();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while let Ok(message) = receiver.recv() {
+                match message {
+                    Control::Prepare { done, .. } => {
+                        seen.push("prepare");
+                        let _ = done.send(id);
+                    }
+                    Control::Commit { done } => {
+                        seen.push("commit");
+                        let _ = done.send(id);
+                    }
+                    Control::Abort => seen.push("abort"),
+                }
+            }
+            seen
+        });
+        (sender, thread)
+    }
+
+    fn no_sockets(workers: usize) -> Vec<NewSockets> {
+        (0..workers).map(|_| Vec::new()).collect()
+    }
+
+    #[test]
+    fn a_worker_that_is_gone_leaves_every_worker_on_the_old_table() {
+        let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..3).map(|_| channel()).unzip();
+        drop(receivers.pop()); // Worker 2 is gone.
+        let result = hand_off(&senders, |_| {}, &table(), no_sockets(3), Duration::from_secs(1));
+        assert_eq!(result, Err("worker 2 is gone; no worker changed".to_string()));
+        // The workers before it were told to prepare, then to drop it; none to switch.
+        for receiver in &receivers {
+            assert_eq!(kinds(receiver), vec!["prepare", "abort"]);
+        }
+    }
+
+    #[test]
+    fn a_worker_that_does_not_answer_leaves_every_worker_on_the_old_table() {
+        let (first, first_thread) = answering_worker(0);
+        let (silent, silent_receiver) = channel();
+        let (last, last_thread) = answering_worker(2);
+        let workers = [first, silent, last];
+        let result = hand_off(
+            &workers,
+            |_| {},
+            &table(),
+            no_sockets(3),
+            Duration::from_millis(200),
+        );
+        let error = result.unwrap_err();
+        assert!(error.contains("[1] did not answer"), "{error}");
+        // The silent one finds the table and then its withdrawal, in that order, when it wakes.
+        assert_eq!(kinds(&silent_receiver), vec!["prepare", "abort"]);
+        drop(workers);
+        assert_eq!(first_thread.join().unwrap(), vec!["prepare", "abort"]);
+        assert_eq!(last_thread.join().unwrap(), vec!["prepare", "abort"]);
+    }
+
+    #[test]
+    fn workers_that_answer_all_switch() {
+        let (senders, threads): (Vec<_>, Vec<_>) = (0..3).map(answering_worker).unzip();
+        let woken = Mutex::new(Vec::new());
+        let result = hand_off(
+            &senders,
+            |w| woken.lock().unwrap().push(w),
+            &table(),
+            no_sockets(3),
+            Duration::from_secs(5),
+        );
+        drop(senders);
+        let seen: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(result, Ok(()), "{seen:?}");
+        for worker in seen {
+            assert_eq!(worker, vec!["prepare", "commit"]);
+        }
+        assert_eq!(woken.into_inner().unwrap(), vec![0, 1, 2, 0, 1, 2]);
     }
 }

@@ -35,6 +35,17 @@ pub struct WorkerStats {
     pub accepted: CachePadded<AtomicU64>,
     /// Client connections this worker holds right now (queued, connecting or relaying).
     pub open: CachePadded<AtomicU64>,
+    /// Reads that found the provided-buffer ring empty and waited for a buffer to come back.
+    pub buffer_waits: CachePadded<AtomicU64>,
+    /// Submissions that found the submission queue full and waited in the worker's backlog.
+    pub backlogged: CachePadded<AtomicU64>,
+    /// Submissions waiting in the backlog right now.
+    pub backlog: CachePadded<AtomicU64>,
+    /// Times the completion queue was found full, its overflow held by the kernel.
+    pub cq_overflows: CachePadded<AtomicU64>,
+    /// Completions that matched no op in flight (a stale generation, a free slot, an unknown op,
+    /// or more completions than submissions): each a bug, counted and logged, never fatal.
+    pub accounting_errors: CachePadded<AtomicU64>,
 }
 
 /// State every thread can read: the current backend table and each worker's counters.
@@ -153,6 +164,12 @@ impl Shared {
             .map(|(worker, w)| WorkerSnapshot {
                 worker,
                 accepted_total: w.accepted.load(Ordering::Relaxed),
+                open: w.open.load(Ordering::Relaxed),
+                buffer_waits_total: w.buffer_waits.load(Ordering::Relaxed),
+                backlogged_total: w.backlogged.load(Ordering::Relaxed),
+                backlog: w.backlog.load(Ordering::Relaxed),
+                cq_overflows_total: w.cq_overflows.load(Ordering::Relaxed),
+                accounting_errors_total: w.accounting_errors.load(Ordering::Relaxed),
             })
             .collect();
         let listeners = table
@@ -166,6 +183,8 @@ impl Shared {
                     queued: u64::from(l.state.queued.load(Ordering::Relaxed)),
                     queue_refused_total: sum(&l.state.queue_refused),
                     idle_closed_total: sum(&l.state.idle_closed),
+                    redispatches_total: sum(&l.state.redispatches),
+                    no_backend_total: sum(&l.state.no_backend),
                 }
             })
             .collect();
@@ -200,6 +219,12 @@ pub struct ListenerSnapshot {
     /// Connections closed by `idle_timeout_ms`.
     #[serde(default)]
     pub idle_closed_total: u64,
+    /// Clients moved to another backend after theirs failed before its first byte.
+    #[serde(default)]
+    pub redispatches_total: u64,
+    /// Clients closed with "no backend available".
+    #[serde(default)]
+    pub no_backend_total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,8 +247,22 @@ pub struct BackendSnapshot {
     pub bytes_to_client_total: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerSnapshot {
     pub worker: usize,
     pub accepted_total: u64,
+    /// Client connections held right now.
+    #[serde(default)]
+    pub open: u64,
+    /// What explains a stall (see [`WorkerStats`]).
+    #[serde(default)]
+    pub buffer_waits_total: u64,
+    #[serde(default)]
+    pub backlogged_total: u64,
+    #[serde(default)]
+    pub backlog: u64,
+    #[serde(default)]
+    pub cq_overflows_total: u64,
+    #[serde(default)]
+    pub accounting_errors_total: u64,
 }

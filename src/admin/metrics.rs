@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use crate::stats::{BackendSnapshot, ListenerSnapshot, Snapshot};
+use crate::stats::{BackendSnapshot, ListenerSnapshot, Snapshot, WorkerSnapshot};
 
 /// The `Content-Type` of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -121,10 +121,62 @@ pub fn render(snapshot: &Snapshot) -> String {
     for (b, labels) in snapshot.backends.iter().zip(&labels) {
         let _ = writeln!(out, "ringlb_backend_maxconn{{{labels}}} {}", b.maxconn);
     }
+    for family in WORKER_FAMILIES {
+        header(&mut out, family.name, family.kind, family.help);
+        for w in &snapshot.workers {
+            let _ = writeln!(
+                out,
+                "{}{{worker=\"{}\"}} {}",
+                family.name,
+                w.worker,
+                (family.value)(w)
+            );
+        }
+    }
     out
 }
 
-const LISTENER_FAMILIES: [Family<ListenerSnapshot>; 4] = [
+/// What explains a stall in a worker: each its own family, one sample per worker.
+const WORKER_FAMILIES: [Family<WorkerSnapshot>; 6] = [
+    Family {
+        name: "ringlb_worker_open_connections",
+        kind: "gauge",
+        help: "Client connections the worker holds right now (queued, connecting or relaying).",
+        value: |w| w.open,
+    },
+    Family {
+        name: "ringlb_worker_buffer_waits_total",
+        kind: "counter",
+        help: "Reads that found every provided buffer in use and waited for one ([tuning] buffers).",
+        value: |w| w.buffer_waits_total,
+    },
+    Family {
+        name: "ringlb_worker_backlogged_total",
+        kind: "counter",
+        help: "Submissions that found the submission queue full and waited in the worker's backlog ([tuning] ring_entries).",
+        value: |w| w.backlogged_total,
+    },
+    Family {
+        name: "ringlb_worker_backlog",
+        kind: "gauge",
+        help: "Submissions waiting in the worker's backlog right now.",
+        value: |w| w.backlog,
+    },
+    Family {
+        name: "ringlb_worker_cq_overflows_total",
+        kind: "counter",
+        help: "Times the completion queue was full and the kernel held completions back ([tuning] ring_entries).",
+        value: |w| w.cq_overflows_total,
+    },
+    Family {
+        name: "ringlb_worker_accounting_errors_total",
+        kind: "counter",
+        help: "Completions that matched no operation in flight: a bug, counted and logged (please report).",
+        value: |w| w.accounting_errors_total,
+    },
+];
+
+const LISTENER_FAMILIES: [Family<ListenerSnapshot>; 6] = [
     Family {
         name: "ringlb_listener_rejected_total",
         kind: "counter",
@@ -148,6 +200,19 @@ const LISTENER_FAMILIES: [Family<ListenerSnapshot>; 4] = [
         kind: "counter",
         help: "Connections closed after idle_timeout_ms without a byte either way.",
         value: |l| l.idle_closed_total,
+    },
+    Family {
+        name: "ringlb_listener_redispatches_total",
+        kind: "counter",
+        help:
+            "Clients moved to another backend after theirs failed to connect or closed before its first byte.",
+        value: |l| l.redispatches_total,
+    },
+    Family {
+        name: "ringlb_listener_no_backend_total",
+        kind: "counter",
+        help: "Clients closed with 'no backend available': retries used up, every backend tried, or none up.",
+        value: |l| l.no_backend_total,
     },
 ];
 
@@ -203,10 +268,17 @@ mod tests {
                 WorkerSnapshot {
                     worker: 0,
                     accepted_total: 17,
+                    open: 2,
+                    buffer_waits_total: 5,
+                    backlogged_total: 9,
+                    backlog: 1,
+                    cq_overflows_total: 3,
+                    accounting_errors_total: 4,
                 },
                 WorkerSnapshot {
                     worker: 1,
                     accepted_total: 4,
+                    ..Default::default()
                 },
             ],
         };
@@ -241,6 +313,30 @@ ringlb_worker_accepted_total{worker=\"1\"} 4
 # TYPE ringlb_backend_maxconn gauge
 ringlb_backend_maxconn{backend=\"db-01:3306\",listener=\"default\"} 0
 ringlb_backend_maxconn{backend=\"db-02:3306\",listener=\"default\"} 0
+# HELP ringlb_worker_open_connections Client connections the worker holds right now (queued, connecting or relaying).
+# TYPE ringlb_worker_open_connections gauge
+ringlb_worker_open_connections{worker=\"0\"} 2
+ringlb_worker_open_connections{worker=\"1\"} 0
+# HELP ringlb_worker_buffer_waits_total Reads that found every provided buffer in use and waited for one ([tuning] buffers).
+# TYPE ringlb_worker_buffer_waits_total counter
+ringlb_worker_buffer_waits_total{worker=\"0\"} 5
+ringlb_worker_buffer_waits_total{worker=\"1\"} 0
+# HELP ringlb_worker_backlogged_total Submissions that found the submission queue full and waited in the worker's backlog ([tuning] ring_entries).
+# TYPE ringlb_worker_backlogged_total counter
+ringlb_worker_backlogged_total{worker=\"0\"} 9
+ringlb_worker_backlogged_total{worker=\"1\"} 0
+# HELP ringlb_worker_backlog Submissions waiting in the worker's backlog right now.
+# TYPE ringlb_worker_backlog gauge
+ringlb_worker_backlog{worker=\"0\"} 1
+ringlb_worker_backlog{worker=\"1\"} 0
+# HELP ringlb_worker_cq_overflows_total Times the completion queue was full and the kernel held completions back ([tuning] ring_entries).
+# TYPE ringlb_worker_cq_overflows_total counter
+ringlb_worker_cq_overflows_total{worker=\"0\"} 3
+ringlb_worker_cq_overflows_total{worker=\"1\"} 0
+# HELP ringlb_worker_accounting_errors_total Completions that matched no operation in flight: a bug, counted and logged (please report).
+# TYPE ringlb_worker_accounting_errors_total counter
+ringlb_worker_accounting_errors_total{worker=\"0\"} 4
+ringlb_worker_accounting_errors_total{worker=\"1\"} 0
 ";
         assert_eq!(render(&snapshot), expected);
     }
@@ -252,7 +348,7 @@ ringlb_backend_maxconn{backend=\"db-02:3306\",listener=\"default\"} 0
             backends: vec![],
             workers: vec![],
         });
-        assert_eq!(out.lines().filter(|l| l.starts_with("# TYPE ")).count(), 7);
+        assert_eq!(out.lines().filter(|l| l.starts_with("# TYPE ")).count(), 13);
         assert!(out.lines().all(|l| l.starts_with('#')));
     }
 

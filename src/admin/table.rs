@@ -232,10 +232,12 @@ mod tests {
                 WorkerSnapshot {
                     worker: 0,
                     accepted_total: 3000,
+                    ..Default::default()
                 },
                 WorkerSnapshot {
                     worker: 1,
                     accepted_total: 463,
+                    ..Default::default()
                 },
             ],
         };

@@ -60,6 +60,10 @@ pub struct BufRing {
     group: u16,
     /// Our copy of the tail; published to the kernel with a release store.
     tail: u16,
+    /// Buffers in the ring as far as this side knows: given back and not yet reported taken by
+    /// a completion. May briefly count a buffer the kernel has taken for a completion not yet
+    /// read, never the other way round.
+    available: u16,
 }
 
 impl BufRing {
@@ -84,6 +88,7 @@ impl BufRing {
             buf_bytes,
             group,
             tail: 0,
+            available: 0,
         };
         for id in 0..count {
             this.push(id);
@@ -118,6 +123,7 @@ impl BufRing {
             entry.set_bid(id);
         }
         self.tail = self.tail.wrapping_add(1);
+        self.available += 1;
     }
 
     fn publish(&self) {
@@ -127,6 +133,16 @@ impl BufRing {
             let tail = BufRingEntry::tail(self.ring.addr as *const BufRingEntry) as *const AtomicU16;
             (*tail).store(self.tail, Ordering::Release);
         }
+    }
+
+    /// A completion reports that the kernel took a buffer from the ring.
+    pub fn taken(&mut self) {
+        self.available = self.available.saturating_sub(1);
+    }
+
+    /// Buffers in the ring, as of the completions read so far.
+    pub fn available(&self) -> u16 {
+        self.available
     }
 
     /// Gives buffer `id` back to the kernel.

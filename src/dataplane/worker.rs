@@ -62,7 +62,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use super::bufring::BufRing;
 use super::pipes::{Pipe, PipePool};
 use super::WorkerConfig;
-use crate::balance::{Backends, Pick};
+use crate::balance::{Backends, Pick, Tried};
 use crate::clock;
 use crate::config::RelayMode;
 use crate::stats::{BackendTraffic, Shared};
@@ -92,15 +92,25 @@ const IDLE_TICK_MAX_MS: u64 = 1000;
 /// MySQL's ER_CON_COUNT_ERROR: what a client gets when its queue wait is refused.
 const ER_CON_COUNT_ERROR: u16 = 1040;
 
-/// What the main thread tells a worker.
+/// A worker's sockets for a reload's new listeners, by listener name.
+pub type NewSockets = Vec<(String, socket2::Socket)>;
+
+/// What the main thread tells a worker. A reload comes in two steps, so that it is all or
+/// nothing across workers ([`crate::reload`]): every worker first holds the new table aside and
+/// answers, and only once all have answered does each switch to it.
 pub enum Control {
-    /// Use `table` for new connections from now on; `add` are this worker's sockets for new
-    /// listeners, by listener name. `done` is answered once applied.
-    Reload {
+    /// Hold `table` and `add` (this worker's sockets for new listeners, by listener name) aside,
+    /// replacing anything held before, and answer on `done` with this worker's id. Nothing
+    /// changes yet.
+    Prepare {
         table: Arc<Backends>,
-        add: Vec<(String, socket2::Socket)>,
-        done: Sender<()>,
+        add: NewSockets,
+        done: Sender<usize>,
     },
+    /// Use what was prepared for new connections from now on; answer once applied.
+    Commit { done: Sender<usize> },
+    /// Drop what was prepared (its sockets close): the reload did not reach every worker.
+    Abort,
 }
 
 /// What an op was for; packed with the connection index into `user_data`.
@@ -119,9 +129,12 @@ enum Op {
     PollIn = 9,
     Wake = 10,
     Tick = 11,
-    /// Cancels the client's pending read of a connection in `Phase::Redispatching`.
+    /// Cancels an op of the connection: the client's pending read in `Phase::Redispatching`,
+    /// or the hang-up watch of a client leaving the queue.
     Cancel = 12,
     QueueTick = 13,
+    /// Watches a queued client for a hang-up (it has no other op in flight meanwhile).
+    QueueWatch = 14,
 }
 
 impl Op {
@@ -141,23 +154,31 @@ impl Op {
             11 => Op::Tick,
             12 => Op::Cancel,
             13 => Op::QueueTick,
+            14 => Op::QueueWatch,
             _ => return None,
         })
     }
 }
 
-/// `user_data` layout: index (listener or connection) << 8 | op << 1 | direction.
-fn token(index: usize, op: Op, dir: usize) -> u64 {
-    ((index as u64) << 8) | ((op as u64) << 1) | dir as u64
+/// `user_data` layout: generation (32 bits) | index (24) | op (7) | direction (1). The index is
+/// a listener slot or a connection slot; the generation tells a connection from an earlier one
+/// in the same slot (0 for ops that belong to no connection), so a completion that arrives for a
+/// slot reused since is recognised instead of being taken for the new occupant's.
+fn token(index: usize, generation: u32, op: Op, dir: usize) -> u64 {
+    (u64::from(generation) << 32) | ((index as u64) << 8) | ((op as u64) << 1) | dir as u64
 }
 
-fn untoken(user_data: u64) -> (usize, Option<Op>, usize) {
+fn untoken(user_data: u64) -> (usize, u32, Option<Op>, usize) {
     (
-        (user_data >> 8) as usize,
+        ((user_data >> 8) & MAX_INDEX as u64) as usize,
+        (user_data >> 32) as u32,
         Op::from_u8(((user_data >> 1) & 0x7f) as u8),
         (user_data & 1) as usize,
     )
 }
+
+/// The largest slot index a token holds (24 bits): far more connections than descriptors.
+const MAX_INDEX: usize = (1 << 24) - 1;
 
 /// Direction 0 moves client → backend, direction 1 backend → client.
 const TO_BACKEND: usize = 0;
@@ -211,7 +232,8 @@ impl Flow {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Waiting for a backend under its `maxconn`; nothing in flight.
+    /// Waiting for a backend under its `maxconn`; nothing in flight but a watch for the client
+    /// hanging up (`Op::QueueWatch`), cancelled when it leaves the queue.
     Queued,
     Connecting,
     Relaying,
@@ -296,8 +318,9 @@ struct Conn {
     listener: usize,
     /// Global index of the backend this connection counts against, while it does.
     backend_index: Option<usize>,
-    /// Pool positions already tried (redispatch never retries one).
-    tried: u64,
+    /// Pool positions already tried (redispatch never retries one); its size is the number of
+    /// connects made, which `retries` bounds.
+    tried: Tried,
     phase: Phase,
     flows: [Flow; 2],
     /// Ops submitted and not yet completed; see the module's ownership invariant.
@@ -380,6 +403,8 @@ struct Worker {
     /// The table new connections use.
     epoch: Rc<Epoch>,
     control: Receiver<Control>,
+    /// A reload's table and new sockets, held until every worker has them ([`Control`]).
+    prepared: Option<(Arc<Backends>, NewSockets)>,
     accept_retry: Box<types::Timespec>,
     /// The idle sweep's interval while it is armed (read by the kernel then: changed only while
     /// not), and the interval itself: the shortest of every table this worker's connections use.
@@ -408,9 +433,18 @@ struct Worker {
     /// Entries that did not fit in the submission queue, in order, each with whether it links
     /// to the next one.
     backlog: VecDeque<(squeue::Entry, bool)>,
-    /// Directions parked for lack of a buffer: (slot, generation, direction).
+    /// Directions parked for lack of a buffer: (slot, generation, direction). Woken at the end
+    /// of each batch of completions while buffers are back in the ring: a buffer recycled earlier
+    /// in the same batch as the recv that found the ring empty must still wake it.
     waiting_for_buffer: VecDeque<(usize, u32, usize)>,
     completions: Vec<(u64, i32, u32)>,
+    /// The kernel's count of completions it dropped (`IORING_FEAT_NODROP` rings drop one only
+    /// when they cannot allocate room for it), as last read.
+    dropped_seen: u32,
+    /// Last completion-queue overflow warning, ms: at most one a second.
+    last_overflow_warning_ms: u64,
+    /// Last accounting-error log line, ms: at most one a second.
+    last_accounting_log_ms: u64,
 }
 
 impl Worker {
@@ -477,6 +511,7 @@ impl Worker {
             slots,
             epoch: Rc::new(Epoch::new(table)),
             control,
+            prepared: None,
             accept_retry: Box::new(timespec_ms(ACCEPT_RETRY_MS)),
             idle_tick: Box::new(timespec_ms(IDLE_TICK_MAX_MS)),
             idle_tick_armed: false,
@@ -494,7 +529,11 @@ impl Worker {
             backlog: VecDeque::new(),
             waiting_for_buffer: VecDeque::new(),
             completions: Vec::with_capacity(config.tuning.ring_entries as usize),
+            dropped_seen: 0,
+            last_overflow_warning_ms: 0,
+            last_accounting_log_ms: 0,
         };
+        worker.dropped_seen = worker.ring.completion().overflow();
         worker.idle_tick_ms = worker.epoch.idle_tick_ms;
         for slot in 0..worker.slots.len() {
             worker.arm_accept(slot);
@@ -511,9 +550,12 @@ impl Worker {
                 Ok(_) => {}
                 // EBUSY: the completion queue is full; reaping below makes room.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINTR)) => {}
+                // EBADR: the kernel dropped completions (see `check_completion_queue`).
+                Err(e) if e.raw_os_error() == Some(libc::EBADR) => {}
                 Err(e) => return Err(e),
             }
             self.now_ms = clock::now_ms();
+            self.check_completion_queue()?;
             let mut completions = std::mem::take(&mut self.completions);
             completions.extend(
                 self.ring
@@ -525,12 +567,45 @@ impl Worker {
             }
             completions.clear();
             self.completions = completions;
+            self.wake_buffer_waiters();
             if self.queue_dirty {
                 self.queue_dirty = false;
                 self.serve_queue();
             }
             self.arm_ticks();
+            self.shared.workers[self.id]
+                .backlog
+                .store(self.backlog.len() as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Reads the completion queue's overflow state. Completions the kernel holds back because
+    /// the queue was full (`IORING_SQ_CQ_OVERFLOW`) are delivered by the next wait: counted, and
+    /// a sign that `ring_entries` is too small. Completions the kernel *dropped* (it could not
+    /// allocate room for them) are ops whose end this worker will never see: their connections
+    /// could never be freed and the kernel may still hold their buffers, so the worker cannot go
+    /// on safely, and the process exits for the HA peer (or the service manager) to take over.
+    fn check_completion_queue(&mut self) -> io::Result<()> {
+        let dropped = self.ring.completion().overflow();
+        if dropped != self.dropped_seen {
+            let lost = dropped.wrapping_sub(self.dropped_seen);
+            self.dropped_seen = dropped;
+            return Err(io::Error::other(format!(
+                "the kernel dropped {lost} completion(s) for want of memory: this worker's \
+                 connections can no longer be accounted for"
+            )));
+        }
+        if self.ring.submission().cq_overflow() {
+            self.shared.workers[self.id]
+                .cq_overflows
+                .fetch_add(1, Ordering::Relaxed);
+            let now = self.now_ms;
+            if now >= self.last_overflow_warning_ms + WARN_INTERVAL_MS || self.last_overflow_warning_ms == 0 {
+                self.last_overflow_warning_ms = now;
+                tracing::warn!(worker = self.id, "completion queue full; the kernel holds completions back until it is read (raise [tuning] ring_entries; logged at most once a second)");
+            }
+        }
+        Ok(())
     }
     // ---- submission ----
 
@@ -551,6 +626,20 @@ impl Worker {
         let last = entries.len().saturating_sub(1);
         self.backlog
             .extend(entries.iter().enumerate().map(|(i, e)| (e.clone(), i < last)));
+        self.shared.workers[self.id]
+            .backlogged
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Submits ops of connection `index`, in order (an entry flagged `IO_LINK` links to the
+    /// next). The one place where a connection's ops are counted in flight and tagged with its
+    /// generation: see the module's ownership invariant.
+    fn submit<const N: usize>(&mut self, index: usize, ops: [(Op, usize, squeue::Entry); N]) {
+        let conn = self.conns[index].as_mut().expect("live connection");
+        conn.inflight += N as u32;
+        let generation = conn.generation;
+        let entries = ops.map(|(op, dir, entry)| entry.user_data(token(index, generation, op, dir)));
+        self.push(&entries);
     }
 
     fn flush_backlog(&mut self) {
@@ -588,7 +677,7 @@ impl Worker {
         let entry = opcode::AcceptMulti::new(types::Fd(fd))
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             .build()
-            .user_data(token(slot, Op::Accept, 0));
+            .user_data(token(slot, 0, Op::Accept, 0));
         self.push(&[entry]);
     }
 
@@ -597,7 +686,7 @@ impl Worker {
         let entry = opcode::PollAdd::new(types::Fd(self.shared.waker(self.id)), libc::POLLIN as u32)
             .multi(true)
             .build()
-            .user_data(token(0, Op::Wake, 0));
+            .user_data(token(0, 0, Op::Wake, 0));
         self.push(&[entry]);
     }
 
@@ -609,7 +698,7 @@ impl Worker {
             self.queue_tick_armed = true;
             let entry = opcode::Timeout::new(&*self.queue_tick as *const types::Timespec)
                 .build()
-                .user_data(token(0, Op::QueueTick, 0));
+                .user_data(token(0, 0, Op::QueueTick, 0));
             self.push(&[entry]);
         }
         if !self.idle_tick_armed && self.open > 0 && self.idle_tick_ms > 0 {
@@ -617,7 +706,7 @@ impl Worker {
             self.idle_tick_armed = true;
             let entry = opcode::Timeout::new(&*self.idle_tick as *const types::Timespec)
                 .build()
-                .user_data(token(0, Op::Tick, 0));
+                .user_data(token(0, 0, Op::Tick, 0));
             self.push(&[entry]);
         }
     }
@@ -625,16 +714,17 @@ impl Worker {
     // ---- completion dispatch ----
 
     fn complete(&mut self, user_data: u64, result: i32, flags: u32) {
-        let (index, op, dir) = untoken(user_data);
+        let (index, generation, op, dir) = untoken(user_data);
+        if op == Some(Op::Recv) && cqueue::buffer_select(flags).is_some() {
+            self.buffers.taken();
+        }
         match op {
             Some(Op::Accept) => self.on_accept(index, result, flags),
-            Some(Op::AcceptRetry) => {
-                if self.slots[index].as_ref().is_some_and(|s| s.closing) {
-                    self.slots[index] = None;
-                } else {
-                    self.arm_accept(index);
-                }
-            }
+            Some(Op::AcceptRetry) => match self.slots.get(index).and_then(Option::as_ref) {
+                Some(slot) if slot.closing => self.slots[index] = None,
+                Some(_) => self.arm_accept(index),
+                None => self.accounting_error(user_data, result, "an accept retry for a free listener slot"),
+            },
             Some(Op::Wake) => self.on_wake(flags),
             Some(Op::Tick) => self.on_idle_tick(),
             Some(Op::QueueTick) => {
@@ -643,8 +733,15 @@ impl Worker {
                 self.serve_queue();
             }
             Some(op) => {
-                let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
-                    debug_assert!(false, "completion for a free slot");
+                let conn = self.conns.get_mut(index).and_then(Option::as_mut);
+                let Some(conn) = conn.filter(|c| c.generation == generation && c.inflight > 0) else {
+                    // No op of this connection is in flight: the completion is for a slot freed
+                    // (and perhaps reused) since, or one more than was submitted. Never taken for
+                    // the current occupant's; a buffer it took goes straight back.
+                    if let Some(id) = cqueue::buffer_select(flags) {
+                        self.recycle_buffer(id);
+                    }
+                    self.accounting_error(user_data, result, "a completion matches no op in flight");
                     return;
                 };
                 conn.inflight -= 1;
@@ -683,21 +780,48 @@ impl Worker {
                     Op::SpliceOut => self.on_splice_out(index, dir, result),
                     Op::PollOut => self.on_poll_out(index, dir, result),
                     Op::PollIn => self.on_poll_in(index, dir, result),
-                    // Only sent while redispatching, and its completion handled there; a late
-                    // one has nothing left to do.
+                    // Its work is done by the completion of the op it cancelled.
                     Op::Cancel => {}
+                    Op::QueueWatch => self.on_queue_watch(index, result),
                     Op::Accept | Op::AcceptRetry | Op::Wake | Op::Tick | Op::QueueTick => {
-                        unreachable!("handled above")
+                        // Ops of no connection, dispatched above: reaching here is a bug.
+                        self.accounting_error(
+                            user_data,
+                            result,
+                            "a worker op was dispatched as a connection's",
+                        );
                     }
                 }
             }
-            None => debug_assert!(false, "unknown op in user_data {user_data:#x}"),
+            None => self.accounting_error(user_data, result, "a completion names no known op"),
+        }
+    }
+
+    /// A completion that matches nothing this worker expects: a bug, but never fatal. Counted
+    /// (`ringlb_worker_accounting_errors_total`) and logged at most once a second, in every build.
+    fn accounting_error(&mut self, user_data: u64, result: i32, what: &str) {
+        self.shared.workers[self.id]
+            .accounting_errors
+            .fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms;
+        if now >= self.last_accounting_log_ms + WARN_INTERVAL_MS || self.last_accounting_log_ms == 0 {
+            self.last_accounting_log_ms = now;
+            let (index, generation, op, dir) = untoken(user_data);
+            tracing::error!(worker = self.id, index, generation, op = ?op, dir, result, "{what}; ignored (a bug: please report it; counted in ringlb_worker_accounting_errors_total, logged at most once a second)");
         }
     }
 
     fn on_accept(&mut self, slot: usize, result: i32, flags: u32) {
-        let Some(slot_ref) = self.slots[slot].as_ref() else {
-            debug_assert!(false, "accept on a free listener slot");
+        let Some(slot_ref) = self.slots.get(slot).and_then(Option::as_ref) else {
+            if result >= 0 {
+                // SAFETY: a successful accept returns a new descriptor that nothing else owns.
+                drop(unsafe { OwnedFd::from_raw_fd(result) });
+            }
+            self.accounting_error(
+                token(slot, 0, Op::Accept, 0),
+                result,
+                "an accept completed on a free listener slot",
+            );
             return;
         };
         let (closing, listener) = (slot_ref.closing, slot_ref.listener);
@@ -726,7 +850,7 @@ impl Worker {
                 }
                 let entry = opcode::Timeout::new(&*self.accept_retry as *const types::Timespec)
                     .build()
-                    .user_data(token(slot, Op::AcceptRetry, 0));
+                    .user_data(token(slot, 0, Op::AcceptRetry, 0));
                 self.push(&[entry]);
             } else {
                 self.arm_accept(slot);
@@ -755,7 +879,7 @@ impl Worker {
             epoch: epoch.clone(),
             listener,
             backend_index: None,
-            tried: 0,
+            tried: Tried::default(),
             phase: Phase::Connecting,
             flows: [Flow::new(), Flow::new()],
             inflight: 0,
@@ -769,6 +893,9 @@ impl Worker {
             bytes_seen: false,
         };
         let free = self.free.pop();
+        if free.is_none() && self.conns.len() > MAX_INDEX {
+            return; // More connections than a token can name (never, under any fd limit).
+        }
         let index = put(&mut self.conns, free, conn);
         self.open += 1;
         self.shared.workers[self.id]
@@ -829,17 +956,24 @@ impl Worker {
         }
         while let Ok(message) = self.control.try_recv() {
             match message {
-                Control::Reload { table, add, done } => {
-                    self.reload(table, add);
-                    let _ = done.send(());
+                Control::Prepare { table, add, done } => {
+                    self.prepared = Some((table, add));
+                    let _ = done.send(self.id);
                 }
+                Control::Commit { done } => {
+                    if let Some((table, add)) = self.prepared.take() {
+                        self.reload(table, add);
+                    }
+                    let _ = done.send(self.id);
+                }
+                Control::Abort => self.prepared = None,
             }
         }
         self.queue_dirty = true;
     }
 
     /// Switches new connections to `table`; see the module docs.
-    fn reload(&mut self, table: Arc<Backends>, add: Vec<(String, Socket)>) {
+    fn reload(&mut self, table: Arc<Backends>, add: NewSockets) {
         for index in 0..self.slots.len() {
             let Some(slot) = self.slots[index].as_mut() else {
                 continue;
@@ -934,7 +1068,39 @@ impl Worker {
         conn.phase = Phase::Queued;
         conn.times.active_ms = now_ms;
         let generation = conn.generation;
+        let client = conn.client.as_raw_fd();
         self.queue.push_back((index, generation));
+        // A queued client has no other op in flight: without this, its hang-up would go unseen
+        // and a freed slot could go to it while a live client waits.
+        let watch = opcode::PollAdd::new(types::Fd(client), libc::POLLRDHUP as u32).build();
+        self.submit(index, [(Op::QueueWatch, 0, watch)]);
+    }
+
+    /// The watch of a queued client ended: it hung up (or reset), or the watch was cancelled as
+    /// it left the queue. Once out of the queue its result means nothing: the relay sees the
+    /// client's own end, half-closes included.
+    fn on_queue_watch(&mut self, index: usize, result: i32) {
+        let id = self.id;
+        let conn = self.conn(index);
+        if conn.phase != Phase::Queued || result == -libc::ECANCELED {
+            return;
+        }
+        let listener = &conn.epoch.table.listeners[conn.listener];
+        listener.state.queued.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(worker = id, listener = %listener.config.name, "queued client hung up");
+        // Its queue entry is skipped later (no longer queued); the slot it would have taken
+        // goes to the next client.
+        self.abort(index);
+    }
+
+    /// Leaving the queue: cancels the hang-up watch (it completes, cancelled or fired, while
+    /// the connection goes on; `on_queue_watch` then ignores it).
+    fn unqueue(&mut self, index: usize) {
+        let conn = self.conn(index);
+        conn.phase = Phase::Connecting;
+        let watch = token(index, conn.generation, Op::QueueWatch, 0);
+        let cancel = opcode::AsyncCancel::new(watch).build();
+        self.submit(index, [(Op::Cancel, 0, cancel)]);
     }
 
     /// Gives freed slots to queued clients, oldest first, and refuses those that waited too long.
@@ -957,17 +1123,17 @@ impl Worker {
             let pick = if waited >= listener.config.queue_timeout_ms {
                 None
             } else {
-                Some(epoch.table.acquire(conn.listener, conn.tried, self.now_ms))
+                Some(epoch.table.acquire(conn.listener, &conn.tried, self.now_ms))
             };
             if pick == Some(Pick::Full) {
                 self.queue.push_back((index, generation));
                 continue;
             }
             listener.state.queued.fetch_sub(1, Ordering::Relaxed);
-            conn.phase = Phase::Connecting;
+            self.unqueue(index);
             match pick {
                 Some(Pick::Backend(backend)) => self.connect_to(index, backend),
-                Some(Pick::None) => self.abort(index),
+                Some(Pick::None) => self.no_backend(index),
                 _ => self.refuse(index, "waited queue_timeout_ms for a backend under its maxconn"),
             }
         }
@@ -1002,7 +1168,43 @@ impl Worker {
             "Too many connections (ringlb listener {}: {why})",
             listener.config.name
         );
-        let packet = error_packet(ER_CON_COUNT_ERROR, &message);
+        self.send_error_and_close(index, &message);
+    }
+
+    /// Tells a client that no backend can take it — its `retries` are used up, every backend
+    /// of its pool has been tried, or none is up — and closes it. The same error code as a full
+    /// queue (a connection-class error, which client libraries treat as worth retrying later),
+    /// with a message that says which.
+    fn no_backend(&mut self, index: usize) {
+        let id = self.id;
+        let conn = self.conn(index);
+        let listener = &conn.epoch.table.listeners[conn.listener];
+        listener.state.no_backend[id].fetch_add(1, Ordering::Relaxed);
+        let tried = conn.tried.len();
+        let pool = conn.epoch.table.pools[conn.listener].len();
+        let why = if tried == 0 {
+            "none is up".to_string()
+        } else if tried > listener.config.retries {
+            format!("{tried} tried, retries = {} used up", listener.config.retries)
+        } else if tried as usize >= pool {
+            format!("all {tried} tried")
+        } else {
+            format!(
+                "{tried} tried, the other {} down or drained",
+                pool - tried as usize
+            )
+        };
+        let message = format!(
+            "no backend available (ringlb listener {}: {why})",
+            listener.config.name
+        );
+        self.send_error_and_close(index, &message);
+    }
+
+    fn send_error_and_close(&mut self, index: usize, message: &str) {
+        let id = self.id;
+        let conn = self.conn(index);
+        let packet = error_packet(ER_CON_COUNT_ERROR, message);
         // One small write to a fresh socket whose send buffer is empty: it fits at once, and a
         // client that has gone only makes it fail.
         // SAFETY: sends from a live buffer on a descriptor this connection owns.
@@ -1014,7 +1216,7 @@ impl Worker {
                 libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
             )
         };
-        tracing::debug!(worker = id, listener = %listener.config.name, "client refused: {why}");
+        tracing::debug!(worker = id, "client refused: {message}");
         self.abort(index);
     }
 
@@ -1036,28 +1238,35 @@ impl Worker {
     // ---- connecting ----
 
     /// Picks the next backend not yet tried and connects to it; queues the client when every
-    /// candidate is at its maxconn, closes it when none is left.
+    /// candidate is at its maxconn; when its `retries` are used up or no backend is left, the
+    /// client gets a "no backend available" error and is closed.
     fn connect_next(&mut self, index: usize) {
+        let now_ms = self.now_ms;
         let conn = self.conn(index);
         let epoch = conn.epoch.clone();
-        match epoch.table.acquire(conn.listener, conn.tried, self.now_ms) {
+        if conn.tried.len() > epoch.table.listeners[conn.listener].config.retries {
+            self.no_backend(index);
+            return;
+        }
+        match epoch.table.acquire(conn.listener, &conn.tried, now_ms) {
             Pick::Backend(backend) => self.connect_to(index, backend),
             Pick::Full => self.enqueue(index),
-            Pick::None => {
-                tracing::debug!(worker = self.id, "no backend left for a client; closing it");
-                self.abort(index);
-            }
+            Pick::None => self.no_backend(index),
         }
     }
 
     /// Connects to `backend`, already acquired for this connection.
     fn connect_to(&mut self, index: usize, backend: usize) {
+        let id = self.id;
         let conn = self.conn(index);
         let epoch = conn.epoch.clone();
         let listener = conn.listener;
         let table = &epoch.table;
         let position = backend - table.pools[listener].start;
-        conn.tried |= 1u64.checked_shl(position as u32).unwrap_or(0);
+        if !conn.tried.is_empty() {
+            table.listeners[listener].state.redispatches[id].fetch_add(1, Ordering::Relaxed);
+        }
+        conn.tried.insert(position);
         let fd = match new_backend_socket(table.all[backend].addr) {
             Ok(fd) => fd,
             Err(e) => {
@@ -1073,25 +1282,24 @@ impl Worker {
         let raw = fd.as_raw_fd();
         conn.backend_index = Some(backend);
         conn.backend = Some(fd);
-        conn.inflight += 2;
         conn.times.connect_us = clock::now_us();
-        let tried = conn.tried;
         let addr = &epoch.addrs[backend];
         let connect = opcode::Connect::new(types::Fd(raw), addr.as_ptr().cast(), addr.len())
             .build()
-            .flags(squeue::Flags::IO_LINK)
-            .user_data(token(index, Op::Connect, 0));
-        let others_left = table.has_candidate(listener, tried);
+            .flags(squeue::Flags::IO_LINK);
+        // The short redispatch timeout only while this client may still go elsewhere.
+        let others_left = conn.tried.len() <= table.listeners[listener].config.retries
+            && table.has_candidate(listener, &conn.tried);
         let timeout = if others_left {
             &epoch.redispatch_timeouts[listener]
         } else {
             &epoch.connect_timeouts[listener]
         };
-        let timeout =
-            opcode::LinkTimeout::new(timeout)
-                .build()
-                .user_data(token(index, Op::ConnectTimeout, 0));
-        self.push(&[connect, timeout]);
+        let timeout = opcode::LinkTimeout::new(timeout).build();
+        self.submit(
+            index,
+            [(Op::Connect, 0, connect), (Op::ConnectTimeout, 0, timeout)],
+        );
     }
 
     fn connect_failed(&mut self, epoch: &Epoch, backend: usize, error: &io::Error) {
@@ -1185,11 +1393,8 @@ impl Worker {
             RelayMode::Splice => {
                 let conn = self.conn(index);
                 conn.flows[dir].state = FlowState::PollIn;
-                conn.inflight += 1;
-                let entry = opcode::PollAdd::new(types::Fd(conn.src(dir)), libc::POLLIN as u32)
-                    .build()
-                    .user_data(token(index, Op::PollIn, dir));
-                self.push(&[entry]);
+                let entry = opcode::PollAdd::new(types::Fd(conn.src(dir)), libc::POLLIN as u32).build();
+                self.submit(index, [(Op::PollIn, dir, entry)]);
             }
         }
     }
@@ -1210,14 +1415,12 @@ impl Worker {
         let len = self.buffers.buf_bytes();
         let conn = self.conn(index);
         conn.flows[dir].state = FlowState::Recv;
-        conn.inflight += 1;
         let entry = opcode::Recv::new(types::Fd(conn.src(dir)), std::ptr::null_mut(), len)
             .buf_group(group)
             .ioprio(RECVSEND_POLL_FIRST)
             .build()
-            .flags(squeue::Flags::BUFFER_SELECT)
-            .user_data(token(index, Op::Recv, dir));
-        self.push(&[entry]);
+            .flags(squeue::Flags::BUFFER_SELECT);
+        self.submit(index, [(Op::Recv, dir, entry)]);
     }
 
     fn on_recv(&mut self, index: usize, dir: usize, result: i32, flags: u32) {
@@ -1246,6 +1449,9 @@ impl Worker {
                 conn.flows[dir].state = FlowState::WaitBuffer;
                 let generation = conn.generation;
                 self.waiting_for_buffer.push_back((index, generation, dir));
+                self.shared.workers[self.id]
+                    .buffer_waits
+                    .fetch_add(1, Ordering::Relaxed);
             }
             _ if matches!(-result, libc::EAGAIN | libc::EINTR) => self.submit_recv(index, dir),
             _ => self.read_failed(index, dir, result, "recv"),
@@ -1256,14 +1462,12 @@ impl Worker {
         let conn = self.conns[index].as_mut().expect("live connection");
         let (id, sent, received) = conn.flows[dir].buffer.expect("buffer to send");
         conn.flows[dir].state = FlowState::Send;
-        conn.inflight += 1;
         // SAFETY: sent < received <= the buffer size, so the pointer stays inside buffer `id`.
         let data = unsafe { self.buffers.buffer(id).add(sent as usize) };
         let entry = opcode::Send::new(types::Fd(conn.dst(dir)), data, received - sent)
             .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(token(index, Op::Send, dir));
-        self.push(&[entry]);
+            .build();
+        self.submit(index, [(Op::Send, dir, entry)]);
     }
 
     fn on_send(&mut self, index: usize, dir: usize, result: i32) {
@@ -1324,12 +1528,10 @@ impl Worker {
     /// One splice op of `dir`, non-blocking on both ends: a socket that has nothing (or no room)
     /// answers EAGAIN at once instead of holding an io-wq worker.
     fn submit_splice(&mut self, index: usize, dir: usize, op: Op, from: RawFd, to: RawFd, len: u32) {
-        self.conn(index).inflight += 1;
         let entry = opcode::Splice::new(types::Fd(from), -1, types::Fd(to), -1, len)
             .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
-            .build()
-            .user_data(token(index, op, dir));
-        self.push(&[entry]);
+            .build();
+        self.submit(index, [(op, dir, entry)]);
     }
 
     fn on_splice_in(&mut self, index: usize, dir: usize, result: i32) {
@@ -1382,11 +1584,8 @@ impl Worker {
             let conn = self.conn(index);
             let dst = conn.dst(dir);
             conn.flows[dir].state = FlowState::PollOut;
-            conn.inflight += 1;
-            let entry = opcode::PollAdd::new(types::Fd(dst), libc::POLLOUT as u32)
-                .build()
-                .user_data(token(index, Op::PollOut, dir));
-            self.push(&[entry]);
+            let entry = opcode::PollAdd::new(types::Fd(dst), libc::POLLOUT as u32).build();
+            self.submit(index, [(Op::PollOut, dir, entry)]);
         } else {
             tracing::debug!(worker = self.id, dir, error = %errno(result), "splice to socket failed; closing");
             self.abort(index);
@@ -1479,11 +1678,9 @@ impl Worker {
         self.release(&epoch, backend);
         self.connect_failed(&epoch, backend, error);
         if let Some(op) = pending {
-            self.conn(index).inflight += 1;
-            let entry = opcode::AsyncCancel::new(token(index, op, TO_BACKEND))
-                .build()
-                .user_data(token(index, Op::Cancel, TO_BACKEND));
-            self.push(&[entry]);
+            let generation = self.conn(index).generation;
+            let entry = opcode::AsyncCancel::new(token(index, generation, op, TO_BACKEND)).build();
+            self.submit(index, [(Op::Cancel, TO_BACKEND, entry)]);
         }
         self.redispatch_if_done(index);
         true
@@ -1516,8 +1713,17 @@ impl Worker {
 
     fn recycle_buffer(&mut self, id: u16) {
         self.buffers.recycle(id);
-        // A buffer is back: wake one direction parked for lack of one, if it still waits.
-        while let Some((index, generation, dir)) = self.waiting_for_buffer.pop_front() {
+    }
+
+    /// Wakes directions parked for lack of a buffer, oldest first, one per buffer back in the
+    /// ring. Runs after each whole batch of completions, so that a park and a recycle in the
+    /// same batch, in either order, never strand a direction while a buffer sits free.
+    fn wake_buffer_waiters(&mut self) {
+        let mut free = self.buffers.available();
+        while free > 0 {
+            let Some((index, generation, dir)) = self.waiting_for_buffer.pop_front() else {
+                return;
+            };
             let waiting = self.conns.get(index).and_then(Option::as_ref).is_some_and(|c| {
                 c.generation == generation
                     && c.phase == Phase::Relaying
@@ -1525,7 +1731,7 @@ impl Worker {
             });
             if waiting {
                 self.submit_recv(index, dir);
-                break;
+                free -= 1;
             }
         }
     }
@@ -1683,10 +1889,14 @@ mod tests {
             Op::Cancel,
         ] {
             for dir in [0, 1] {
-                let (index, back, d) = untoken(token(123_456, op, dir));
-                assert_eq!((index, back, d), (123_456, Some(op), dir));
+                for generation in [0, 7, u32::MAX] {
+                    let back = untoken(token(123_456, generation, op, dir));
+                    assert_eq!(back, (123_456, generation, Some(op), dir));
+                }
             }
         }
-        assert_eq!(untoken(0x7f << 1).1, None);
+        let back = untoken(token(MAX_INDEX, u32::MAX, Op::QueueWatch, 1));
+        assert_eq!(back, (MAX_INDEX, u32::MAX, Some(Op::QueueWatch), 1));
+        assert_eq!(untoken(0x7f << 1).2, None);
     }
 }
