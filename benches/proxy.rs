@@ -1621,6 +1621,16 @@ fn main() {
         cpu_scale: 1.0,
         targets: vec![],
     };
+        // Warm-up, unmeasured: each server and this client hold as many sessions as a run makes
+        // them hold, once. A multi-threaded process's descriptor table grows by doubling, each
+        // growth waiting for an RCU grace period (7-12 ms measured) in the call that needed the
+        // slot; the tables never shrink, so without this the first target measured would pay
+        // the servers' and the client's growth in its login tail.
+        let mut warm = Vec::new();
+        for server in &backends {
+            warm.extend(open_idle(*server, IDLE_CONNECTIONS / backends.len()).0);
+        }
+        close_idle(warm);
         let mut runs = Vec::new();
         for pair in 0..settings.pairs {
             for target in [Target::Ringlb, Target::Haproxy] {
