@@ -1877,6 +1877,123 @@ fn errno(result: i32) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{BackendConfig, Config, TuningConfig};
+
+    /// A worker with no listener and a ring of `ring_entries`, over a one-backend table; `None`
+    /// where io_uring is refused (the kernel-probe tests cover that case).
+    fn worker(ring_entries: u32) -> Option<Worker> {
+        let mut config = Config::with_listener(
+            "127.0.0.1:4040".parse().unwrap(),
+            vec![BackendConfig::at("127.0.0.1:3306".parse().unwrap())],
+        );
+        config.listeners.clear();
+        let shared = Arc::new(Shared::new(Arc::new(Backends::from_config(&config)), 1).unwrap());
+        let tuning = TuningConfig {
+            ring_entries,
+            buffers: 4,
+            pin_workers: false,
+            ..TuningConfig::default()
+        };
+        let config = WorkerConfig {
+            id: 0,
+            core: None,
+            tuning,
+        };
+        let (_control, receiver) = std::sync::mpsc::channel();
+        match Worker::new(config, Vec::new(), shared, receiver) {
+            Ok(worker) => Some(worker),
+            Err(e) => {
+                eprintln!("SKIPPED: no io_uring here: {e}");
+                assert!(std::env::var("CI").is_err(), "io_uring is refused under CI: {e}");
+                None
+            }
+        }
+    }
+
+    /// A connection in slot `index` of `worker`, relaying, with `inflight` ops counted.
+    fn live_conn(worker: &mut Worker, generation: u32, inflight: u32) -> usize {
+        let (client, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let conn = Conn {
+            client: client.into(),
+            backend: None,
+            epoch: worker.epoch.clone(),
+            listener: 0,
+            backend_index: None,
+            tried: Tried::default(),
+            phase: Phase::Relaying,
+            flows: [Flow::new(), Flow::new()],
+            inflight,
+            generation,
+            times: Times::default(),
+            connected: false,
+            bytes_seen: false,
+        };
+        worker.open += 1;
+        put(&mut worker.conns, None, conn)
+    }
+
+    fn accounting_errors(worker: &Worker) -> u64 {
+        worker.shared.workers[0].accounting_errors.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn completions_that_match_no_op_in_flight_are_counted_and_change_nothing() {
+        let Some(mut worker) = worker(64) else { return };
+        let index = live_conn(&mut worker, 7, 1);
+        // A completion for a slot that holds nobody.
+        worker.complete(token(index + 1, 7, Op::Send, 0), 10, 0);
+        // One for an earlier connection of the same slot (stale generation).
+        worker.complete(token(index, 6, Op::Send, 0), 10, 0);
+        // One naming no op at all.
+        worker.complete(token(index, 7, Op::Send, 0) | (0x7f << 1), 0, 0);
+        assert_eq!(accounting_errors(&worker), 3);
+        // The live connection still counts its one op: nothing above was taken for it.
+        assert_eq!(worker.conns[index].as_ref().unwrap().inflight, 1);
+        // Its own completion is taken; one more than it submitted is not.
+        worker.conns[index].as_mut().unwrap().phase = Phase::Closing;
+        worker.conns[index].as_mut().unwrap().inflight = 1;
+        worker.complete(token(index, 7, Op::PollOut, 1), 0, 0);
+        assert!(worker.conns[index].is_none(), "freed at its last completion");
+        worker.complete(token(index, 7, Op::PollOut, 1), 0, 0);
+        assert_eq!(accounting_errors(&worker), 4);
+    }
+
+    #[test]
+    fn a_stale_completion_that_took_a_buffer_gives_it_back() {
+        let Some(mut worker) = worker(64) else { return };
+        assert_eq!(worker.buffers.available(), 4);
+        // The kernel took buffer 2 for a recv of a connection gone since: IORING_CQE_F_BUFFER
+        // (1) with the id above IORING_CQE_BUFFER_SHIFT (16).
+        let flags = (2 << 16) | 1;
+        assert_eq!(cqueue::buffer_select(flags), Some(2));
+        worker.complete(token(3, 1, Op::Recv, 0), 100, flags);
+        assert_eq!(accounting_errors(&worker), 1);
+        // Counted out of the ring by its completion (3 left), then given back.
+        assert_eq!(worker.buffers.available(), 4);
+    }
+
+    #[test]
+    fn a_full_completion_queue_is_counted_and_nothing_is_lost() {
+        let Some(mut worker) = worker(64) else { return };
+        // Drain the worker's own start-up completions first (none: accept and wake wait).
+        let cq_entries = worker.ring.params().cq_entries() as usize;
+        let nops = cq_entries + 40;
+        for i in 0..nops {
+            let entry = opcode::Nop::new().build().user_data(u64::MAX - i as u64);
+            worker.push(&[entry]);
+            worker.flush_backlog();
+            worker.ring.submit().unwrap();
+        }
+        worker.check_completion_queue().expect("nothing dropped");
+        assert_eq!(worker.shared.workers[0].cq_overflows.load(Ordering::Relaxed), 1);
+        // Every completion still arrives, the held-back ones once the queue has room.
+        let mut seen = 0;
+        while seen < nops {
+            seen += worker.ring.completion().count();
+            worker.ring.submit_and_wait(0).unwrap();
+        }
+        assert_eq!(seen, nops);
+    }
 
     #[test]
     fn tokens_round_trip() {
