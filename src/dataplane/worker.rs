@@ -6,7 +6,9 @@
 //!
 //! 1. Multishot accept completes → pick a backend by least connections ([`crate::balance::Backends::acquire`]).
 //! 2. Connect through the ring, linked to a timeout. Refused or timed out → count the error, mark
-//!    the backend suspect and try the next backend at once (redispatch).
+//!    the backend suspect and try the next backend at once (redispatch), never one this client
+//!    has tried, at most `retries` times; then, or when no backend is left, the client gets MySQL
+//!    error 1040 "no backend available" and is closed.
 //! 3. Relay each direction (`Flow`) independently until both have seen EOF:
 //!    - buffered: a recv that selects a buffer from the provided-buffer ring only when data
 //!      arrives (poll first, so waiting costs no buffer), then a send of exactly those bytes;
@@ -28,23 +30,32 @@
 //! # Queue, timeouts, reload
 //!
 //! A backend at its `maxconn` takes no new connection; when every backend that could take one is
-//! full, the client waits in this worker's queue (`Phase::Queued`, no op in flight) until a slot
-//! frees — on this worker, or on another, which then wakes this one through its eventfd — or
+//! full, the client waits in this worker's queue (`Phase::Queued`, with only a poll for its
+//! hang-up in flight, so that a client that leaves is dropped from the queue at once) until a
+//! slot frees — on this worker, or on another, which then wakes this one through its eventfd — or
 //! until `queue_timeout_ms`, when it gets a MySQL "Too many connections" error and is closed.
 //! A periodic tick, armed only while there are connections, closes those idle past
 //! `idle_timeout_ms` and expires queued clients.
 //!
-//! A reload arrives as a [`Control`] message with the new backend table: listeners that stay
+//! A reload arrives as [`Control`] messages with the new backend table (held aside, then applied
+//! once every worker holds it: all workers switch or none does): listeners that stay
 //! keep their sockets, removed ones stop accepting, added ones arrive as sockets bound by the
 //! main thread. Each connection holds the table it was opened under ([`Epoch`]) until it
 //! closes, so established connections never notice a reload.
 //!
 //! # Ownership invariant
 //!
-//! Every op in flight is counted in its connection's `inflight`. A connection's slot, sockets,
-//! buffer and pipes are released only when it is closing and `inflight` is zero, so no completion
-//! can ever refer to a reused slot or a closed descriptor, and no op can write into memory that
-//! has been handed to someone else.
+//! Every op in flight is counted in its connection's `inflight`, by the one function that submits
+//! a connection's ops ([`Worker::submit`]), which also tags it with the connection's generation.
+//! A connection's slot, sockets, buffer and pipes are released only when it is closing and
+//! `inflight` is zero, so no completion can ever refer to a reused slot or a closed descriptor,
+//! and no op can write into memory that has been handed to someone else. A completion that
+//! matches no op in flight (another generation, a free slot, one more than was submitted) would
+//! be a bug: it is counted and logged in every build and changes nothing.
+//!
+//! Buffers: a recv that finds the ring empty parks its direction (`FlowState::WaitBuffer`); after
+//! each batch of completions, parked directions are re-armed, oldest first, one per buffer back
+//! in the ring, so a buffer returned anywhere in the batch wakes a direction parked anywhere in it.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
