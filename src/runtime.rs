@@ -5,6 +5,7 @@
 //! here, before any thread runs, with one line naming the culprit.
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use crate::admin;
@@ -235,9 +236,13 @@ fn reserve_descriptor_table() {
         return;
     }
     let highest = (slots - 1) as libc::c_int;
-    // SAFETY: F_DUPFD on standard error (or any open descriptor) creates a new descriptor at or
-    // above `highest`, owned by nobody else, which is closed at once; only the table's size stays.
-    let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, highest) };
+    // Any open descriptor will do; standard error may be closed under some supervisors.
+    let Ok(null) = std::fs::File::open("/dev/null") else {
+        return;
+    };
+    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor at or above `highest`, owned by nobody
+    // else, which is closed at once; only the table's size stays.
+    let fd = unsafe { libc::fcntl(null.as_raw_fd(), libc::F_DUPFD_CLOEXEC, highest) };
     if fd >= 0 {
         // SAFETY: `fd` was created just above and is not used anywhere else.
         unsafe { libc::close(fd) };

@@ -95,6 +95,10 @@ const ACCEPT_RETRY_MS: u64 = 100;
 /// At most one warning per backend per this interval about failed connects, and one per worker
 /// about failed accepts.
 const WARN_INTERVAL_MS: u64 = 1000;
+/// A write to a peer that has half-closed and whose window is full is retried after this pause:
+/// a poll cannot wait for room there (see `on_poll_out`). At most 100 tries a second for such a
+/// connection, each a few microseconds.
+const WRITE_RETRY_MS: u64 = 10;
 /// Tick while clients wait in the queue: the precision of `queue_timeout_ms`.
 const QUEUE_TICK_MS: u64 = 20;
 /// Bounds of the idle-sweep tick (a quarter of the shortest `idle_timeout_ms`).
@@ -146,6 +150,8 @@ enum Op {
     QueueTick = 13,
     /// Watches a queued client for a hang-up (it has no other op in flight meanwhile).
     QueueWatch = 14,
+    /// A pause before retrying a write to a half-closed peer whose window is full.
+    WriteRetry = 15,
 }
 
 impl Op {
@@ -166,6 +172,7 @@ impl Op {
             12 => Op::Cancel,
             13 => Op::QueueTick,
             14 => Op::QueueWatch,
+            15 => Op::WriteRetry,
             _ => return None,
         })
     }
@@ -422,6 +429,8 @@ struct Worker {
     idle_tick: Box<types::Timespec>,
     idle_tick_armed: bool,
     idle_tick_ms: u64,
+    /// The pause before a write to a half-closed, full peer is retried ([`WRITE_RETRY_MS`]).
+    write_retry: Box<types::Timespec>,
     /// The queue's tick ([`QUEUE_TICK_MS`], never changed), armed while clients are queued.
     queue_tick: Box<types::Timespec>,
     queue_tick_armed: bool,
@@ -527,6 +536,7 @@ impl Worker {
             idle_tick: Box::new(timespec_ms(IDLE_TICK_MAX_MS)),
             idle_tick_armed: false,
             idle_tick_ms: 0,
+            write_retry: Box::new(timespec_ms(WRITE_RETRY_MS)),
             queue_tick: Box::new(timespec_ms(QUEUE_TICK_MS)),
             queue_tick_armed: false,
             queue: VecDeque::new(),
@@ -740,8 +750,8 @@ impl Worker {
             Some(Op::Tick) => self.on_idle_tick(),
             Some(Op::QueueTick) => {
                 self.queue_tick_armed = false;
-                self.now_ms = clock::now_ms();
-                self.serve_queue();
+                // Served after the whole batch, so that a hang-up completing in it counts first.
+                self.queue_dirty = true;
             }
             Some(op) => {
                 let conn = self.conns.get_mut(index).and_then(Option::as_mut);
@@ -794,6 +804,7 @@ impl Worker {
                     // Its work is done by the completion of the op it cancelled.
                     Op::Cancel => {}
                     Op::QueueWatch => self.on_queue_watch(index, result),
+                    Op::WriteRetry => self.submit_splice_out(index, dir),
                     Op::Accept | Op::AcceptRetry | Op::Wake | Op::Tick | Op::QueueTick => {
                         // Ops of no connection, dispatched above: reaching here is a bug.
                         self.accounting_error(
@@ -1274,22 +1285,23 @@ impl Worker {
         let listener = conn.listener;
         let table = &epoch.table;
         let position = backend - table.pools[listener].start;
-        if !conn.tried.is_empty() {
-            table.listeners[listener].state.redispatches[id].fetch_add(1, Ordering::Relaxed);
-        }
-        conn.tried.insert(position);
         let fd = match new_backend_socket(table.all[backend].addr) {
             Ok(fd) => fd,
             Err(e) => {
                 // No socket to be had (out of descriptors or memory): a local failure, not the
                 // backend's, so no backend is marked suspect and no other is tried.
                 self.release(&epoch, backend);
-                tracing::debug!(worker = self.id, error = %e, "cannot create a backend socket; closing the client");
-                self.abort(index);
+                tracing::debug!(worker = id, error = %e, "cannot create a backend socket; closing the client");
+                let message = format!("ringlb cannot open a connection to a backend: {e}");
+                self.send_error_and_close(index, &message);
                 return;
             }
         };
         let conn = self.conn(index);
+        if !conn.tried.is_empty() {
+            table.listeners[listener].state.redispatches[id].fetch_add(1, Ordering::Relaxed);
+        }
+        conn.tried.insert(position);
         let raw = fd.as_raw_fd();
         conn.backend_index = Some(backend);
         conn.backend = Some(fd);
@@ -1604,8 +1616,15 @@ impl Worker {
     }
 
     fn on_poll_out(&mut self, index: usize, dir: usize, result: i32) {
+        const ERROR_OR_HANG_UP: i32 = (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) as i32;
         if result < 0 && !matches!(-result, libc::EINTR | libc::EAGAIN) {
             self.abort(index);
+        } else if result > 0 && result & ERROR_OR_HANG_UP == 0 {
+            // Only POLLRDHUP: the destination's peer has half-closed, which an io_uring poll
+            // always reports, at once and for good, while its window is still full. Retrying
+            // the splice now would spin; a short pause bounds the cost of such a slow reader.
+            let pause = opcode::Timeout::new(&*self.write_retry as *const types::Timespec).build();
+            self.submit(index, [(Op::WriteRetry, dir, pause)]);
         } else {
             // Writable, or an error the next splice will report.
             self.submit_splice_out(index, dir);
@@ -1889,15 +1908,28 @@ fn errno(result: i32) -> io::Error {
 mod tests {
     use super::*;
     use crate::config::{BackendConfig, Config, TuningConfig};
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
 
-    /// A worker with no listener and a ring of `ring_entries`, over a one-backend table; `None`
-    /// where io_uring is refused (the kernel-probe tests cover that case).
-    fn worker(ring_entries: u32) -> Option<Worker> {
-        let mut config = Config::with_listener(
-            "127.0.0.1:4040".parse().unwrap(),
-            vec![BackendConfig::at("127.0.0.1:3306".parse().unwrap())],
-        );
-        config.listeners.clear();
+    /// A worker with no listener and a ring of `ring_entries`, over a table of `backends`
+    /// backends (at 127.0.0.1:41000 and up, never connected to) with `maxconn`, `retries` and
+    /// `queue_timeout_ms`; `None` where io_uring is refused (the kernel-probe tests cover that).
+    fn worker_with(
+        ring_entries: u32,
+        backends: usize,
+        maxconn: u32,
+        retries: u32,
+        queue_timeout_ms: u64,
+    ) -> Option<Worker> {
+        let pool = (0..backends)
+            .map(|i| BackendConfig {
+                maxconn,
+                ..BackendConfig::at(format!("127.0.0.1:{}", 41000 + i).parse().unwrap())
+            })
+            .collect();
+        let mut config = Config::with_listener("127.0.0.1:4040".parse().unwrap(), pool);
+        config.listeners[0].retries = retries;
+        config.listeners[0].queue_timeout_ms = queue_timeout_ms;
         let shared = Arc::new(Shared::new(Arc::new(Backends::from_config(&config)), 1).unwrap());
         let tuning = TuningConfig {
             ring_entries,
@@ -1921,9 +1953,17 @@ mod tests {
         }
     }
 
-    /// A connection in slot `index` of `worker`, relaying, with `inflight` ops counted.
-    fn live_conn(worker: &mut Worker, generation: u32, inflight: u32) -> usize {
-        let (client, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    fn worker(ring_entries: u32) -> Option<Worker> {
+        worker_with(ring_entries, 1, 0, 3, 5000)
+    }
+
+    /// A connection in a new slot of `worker`, in `phase`, with `inflight` ops counted, and the
+    /// client's end of its socket.
+    fn conn_in(worker: &mut Worker, phase: Phase, inflight: u32) -> (usize, u32, UnixStream) {
+        let (client, peer) = UnixStream::pair().unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let generation = worker.next_generation;
+        worker.next_generation += 1;
         let conn = Conn {
             client: client.into(),
             backend: None,
@@ -1931,16 +1971,61 @@ mod tests {
             listener: 0,
             backend_index: None,
             tried: Tried::default(),
-            phase: Phase::Relaying,
+            phase,
             flows: [Flow::new(), Flow::new()],
             inflight,
             generation,
-            times: Times::default(),
+            times: Times {
+                active_ms: worker.now_ms,
+                ..Times::default()
+            },
             connected: false,
             bytes_seen: false,
         };
         worker.open += 1;
-        put(&mut worker.conns, None, conn)
+        let free = worker.free.pop();
+        (put(&mut worker.conns, free, conn), generation, peer)
+    }
+
+    /// A connection relaying with `inflight` ops counted.
+    fn live_conn(worker: &mut Worker, inflight: u32) -> (usize, u32) {
+        let (index, generation, _peer) = conn_in(worker, Phase::Relaying, inflight);
+        (index, generation)
+    }
+
+    /// A client just accepted: connecting, nothing in flight.
+    fn new_client(worker: &mut Worker) -> (usize, u32, UnixStream) {
+        conn_in(worker, Phase::Connecting, 0)
+    }
+
+    fn queued(worker: &Worker) -> u32 {
+        worker.epoch.table.listeners[0]
+            .state
+            .queued
+            .load(Ordering::Relaxed)
+    }
+
+    fn phase(worker: &Worker, index: usize) -> Option<Phase> {
+        worker.conns[index].as_ref().map(|c| c.phase)
+    }
+
+    /// Takes every backend's slots, as other clients would.
+    fn fill(worker: &Worker) {
+        while let Pick::Backend(_) = worker.epoch.table.acquire(0, &Tried::default(), 0) {}
+    }
+
+    /// What `run` does after a batch of completions.
+    fn end_of_batch(worker: &mut Worker) {
+        worker.wake_buffer_waiters();
+        if std::mem::take(&mut worker.queue_dirty) {
+            worker.serve_queue();
+        }
+    }
+
+    const RDHUP: i32 = libc::POLLRDHUP as i32;
+
+    fn queue_tick() -> u64 {
+        token(0, 0, Op::QueueTick, 0)
     }
 
     fn accounting_errors(worker: &Worker) -> u64 {
@@ -1950,7 +2035,8 @@ mod tests {
     #[test]
     fn completions_that_match_no_op_in_flight_are_counted_and_change_nothing() {
         let Some(mut worker) = worker(64) else { return };
-        let index = live_conn(&mut worker, 7, 1);
+        worker.next_generation = 7;
+        let (index, _) = live_conn(&mut worker, 1);
         // A completion for a slot that holds nobody.
         worker.complete(token(index + 1, 7, Op::Send, 0), 10, 0);
         // One for an earlier connection of the same slot (stale generation).
@@ -1973,13 +2059,22 @@ mod tests {
     fn a_stale_completion_that_took_a_buffer_gives_it_back() {
         let Some(mut worker) = worker(64) else { return };
         assert_eq!(worker.buffers.available(), 4);
-        // The kernel took buffer 2 for a recv of a connection gone since: IORING_CQE_F_BUFFER
-        // (1) with the id above IORING_CQE_BUFFER_SHIFT (16).
-        let flags = (2 << 16) | 1;
-        assert_eq!(cqueue::buffer_select(flags), Some(2));
-        worker.complete(token(3, 1, Op::Recv, 0), 100, flags);
+        // A real recv takes a buffer, its completion tagged for a connection gone since.
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        (&theirs).write_all(b"0123456789").unwrap();
+        let recv = opcode::Recv::new(types::Fd(ours.as_raw_fd()), std::ptr::null_mut(), 64)
+            .buf_group(worker.buffers.group())
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(token(3, 1, Op::Recv, TO_BACKEND));
+        worker.push(&[recv]);
+        worker.ring.submit_and_wait(1).unwrap();
+        let cqe = worker.ring.completion().next().expect("the recv's completion");
+        assert_eq!(cqe.result(), 10);
+        assert!(cqueue::buffer_select(cqe.flags()).is_some());
+        worker.complete(cqe.user_data(), cqe.result(), cqe.flags());
         assert_eq!(accounting_errors(&worker), 1);
-        // Counted out of the ring by its completion (3 left), then given back.
+        // Counted out of the ring by its completion, then given back.
         assert_eq!(worker.buffers.available(), 4);
     }
 
@@ -2026,5 +2121,199 @@ mod tests {
         let back = untoken(token(MAX_INDEX, u32::MAX, Op::QueueWatch, 1));
         assert_eq!(back, (MAX_INDEX, u32::MAX, Some(Op::QueueWatch), 1));
         assert_eq!(untoken(0x7f << 1).2, None);
+    }
+
+    #[test]
+    fn a_client_tries_one_backend_and_then_at_most_retries_others() {
+        for retries in [0u32, 1, 2] {
+            let Some(mut worker) = worker_with(64, 5, 0, retries, 5000) else {
+                return;
+            };
+            let (index, generation, mut client) = new_client(&mut worker);
+            worker.connect_next(index);
+            let mut connects = 1;
+            loop {
+                worker.complete(token(index, generation, Op::Connect, 0), -libc::ECONNREFUSED, 0);
+                worker.complete(
+                    token(index, generation, Op::ConnectTimeout, 0),
+                    -libc::ECANCELED,
+                    0,
+                );
+                match worker.conns[index].as_ref() {
+                    Some(c) if c.phase == Phase::Connecting && c.backend_index.is_some() => connects += 1,
+                    _ => break,
+                }
+            }
+            assert_eq!(connects, retries + 1);
+            assert!(
+                worker.conns[index].is_none(),
+                "closed once its retries are used up"
+            );
+            let state = &worker.epoch.table.listeners[0].state;
+            assert_eq!(state.redispatches[0].load(Ordering::Relaxed), u64::from(retries));
+            assert_eq!(state.no_backend[0].load(Ordering::Relaxed), 1);
+            let mut packet = [0u8; 256];
+            let n = client.read(&mut packet).unwrap();
+            let message = String::from_utf8_lossy(&packet[7..n]);
+            assert_eq!(&packet[4..7], &[0xff, 0x10, 0x04], "ERR 1040: {message}");
+            let expected = format!("{} tried, retries = {retries} used up", retries + 1);
+            assert!(message.contains(&expected), "{message}");
+            assert_eq!(accounting_errors(&worker), 0);
+        }
+    }
+
+    #[test]
+    fn a_queued_client_that_hangs_up_as_a_slot_frees_leaves_the_slot_to_the_next() {
+        let Some(mut worker) = worker_with(64, 1, 1, 3, 60_000) else {
+            return;
+        };
+        fill(&worker);
+        let (hung_up, generation, _) = new_client(&mut worker);
+        worker.connect_next(hung_up);
+        let (live, _, _client) = new_client(&mut worker);
+        worker.connect_next(live);
+        assert_eq!(queued(&worker), 2);
+        // One batch: a slot frees, the queue's tick fires, the first client's hang-up arrives.
+        let epoch = worker.epoch.clone();
+        worker.release(&epoch, 0);
+        worker.complete(queue_tick(), -libc::ETIME, 0);
+        worker.complete(token(hung_up, generation, Op::QueueWatch, 0), RDHUP, 0);
+        end_of_batch(&mut worker);
+        assert_eq!(phase(&worker, hung_up), None, "freed");
+        assert_eq!(
+            phase(&worker, live),
+            Some(Phase::Connecting),
+            "the live client has the slot"
+        );
+        assert_eq!(queued(&worker), 0);
+        assert_eq!(accounting_errors(&worker), 0);
+    }
+
+    #[test]
+    fn a_queued_client_timing_out_and_hanging_up_in_one_batch_leaves_the_queue_once() {
+        for hang_up_first in [true, false] {
+            let Some(mut worker) = worker_with(64, 1, 1, 3, 50) else {
+                return;
+            };
+            fill(&worker);
+            let (index, generation, _client) = new_client(&mut worker);
+            worker.connect_next(index);
+            assert_eq!((phase(&worker, index), queued(&worker)), (Some(Phase::Queued), 1));
+            std::thread::sleep(std::time::Duration::from_millis(80));
+            worker.now_ms = clock::now_ms();
+            let watch = token(index, generation, Op::QueueWatch, 0);
+            if hang_up_first {
+                worker.complete(watch, RDHUP, 0);
+                worker.complete(queue_tick(), -libc::ETIME, 0);
+                end_of_batch(&mut worker);
+            } else {
+                worker.complete(queue_tick(), -libc::ETIME, 0);
+                end_of_batch(&mut worker);
+                // Refused: the cancel of its watch and the watch itself are still in flight.
+                assert_eq!(phase(&worker, index), Some(Phase::Closing));
+                worker.complete(watch, RDHUP, 0);
+                worker.complete(token(index, generation, Op::Cancel, 0), -libc::ENOENT, 0);
+            }
+            assert_eq!(phase(&worker, index), None, "freed");
+            assert_eq!((queued(&worker), worker.open), (0, 0));
+            assert_eq!(accounting_errors(&worker), 0);
+        }
+    }
+
+    #[test]
+    fn a_client_back_in_the_queue_after_a_refused_connect_ignores_its_old_watch() {
+        let Some(mut worker) = worker_with(64, 2, 1, 3, 5000) else {
+            return;
+        };
+        fill(&worker);
+        let (index, generation, _client) = new_client(&mut worker);
+        worker.connect_next(index);
+        let epoch = worker.epoch.clone();
+        worker.release(&epoch, 0);
+        worker.serve_queue();
+        assert_eq!(worker.conns[index].as_ref().unwrap().backend_index, Some(0));
+        worker.complete(token(index, generation, Op::Connect, 0), -libc::ECONNREFUSED, 0);
+        assert_eq!((phase(&worker, index), queued(&worker)), (Some(Phase::Queued), 1));
+        // The first watch (cancelled), its cancel and the connect's timeout arrive late.
+        let watch = token(index, generation, Op::QueueWatch, 0);
+        worker.complete(watch, -libc::ECANCELED, 0);
+        worker.complete(token(index, generation, Op::Cancel, 0), 0, 0);
+        worker.complete(
+            token(index, generation, Op::ConnectTimeout, 0),
+            -libc::ECANCELED,
+            0,
+        );
+        assert_eq!((phase(&worker, index), queued(&worker)), (Some(Phase::Queued), 1));
+        assert_eq!(worker.conns[index].as_ref().unwrap().inflight, 1, "the new watch");
+        worker.complete(watch, RDHUP, 0);
+        assert_eq!((phase(&worker, index), queued(&worker)), (None, 0));
+        assert_eq!(accounting_errors(&worker), 0);
+    }
+
+    #[test]
+    fn a_redispatch_waits_for_every_op_of_the_client_before_the_next_connect() {
+        let Some(mut worker) = worker_with(64, 2, 1, 3, 5000) else {
+            return;
+        };
+        fill(&worker);
+        let (index, generation, _client) = new_client(&mut worker);
+        worker.connect_next(index);
+        let epoch = worker.epoch.clone();
+        worker.release(&epoch, 0);
+        worker.release(&epoch, 1);
+        worker.serve_queue();
+        worker.complete(token(index, generation, Op::Connect, 0), 0, 0);
+        assert_eq!(phase(&worker, index), Some(Phase::Relaying));
+        // The watch, its cancel, the connect's timeout and a recv each way.
+        assert_eq!(worker.conns[index].as_ref().unwrap().inflight, 5);
+        // The backend closes before its first byte: the client's recv is cancelled.
+        worker.complete(token(index, generation, Op::Recv, TO_CLIENT), 0, 0);
+        assert_eq!(phase(&worker, index), Some(Phase::Redispatching));
+        let op = |op, dir| token(index, generation, op, dir);
+        for (user_data, result) in [
+            (op(Op::Recv, TO_BACKEND), -libc::ECANCELED),
+            (op(Op::Cancel, TO_BACKEND), 0),
+            (op(Op::QueueWatch, 0), -libc::ECANCELED),
+            (op(Op::Cancel, 0), 0),
+        ] {
+            worker.complete(user_data, result, 0);
+            assert_eq!(phase(&worker, index), Some(Phase::Redispatching));
+        }
+        worker.complete(op(Op::ConnectTimeout, 0), -libc::ECANCELED, 0);
+        let conn = worker.conns[index].as_ref().unwrap();
+        assert_eq!((conn.phase, conn.backend_index), (Phase::Connecting, Some(1)));
+        assert_eq!(accounting_errors(&worker), 0);
+    }
+
+    #[test]
+    fn a_recv_that_found_no_buffer_wakes_when_one_came_back_earlier_in_its_batch() {
+        let Some(mut worker) = worker(64) else { return };
+        let (parked, parked_generation) = live_conn(&mut worker, 2);
+        let (sender, sender_generation) = live_conn(&mut worker, 2);
+        for index in [parked, sender] {
+            let conn = worker.conns[index].as_mut().unwrap();
+            conn.backend_index = Some(0);
+            conn.flows[TO_BACKEND].state = FlowState::Recv;
+            conn.flows[TO_CLIENT].state = FlowState::Recv;
+        }
+        // Every buffer is out; the sender holds buffer 0 in a send.
+        (0..4).for_each(|_| worker.buffers.taken());
+        let conn = worker.conns[sender].as_mut().unwrap();
+        conn.flows[TO_BACKEND].state = FlowState::Send;
+        conn.flows[TO_BACKEND].buffer = Some((0, 0, 10));
+        // One batch: the send completes (buffer back), then a recv that ran before it reports
+        // the ring empty.
+        worker.complete(token(sender, sender_generation, Op::Send, TO_BACKEND), 10, 0);
+        worker.complete(
+            token(parked, parked_generation, Op::Recv, TO_BACKEND),
+            -libc::ENOBUFS,
+            0,
+        );
+        let state = |w: &Worker| w.conns[parked].as_ref().unwrap().flows[TO_BACKEND].state;
+        assert_eq!(state(&worker), FlowState::WaitBuffer);
+        end_of_batch(&mut worker);
+        assert_eq!(state(&worker), FlowState::Recv, "re-armed: a buffer is back");
+        assert_eq!(worker.shared.workers[0].buffer_waits.load(Ordering::Relaxed), 1);
+        assert_eq!(accounting_errors(&worker), 0);
     }
 }
