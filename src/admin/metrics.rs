@@ -60,12 +60,13 @@ pub fn render(snapshot: &Snapshot) -> String {
             )
         })
         .collect();
-    for family in BACKEND_GAUGES_AND_COUNTERS {
-        header(&mut out, family.name, family.kind, family.help);
-        for (b, labels) in snapshot.backends.iter().zip(&labels) {
-            let _ = writeln!(out, "{}{{{labels}}} {}", family.name, (family.value)(b));
-        }
-    }
+    let backends: Vec<_> = snapshot.backends.iter().zip(&labels).collect();
+    render_families(
+        &mut out,
+        &BACKEND_GAUGES_AND_COUNTERS,
+        &backends,
+        |(b, labels)| (labels.to_string(), *b),
+    );
     header(
         &mut out,
         "ringlb_backend_bytes_total",
@@ -99,18 +100,9 @@ pub fn render(snapshot: &Snapshot) -> String {
     }
     // After the families above, so that their exposition stays byte-for-byte as it was.
     if !snapshot.listeners.is_empty() {
-        for family in LISTENER_FAMILIES {
-            header(&mut out, family.name, family.kind, family.help);
-            for l in &snapshot.listeners {
-                let _ = writeln!(
-                    out,
-                    "{}{{listener=\"{}\"}} {}",
-                    family.name,
-                    escape(&l.listener),
-                    (family.value)(l)
-                );
-            }
-        }
+        render_families(&mut out, &LISTENER_FAMILIES, &snapshot.listeners, |l| {
+            (format!("listener=\"{}\"", escape(&l.listener)), l)
+        });
     }
     header(
         &mut out,
@@ -121,19 +113,27 @@ pub fn render(snapshot: &Snapshot) -> String {
     for (b, labels) in snapshot.backends.iter().zip(&labels) {
         let _ = writeln!(out, "ringlb_backend_maxconn{{{labels}}} {}", b.maxconn);
     }
-    for family in WORKER_FAMILIES {
-        header(&mut out, family.name, family.kind, family.help);
-        for w in &snapshot.workers {
-            let _ = writeln!(
-                out,
-                "{}{{worker=\"{}\"}} {}",
-                family.name,
-                w.worker,
-                (family.value)(w)
-            );
+    render_families(&mut out, &WORKER_FAMILIES, &snapshot.workers, |w| {
+        (format!("worker=\"{}\"", w.worker), w)
+    });
+    out
+}
+
+/// Each family's header, then one sample per item: `sample` gives an item's labels and what the
+/// family's value reads.
+fn render_families<'a, I, T: 'a>(
+    out: &mut String,
+    families: &[Family<T>],
+    items: &'a [I],
+    sample: impl Fn(&'a I) -> (String, &'a T),
+) {
+    for family in families {
+        header(out, family.name, family.kind, family.help);
+        for item in items {
+            let (labels, value) = sample(item);
+            let _ = writeln!(out, "{}{{{labels}}} {}", family.name, (family.value)(value));
         }
     }
-    out
 }
 
 /// What explains a stall in a worker: each its own family, one sample per worker.

@@ -620,9 +620,7 @@ impl Worker {
             self.shared.workers[self.id]
                 .cq_overflows
                 .fetch_add(1, Ordering::Relaxed);
-            let now = self.now_ms;
-            if now >= self.last_overflow_warning_ms + WARN_INTERVAL_MS || self.last_overflow_warning_ms == 0 {
-                self.last_overflow_warning_ms = now;
+            if log_due(&mut self.last_overflow_warning_ms, self.now_ms) {
                 tracing::warn!(worker = self.id, "completion queue full; the kernel holds completions back until it is read (raise [tuning] ring_entries; logged at most once a second)");
             }
         }
@@ -825,9 +823,7 @@ impl Worker {
         self.shared.workers[self.id]
             .accounting_errors
             .fetch_add(1, Ordering::Relaxed);
-        let now = self.now_ms;
-        if now >= self.last_accounting_log_ms + WARN_INTERVAL_MS || self.last_accounting_log_ms == 0 {
-            self.last_accounting_log_ms = now;
+        if log_due(&mut self.last_accounting_log_ms, self.now_ms) {
             let (index, generation, op, dir) = untoken(user_data);
             tracing::error!(worker = self.id, index, generation, op = ?op, dir, result, "{what}; ignored (a bug: please report it; counted in ringlb_worker_accounting_errors_total, logged at most once a second)");
         }
@@ -865,9 +861,7 @@ impl Worker {
             );
             if result < 0 && resource {
                 // Out of descriptors or memory: back off instead of spinning on accept.
-                let now = self.now_ms;
-                if now >= self.last_accept_warning_ms + WARN_INTERVAL_MS || self.last_accept_warning_ms == 0 {
-                    self.last_accept_warning_ms = now;
+                if log_due(&mut self.last_accept_warning_ms, self.now_ms) {
                     tracing::warn!(worker = self.id, error = %errno(result), "accept failed; retrying shortly (logged at most once a second)");
                 }
                 let entry = opcode::Timeout::new(&*self.accept_retry as *const types::Timespec)
@@ -951,9 +945,7 @@ impl Worker {
             return true;
         }
         l.state.rejected[self.id].fetch_add(1, Ordering::Relaxed);
-        let now = self.now_ms;
-        if now >= self.last_rejection_log_ms + WARN_INTERVAL_MS || self.last_rejection_log_ms == 0 {
-            self.last_rejection_log_ms = now;
+        if log_due(&mut self.last_rejection_log_ms, self.now_ms) {
             tracing::warn!(worker = self.id, listener = %l.config.name, client = %peer, "client outside the allow list; closed (further ones this second only counted)");
         }
         false
@@ -1332,8 +1324,9 @@ impl Worker {
             .fetch_add(1, Ordering::Relaxed);
         epoch.table.mark_suspect(backend, now + SUSPECT_MS);
         let last = &epoch.last_warning_ms[backend];
-        if now >= last.get() + WARN_INTERVAL_MS || last.get() == 0 {
-            last.set(now);
+        let mut last_ms = last.get();
+        if log_due(&mut last_ms, now) {
+            last.set(last_ms);
             let name = &epoch.table.all[backend].name;
             tracing::warn!(worker = self.id, backend = %name, error = %error, "connect failed; trying the next backend");
         }
@@ -1827,6 +1820,16 @@ impl Worker {
     }
 }
 
+/// Whether a rate-limited log line may be written now (at most one per [`WARN_INTERVAL_MS`]);
+/// if so, `last_ms` becomes `now_ms`. 0 means never logged.
+fn log_due(last_ms: &mut u64, now_ms: u64) -> bool {
+    let due = *last_ms == 0 || now_ms >= *last_ms + WARN_INTERVAL_MS;
+    if due {
+        *last_ms = now_ms;
+    }
+    due
+}
+
 /// Stores `value` in the free entry `free` of `slots`, or in a new one; returns its index.
 fn put<T>(slots: &mut Vec<Option<T>>, free: Option<usize>, value: T) -> usize {
     match free {
@@ -2012,6 +2015,18 @@ mod tests {
     /// Takes every backend's slots, as other clients would.
     fn fill(worker: &Worker) {
         while let Pick::Backend(_) = worker.epoch.table.acquire(0, &Tried::default(), 0) {}
+    }
+
+    /// A client queued behind full backends, then served when `freed` backends release a slot.
+    fn queued_until_slots_free(worker: &mut Worker, freed: &[usize]) -> (usize, u32, UnixStream) {
+        fill(worker);
+        let client = new_client(worker);
+        worker.connect_next(client.0);
+        assert_eq!(phase(worker, client.0), Some(Phase::Queued));
+        let epoch = worker.epoch.clone();
+        freed.iter().for_each(|&backend| worker.release(&epoch, backend));
+        worker.serve_queue();
+        client
     }
 
     /// What `run` does after a batch of completions.
@@ -2225,12 +2240,7 @@ mod tests {
         let Some(mut worker) = worker_with(64, 2, 1, 3, 5000) else {
             return;
         };
-        fill(&worker);
-        let (index, generation, _client) = new_client(&mut worker);
-        worker.connect_next(index);
-        let epoch = worker.epoch.clone();
-        worker.release(&epoch, 0);
-        worker.serve_queue();
+        let (index, generation, _client) = queued_until_slots_free(&mut worker, &[0]);
         assert_eq!(worker.conns[index].as_ref().unwrap().backend_index, Some(0));
         worker.complete(token(index, generation, Op::Connect, 0), -libc::ECONNREFUSED, 0);
         assert_eq!((phase(&worker, index), queued(&worker)), (Some(Phase::Queued), 1));
@@ -2255,13 +2265,7 @@ mod tests {
         let Some(mut worker) = worker_with(64, 2, 1, 3, 5000) else {
             return;
         };
-        fill(&worker);
-        let (index, generation, _client) = new_client(&mut worker);
-        worker.connect_next(index);
-        let epoch = worker.epoch.clone();
-        worker.release(&epoch, 0);
-        worker.release(&epoch, 1);
-        worker.serve_queue();
+        let (index, generation, _client) = queued_until_slots_free(&mut worker, &[0, 1]);
         worker.complete(token(index, generation, Op::Connect, 0), 0, 0);
         assert_eq!(phase(&worker, index), Some(Phase::Relaying));
         // The watch, its cancel, the connect's timeout and a recv each way.
