@@ -25,6 +25,7 @@
 pub mod hysteresis;
 pub mod mysql;
 pub mod probe;
+pub mod resultset;
 
 use std::io;
 use std::net::SocketAddr;

@@ -31,6 +31,8 @@ const CLIENT_CAPABILITIES: u32 =
 
 /// The payload of `COM_QUIT`.
 pub const COM_QUIT: u8 = 0x01;
+/// `COM_QUERY`: a statement in the text protocol.
+pub const COM_QUERY: u8 = 0x03;
 
 /// Plugin assumed when a server supports plugin auth but names none.
 const DEFAULT_AUTH_PLUGIN: &str = "mysql_native_password";
@@ -73,6 +75,9 @@ pub enum ProtocolError {
     /// The check user's name contains a NUL byte, which cannot be sent.
     #[error("user name contains a NUL byte")]
     NulInUser,
+    /// A result set with more columns or rows than a status query returns.
+    #[error("result set has too many {0}")]
+    ResultTooLarge(&'static str),
 }
 
 /// A parsed packet header.
@@ -217,7 +222,7 @@ fn parse_greeting_body(r: &mut Reader<'_>) -> Result<Greeting, ProtocolError> {
 }
 
 /// Parses what follows the 0xFF of an ERR packet.
-fn parse_err_body(r: &mut Reader<'_>) -> Result<ErrPacket, ProtocolError> {
+pub(super) fn parse_err_body(r: &mut Reader<'_>) -> Result<ErrPacket, ProtocolError> {
     let code = r.u16_le("error code")?;
     let sql_state = if r.peek() == Some(b'#') {
         r.take(1, "SQL state marker")?;
@@ -236,7 +241,7 @@ fn parse_err_body(r: &mut Reader<'_>) -> Result<ErrPacket, ProtocolError> {
 
 /// Text from the server for a log line: invalid UTF-8 kept lossily, control characters (a
 /// newline, an escape sequence) written as Rust escapes so that they cannot break the line.
-fn printable(bytes: &[u8]) -> String {
+pub(super) fn printable(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     if !text.chars().any(char::is_control) {
         return text.into_owned();
@@ -333,24 +338,24 @@ pub fn empty_auth_packet(sequence: u8) -> [u8; 4] {
 }
 
 /// A cursor over a payload whose reads fail with the name of the missing field.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     bytes: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
+    pub(super) fn new(bytes: &'a [u8]) -> Self {
         Reader { bytes }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
 
-    fn peek(&self) -> Option<u8> {
+    pub(super) fn peek(&self) -> Option<u8> {
         self.bytes.first().copied()
     }
 
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], ProtocolError> {
+    pub(super) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], ProtocolError> {
         if self.bytes.len() < n {
             return Err(ProtocolError::Truncated(what));
         }
@@ -359,11 +364,11 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn u8(&mut self, what: &'static str) -> Result<u8, ProtocolError> {
+    pub(super) fn u8(&mut self, what: &'static str) -> Result<u8, ProtocolError> {
         Ok(self.take(1, what)?[0])
     }
 
-    fn u16_le(&mut self, what: &'static str) -> Result<u16, ProtocolError> {
+    pub(super) fn u16_le(&mut self, what: &'static str) -> Result<u16, ProtocolError> {
         let b = self.take(2, what)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
@@ -397,8 +402,34 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn rest(&mut self) -> &'a [u8] {
+    pub(super) fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.bytes)
+    }
+
+    /// A length-encoded integer; `None` for 0xFB, which a text-protocol row uses for NULL.
+    pub(super) fn lenenc_int(&mut self, what: &'static str) -> Result<Option<u64>, ProtocolError> {
+        let width = match self.u8(what)? {
+            0xFB => return Ok(None),
+            0xFC => 2,
+            0xFD => 3,
+            0xFE => 8,
+            small => return Ok(Some(u64::from(small))),
+        };
+        let bytes = self.take(width, what)?;
+        let mut value = [0u8; 8];
+        value[..width].copy_from_slice(bytes);
+        Ok(Some(u64::from_le_bytes(value)))
+    }
+
+    /// A length-encoded string; `None` for NULL (0xFB).
+    pub(super) fn lenenc_bytes(&mut self, what: &'static str) -> Result<Option<&'a [u8]>, ProtocolError> {
+        match self.lenenc_int(what)? {
+            None => Ok(None),
+            Some(len) => {
+                let len = usize::try_from(len).map_err(|_| ProtocolError::Truncated(what))?;
+                self.take(len, what).map(Some)
+            }
+        }
     }
 }
 
