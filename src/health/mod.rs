@@ -26,6 +26,7 @@ pub mod hysteresis;
 pub mod mysql;
 pub mod probe;
 pub mod resultset;
+pub mod state;
 
 use std::io;
 use std::net::SocketAddr;
