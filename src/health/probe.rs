@@ -30,6 +30,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::mysql::{self, AuthReply, ErrPacket, InitialPacket, ProtocolError};
+use super::resultset::{self, Reply, ReplyReader};
 use crate::config::CheckKind;
 use crate::proxy_protocol::{self, ProxyVersion};
 
@@ -82,6 +83,8 @@ pub enum Stage {
     Greeting,
     Login,
     LoginReply,
+    /// Sending the state statements, or reading their replies.
+    Query,
     Quit,
 }
 
@@ -93,6 +96,7 @@ impl fmt::Display for Stage {
             Stage::Greeting => "reading the greeting",
             Stage::Login => "sending the login",
             Stage::LoginReply => "reading the login reply",
+            Stage::Query => "reading the server's state",
             Stage::Quit => "sending COM_QUIT",
         })
     }
@@ -165,16 +169,31 @@ pub fn probe(
     user: &str,
     timeout: Duration,
 ) -> Result<Alive, ProbeError> {
+    probe_state(kind, target, user, timeout, &[]).map(|(alive, _)| alive)
+}
+
+/// Probes `target` once and, once logged in, sends `statements` back to back (one round trip)
+/// and reads their replies, in order, before it quits. No reply comes back when the check did not
+/// log in (a `tcp` check, a greeting-only check, a refused check user). The whole probe is
+/// bounded by `timeout`.
+pub fn probe_state(
+    kind: CheckKind,
+    target: impl Into<Target>,
+    user: &str,
+    timeout: Duration,
+    statements: &[&str],
+) -> Result<(Alive, Vec<Reply>), ProbeError> {
     let target = target.into();
     let deadline = Instant::now() + timeout;
     let timeout_ms = timeout.as_millis() as u64;
-    match probe_until(kind, target, user, deadline, timeout_ms) {
+    match probe_until(kind, target, user, deadline, timeout_ms, statements) {
         Err(ProbeError::LoginFailed(error))
             if target.send_proxy.is_some() && error.code == mysql::ER_HOST_NOT_PRIVILEGED =>
         {
             // Resets the server's count of connection errors for our host (module docs); its
             // own outcome changes nothing.
-            let _ = probe_until(kind, Target::from(target.addr), user, deadline, timeout_ms);
+            let plain = Target::from(target.addr);
+            let _ = probe_until(kind, plain, user, deadline, timeout_ms, &[]);
             Err(ProbeError::ProxyHeaderRefused(error))
         }
         result => result,
@@ -188,7 +207,8 @@ fn probe_until(
     user: &str,
     deadline: Instant,
     timeout_ms: u64,
-) -> Result<Alive, ProbeError> {
+    statements: &[&str],
+) -> Result<(Alive, Vec<Reply>), ProbeError> {
     let mut conn = Conn {
         stream: None,
         deadline,
@@ -196,19 +216,19 @@ fn probe_until(
     };
     conn.connect(target.addr)?;
     match kind {
-        CheckKind::Tcp => Ok(Alive::Connected),
+        CheckKind::Tcp => Ok((Alive::Connected, Vec::new())),
         CheckKind::Mysql => {
             if let Some(version) = target.send_proxy {
                 // In one write: MariaDB reads a v2 header with one read per part and does not
                 // retry a short one (see proxy_protocol).
                 conn.write_all(&proxy_protocol::local_header(version), Stage::ProxyHeader)?;
             }
-            mysql_check(&mut conn, user)
+            mysql_check(&mut conn, user, statements)
         }
     }
 }
 
-fn mysql_check(conn: &mut Conn, user: &str) -> Result<Alive, ProbeError> {
+fn mysql_check(conn: &mut Conn, user: &str, statements: &[&str]) -> Result<(Alive, Vec<Reply>), ProbeError> {
     let (sequence, payload) = conn.read_packet(Stage::Greeting)?;
     let greeting = match mysql::parse_initial(&payload).map_err(protocol(Stage::Greeting))? {
         InitialPacket::Greeting(g) => g,
@@ -216,7 +236,7 @@ fn mysql_check(conn: &mut Conn, user: &str) -> Result<Alive, ProbeError> {
     };
     let server_version = greeting.server_version.clone();
     if user.is_empty() {
-        return Ok(Alive::Greeted { server_version });
+        return Ok((Alive::Greeted { server_version }, Vec::new()));
     }
 
     let response = mysql::handshake_response(&greeting, user).map_err(protocol(Stage::Login))?;
@@ -235,10 +255,11 @@ fn mysql_check(conn: &mut Conn, user: &str) -> Result<Alive, ProbeError> {
         match mysql::parse_auth_reply(&payload).map_err(protocol(Stage::LoginReply))? {
             AuthReply::Ok => break,
             AuthReply::Err(error) if error.is_access_denied() => {
-                return Ok(Alive::AccessDenied {
+                let alive = Alive::AccessDenied {
                     server_version,
                     error,
-                });
+                };
+                return Ok((alive, Vec::new()));
             }
             AuthReply::Err(error) => return Err(ProbeError::LoginFailed(error)),
             AuthReply::AuthSwitch { .. } if switches < MAX_AUTH_SWITCHES => {
@@ -261,11 +282,38 @@ fn mysql_check(conn: &mut Conn, user: &str) -> Result<Alive, ProbeError> {
             }
         }
     }
+    let replies = read_state(conn, statements)?;
     // As the mysql client does: COM_QUIT, then close. The server ends the session as a normal
     // disconnect.
     conn.write_all(&mysql::com_quit(), Stage::Quit)?;
     conn.shutdown_write();
-    Ok(Alive::LoggedIn { server_version })
+    Ok((Alive::LoggedIn { server_version }, replies))
+}
+
+/// Sends `statements` in one write (each its own `COM_QUERY`, sequence 0: the server reads them
+/// one after the other) and reads one reply for each, in order.
+fn read_state(conn: &mut Conn, statements: &[&str]) -> Result<Vec<Reply>, ProbeError> {
+    if statements.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut batch = Vec::new();
+    for statement in statements {
+        let query = resultset::com_query(statement);
+        batch.extend(mysql::packet(0, &query).map_err(protocol(Stage::Query))?);
+    }
+    conn.write_all(&batch, Stage::Query)?;
+    let mut replies = Vec::with_capacity(statements.len());
+    for _ in statements {
+        let mut reader = ReplyReader::new();
+        let reply = loop {
+            let (_, payload) = conn.read_packet(Stage::Query)?;
+            if let Some(reply) = reader.feed(&payload).map_err(protocol(Stage::Query))? {
+                break reply;
+            }
+        };
+        replies.push(reply);
+    }
+    Ok(replies)
 }
 
 /// After a write failed: the ERR packet the server sent before it closed, if one waits in the
@@ -489,6 +537,50 @@ pub(crate) mod tests {
         assert_eq!(seen[0].0, 1);
         assert!(seen[0].1.ends_with(b"ringlb_check\0\0mysql_native_password\0"));
         assert_eq!(seen[1], (0, vec![mysql::COM_QUIT]));
+    }
+
+    /// `payloads` as the packets of one reply, numbered from 1.
+    fn reply(payloads: Vec<Vec<u8>>) -> Vec<u8> {
+        let packets = payloads.iter().enumerate();
+        packets
+            .flat_map(|(i, p)| mysql::packet(i as u8 + 1, p).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn state_statements_follow_the_login_and_their_replies_come_back_in_order() {
+        use crate::health::resultset::tests::result_set_payloads;
+        let ok = mysql::packet(2, &[0, 0, 0, 2, 0, 0, 0]).unwrap();
+        let variables = result_set_payloads(
+            &["Variable_name", "Value"],
+            &[vec![Some("read_only"), Some("ON")]],
+        );
+        let denied = err_packet(1, 1227, "Access denied; you need the SLAVE MONITOR privilege");
+        let (addr, server) = scripted_server(greeting_packet(), vec![ok, reply(variables), denied]);
+        let statements = ["SHOW GLOBAL VARIABLES", "SHOW ALL REPLICAS STATUS"];
+        let (alive, replies) =
+            probe_state(CheckKind::Mysql, addr, "ringlb_check", TIMEOUT, &statements).unwrap();
+        assert!(matches!(alive, Alive::LoggedIn { .. }), "{alive:?}");
+        assert_eq!(replies.len(), 2);
+        let Reply::Rows(set) = &replies[0] else {
+            panic!("not a result set: {:?}", replies[0]);
+        };
+        assert_eq!(set.value(0, "Value"), Some("ON"));
+        assert!(matches!(&replies[1], Reply::Err(e) if e.code == 1227));
+        // The login, each statement as its own COM_QUERY with sequence 0, then COM_QUIT.
+        let seen = server.join().unwrap();
+        let queries: Vec<_> = seen[1..3]
+            .iter()
+            .map(|(seq, p)| (*seq, p[0], p[1..].to_vec()))
+            .collect();
+        assert_eq!(
+            queries,
+            vec![
+                (0, mysql::COM_QUERY, statements[0].as_bytes().to_vec()),
+                (0, mysql::COM_QUERY, statements[1].as_bytes().to_vec()),
+            ]
+        );
+        assert_eq!(seen[3], (0, vec![mysql::COM_QUIT]));
     }
 
     #[test]

@@ -1,0 +1,81 @@
+//! The state a health check reads from a real MariaDB server, through the check's own MySQL
+//! client: `read_only` as `SET GLOBAL` leaves it, replica status refused for want of the
+//! privilege and read once it is granted (empty on a server that replicates from nobody), Galera
+//! variables absent. These statements and replies are what the role-aware pools build on.
+
+mod support;
+
+use std::time::Duration;
+
+use ringlb::config::CheckKind;
+use ringlb::health::probe::{probe_state, Alive};
+use ringlb::health::resultset::{Reply, ResultSet};
+use ringlb::health::state::{self, Replication, ServerState};
+use support::{MariaDb, CHECK_USER};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One state check of `server`: the variables, the Galera status and the replica status.
+fn check(server: &MariaDb) -> (ServerState, Reply) {
+    let replicas = state::replica_status_query(&server_version(server));
+    let statements = [state::VARIABLES_QUERY, state::GALERA_STATUS_QUERY, replicas];
+    let (alive, replies) = probe_state(CheckKind::Mysql, server.addr(), CHECK_USER, TIMEOUT, &statements)
+        .unwrap_or_else(|e| panic!("state check of {}: {e}", server.addr()));
+    assert!(matches!(alive, Alive::LoggedIn { .. }), "{alive:?}");
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    let rows = |reply: &Reply| match reply {
+        Reply::Rows(set) => set.clone(),
+        other => panic!("{other:?} instead of rows"),
+    };
+    let replica_reply = replies[2].clone();
+    let replica_rows = match &replica_reply {
+        Reply::Rows(set) => Some(set.clone()),
+        _ => None,
+    };
+    let state = ServerState::read(&rows(&replies[0]), &rows(&replies[1]), replica_rows.as_ref());
+    (state, replica_reply)
+}
+
+fn server_version(server: &MariaDb) -> String {
+    let mut root = server.root_conn().expect("root connection");
+    mysql::prelude::Queryable::query_first::<String, _>(&mut root, "SELECT VERSION()")
+        .expect("version")
+        .expect("a version")
+}
+
+fn root_exec(server: &MariaDb, sql: &str) {
+    let mut root = server.root_conn().expect("root connection");
+    mysql::prelude::Queryable::query_drop(&mut root, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+#[test]
+fn a_check_reads_read_only_and_replica_status_from_a_real_server() {
+    let server = MariaDb::start();
+    let (writable, replicas) = check(&server);
+    assert!(!writable.read_only);
+    assert_eq!(writable.galera, None, "no Galera on a plain server");
+    assert_eq!(writable.writable(false), Ok(()));
+    // The check user has no privilege: replica status is refused, naming what it needs.
+    let Reply::Err(refused) = replicas else {
+        panic!("replica status without the privilege: {replicas:?}");
+    };
+    let privilege = state::replica_status_privilege(&server_version(&server));
+    assert!(refused.message.contains(privilege), "{refused}");
+    assert_eq!(writable.replication, Replication::NotRead);
+
+    root_exec(&server, "SET GLOBAL read_only = 1");
+    root_exec(
+        &server,
+        &format!("GRANT {privilege} ON *.* TO '{CHECK_USER}'@'%'"),
+    );
+    let (read_only, replicas) = check(&server);
+    assert!(read_only.read_only);
+    assert_eq!(read_only.writable(false), Err("read_only is ON".into()));
+    assert!(
+        matches!(&replicas, Reply::Rows(ResultSet { rows, .. }) if rows.is_empty()),
+        "{replicas:?}"
+    );
+    assert_eq!(read_only.replication, Replication::NotReplica);
+    assert_eq!(read_only.replicating(), Err("not a replica".into()));
+    root_exec(&server, "SET GLOBAL read_only = 0");
+}
