@@ -1,7 +1,9 @@
 //! The health check's MySQL parsers on any bytes a server (or something that is not one) may
 //! send: no panic; a packet header and `packet` agree; a greeting yields a well-formed
 //! `HandshakeResponse41` (or refuses a pre-4.1 server); and every text that reaches a log line
-//! (errors, ERR packets, the server version) is one line without control characters.
+//! (errors, ERR packets, the server version) is one line without control characters. A state
+//! query's reply, the input cut into packets at the bytes that announce their lengths, ends in a
+//! reply or an error, never a panic, with every value printable.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -9,6 +11,7 @@ use ringlb::health::mysql::{
     self, handshake_response, packet, parse_auth_reply, parse_header, parse_initial, AuthReply, ErrPacket,
     Greeting, InitialPacket, ProtocolError, HEADER_LEN, MAX_PAYLOAD_LEN,
 };
+use ringlb::health::resultset::{Reply, ReplyReader};
 
 const USER: &str = "ringlb_check";
 
@@ -135,8 +138,34 @@ fn check_auth_reply(data: &[u8]) {
     }
 }
 
+/// Cuts `data` into packets (each a length byte, then that many bytes) and feeds them to one
+/// reply reader until it finishes or fails.
+fn check_reply(data: &[u8]) {
+    let mut reader = ReplyReader::new();
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let (payload, tail) = tail.split_at(usize::from(len).min(tail.len()));
+        rest = tail;
+        match reader.feed(payload) {
+            Ok(None) => {}
+            Ok(Some(Reply::Rows(set))) => {
+                set.columns.iter().for_each(|c| assert_printable(c));
+                for row in &set.rows {
+                    assert_eq!(row.len(), set.columns.len());
+                    row.iter().flatten().for_each(|v| assert_printable(v));
+                }
+                return;
+            }
+            Ok(Some(Reply::Err(err))) => return check_err_packet(&err),
+            Ok(Some(Reply::Ok)) => return,
+            Err(error) => return check_error(&error),
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     check_header(data);
     check_initial(data);
     check_auth_reply(data);
+    check_reply(data);
 });
