@@ -27,6 +27,7 @@ pub mod mysql;
 pub mod probe;
 pub mod resultset;
 pub mod state;
+pub mod topology;
 
 use std::io;
 use std::net::SocketAddr;
