@@ -46,7 +46,7 @@
 //! # Ownership invariant
 //!
 //! Every op in flight is counted in its connection's `inflight`, by the one function that submits
-//! a connection's ops ([`Worker::submit`]), which also tags it with the connection's generation.
+//! a connection's ops (`Worker::submit`), which also tags it with the connection's generation.
 //! A connection's slot, sockets, buffer and pipes are released only when it is closing and
 //! `inflight` is zero, so no completion can ever refer to a reused slot or a closed descriptor,
 //! and no op can write into memory that has been handed to someone else. A completion that

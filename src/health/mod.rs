@@ -17,6 +17,11 @@
 //! refusing clients for `rise` intervals after the flood ended. The data path treats the same
 //! failure the same way (no backend is marked suspect for it).
 //!
+//! [`resultset`], [`state`] and [`topology`] read a server's state over the check's connection
+//! (read_only, replica status, Galera) and elect the writer of a writer pool: the groundwork of
+//! role-aware pools, which the checker threads do not use yet ([`probe::probe`] sends no state
+//! statement).
+//!
 //! Invariants: only this module writes `live.up`, and only on a transition, so the atomic always
 //! equals the hysteresis state; a transition to up also clears `live.suspect_until_ms`, so a
 //! backend that recovered is not skipped on the strength of a stale connect failure. Every
