@@ -402,7 +402,6 @@ impl Backends {
 pub struct Tried {
     low: u64,
     high: Vec<u64>,
-    count: u32,
 }
 
 impl Tried {
@@ -416,9 +415,6 @@ impl Tried {
     }
 
     pub fn insert(&mut self, pos: usize) {
-        if self.contains(pos) {
-            return;
-        }
         let word = if pos < 64 {
             &mut self.low
         } else {
@@ -429,16 +425,15 @@ impl Tried {
             &mut self.high[i]
         };
         *word |= 1 << (pos % 64);
-        self.count += 1;
     }
 
     /// How many positions were tried.
     pub fn len(&self) -> u32 {
-        self.count
+        self.low.count_ones() + self.high.iter().map(|w| w.count_ones()).sum::<u32>()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.low == 0 && self.high.iter().all(|&w| w == 0)
     }
 }
 

@@ -4,6 +4,7 @@
 //! `# HELP` and `# TYPE` lines even when it has no samples, and label values are escaped, since
 //! listener names come from the operator's file.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
 use crate::stats::{BackendSnapshot, ListenerSnapshot, Snapshot, WorkerSnapshot};
@@ -65,7 +66,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         &mut out,
         &BACKEND_GAUGES_AND_COUNTERS,
         &backends,
-        |(b, labels)| (labels.to_string(), *b),
+        |(b, labels)| (Cow::Borrowed(labels.as_str()), *b),
     );
     header(
         &mut out,
@@ -101,7 +102,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     // After the families above, so that their exposition stays byte-for-byte as it was.
     if !snapshot.listeners.is_empty() {
         render_families(&mut out, &LISTENER_FAMILIES, &snapshot.listeners, |l| {
-            (format!("listener=\"{}\"", escape(&l.listener)), l)
+            (Cow::Owned(format!("listener=\"{}\"", escape(&l.listener))), l)
         });
     }
     header(
@@ -114,7 +115,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         let _ = writeln!(out, "ringlb_backend_maxconn{{{labels}}} {}", b.maxconn);
     }
     render_families(&mut out, &WORKER_FAMILIES, &snapshot.workers, |w| {
-        (format!("worker=\"{}\"", w.worker), w)
+        (Cow::Owned(format!("worker=\"{}\"", w.worker)), w)
     });
     out
 }
@@ -125,7 +126,7 @@ fn render_families<'a, I, T: 'a>(
     out: &mut String,
     families: &[Family<T>],
     items: &'a [I],
-    sample: impl Fn(&'a I) -> (String, &'a T),
+    sample: impl Fn(&'a I) -> (Cow<'a, str>, &'a T),
 ) {
     for family in families {
         header(out, family.name, family.kind, family.help);

@@ -453,6 +453,8 @@ struct Worker {
     /// Entries that did not fit in the submission queue, in order, each with whether it links
     /// to the next one.
     backlog: VecDeque<(squeue::Entry, bool)>,
+    /// The backlog length last published to `WorkerStats::backlog`.
+    backlog_published: u64,
     /// Directions parked for lack of a buffer: (slot, generation, direction). Woken at the end
     /// of each batch of completions while buffers are back in the ring: a buffer recycled earlier
     /// in the same batch as the recv that found the ring empty must still wake it.
@@ -548,6 +550,7 @@ impl Worker {
             shared,
             id: config.id,
             backlog: VecDeque::new(),
+            backlog_published: 0,
             waiting_for_buffer: VecDeque::new(),
             completions: Vec::with_capacity(config.tuning.ring_entries as usize),
             dropped_seen: 0,
@@ -594,9 +597,16 @@ impl Worker {
                 self.serve_queue();
             }
             self.arm_ticks();
-            self.shared.workers[self.id]
-                .backlog
-                .store(self.backlog.len() as u64, Ordering::Relaxed);
+            self.publish_backlog();
+        }
+    }
+
+    /// Publishes the backlog's length for the metrics when it changed (it is almost always 0).
+    fn publish_backlog(&mut self) {
+        let len = self.backlog.len() as u64;
+        if len != self.backlog_published {
+            self.backlog_published = len;
+            self.shared.workers[self.id].backlog.store(len, Ordering::Relaxed);
         }
     }
 
