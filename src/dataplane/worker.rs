@@ -768,7 +768,7 @@ impl Worker {
                     // (and perhaps reused) since, or one more than was submitted. Never taken for
                     // the current occupant's; a buffer it took goes straight back.
                     if let Some(id) = cqueue::buffer_select(flags) {
-                        self.recycle_buffer(id);
+                        self.buffers.recycle(id);
                     }
                     self.accounting_error(user_data, result, "a completion matches no op in flight");
                     return;
@@ -779,7 +779,7 @@ impl Worker {
                     // still have taken a buffer, which goes straight back.
                     if op == Op::Recv {
                         if let Some(id) = cqueue::buffer_select(flags) {
-                            self.recycle_buffer(id);
+                            self.buffers.recycle(id);
                         }
                     }
                     self.finish_if_done(index);
@@ -794,7 +794,7 @@ impl Worker {
                             conn.bytes_seen = true;
                         }
                         if let Some(id) = cqueue::buffer_select(flags) {
-                            self.recycle_buffer(id);
+                            self.buffers.recycle(id);
                         }
                     }
                     self.redispatch_if_done(index);
@@ -1466,7 +1466,7 @@ impl Worker {
             }
             0 => {
                 if let Some(id) = selected {
-                    self.recycle_buffer(id);
+                    self.buffers.recycle(id);
                 }
                 self.end_of_stream(index, dir);
             }
@@ -1517,7 +1517,7 @@ impl Worker {
         }
         flow.buffer = None;
         let bulk = flow.bulk;
-        self.recycle_buffer(id);
+        self.buffers.recycle(id);
         if bulk {
             self.submit_splice_in(index, dir);
         } else {
@@ -1744,10 +1744,6 @@ impl Worker {
         }
     }
 
-    fn recycle_buffer(&mut self, id: u16) {
-        self.buffers.recycle(id);
-    }
-
     /// Wakes directions parked for lack of a buffer, oldest first, one per buffer back in the
     /// ring. Runs after each whole batch of completions, so that a park and a recycle in the
     /// same batch, in either order, never strand a direction while a buffer sits free.
@@ -1805,7 +1801,7 @@ impl Worker {
         self.free.push(index);
         for flow in &mut conn.flows {
             if let Some((id, _, _)) = flow.buffer.take() {
-                self.recycle_buffer(id);
+                self.buffers.recycle(id);
             }
             if let Some(pipe) = flow.pipe.take() {
                 self.pipes.give(pipe, flow.in_pipe == 0);
