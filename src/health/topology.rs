@@ -10,8 +10,10 @@
 //!
 //! Pure: verdicts in, a change out; no clock, no I/O.
 
-/// Why a server does not qualify (from [`super::state`]); `Ok` when it does.
-pub type Verdict = Result<(), String>;
+use super::state::Reason;
+
+/// Whether a server qualifies, and why not ([`super::state`]'s verdicts).
+pub type Verdict = Result<(), Reason>;
 
 /// What an update did to the writer role.
 #[derive(Debug, Clone, PartialEq, Eq)]
