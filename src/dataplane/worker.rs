@@ -448,6 +448,8 @@ struct Worker {
     /// Last failed-accept log line, ms: at most one a second, though accept is retried ten
     /// times a second while descriptors run short.
     last_accept_warning_ms: u64,
+    /// Last line about a backend socket that could not be created, ms: at most one a second.
+    last_socket_warning_ms: u64,
     shared: Arc<Shared>,
     id: usize,
     /// Entries that did not fit in the submission queue, in order, each with whether it links
@@ -547,6 +549,7 @@ impl Worker {
             now_ms: clock::now_ms(),
             last_rejection_log_ms: 0,
             last_accept_warning_ms: 0,
+            last_socket_warning_ms: 0,
             shared,
             id: config.id,
             backlog: VecDeque::new(),
@@ -1293,7 +1296,9 @@ impl Worker {
                 // No socket to be had (out of descriptors or memory): a local failure, not the
                 // backend's, so no backend is marked suspect and no other is tried.
                 self.release(&epoch, backend);
-                tracing::debug!(worker = id, error = %e, "cannot create a backend socket; closing the client");
+                if log_due(&mut self.last_socket_warning_ms, self.now_ms) {
+                    tracing::warn!(worker = id, error = %e, "cannot create a backend socket; client closed with an error (logged at most once a second)");
+                }
                 let message = format!("ringlb cannot open a connection to a backend: {e}");
                 self.send_error_and_close(index, &message);
                 return;

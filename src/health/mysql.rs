@@ -246,15 +246,15 @@ pub(super) fn printable(bytes: &[u8]) -> String {
     if !text.chars().any(char::is_control) {
         return text.into_owned();
     }
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Builds the payload of a `HandshakeResponse41` logging in as `user` with an empty password,

@@ -14,6 +14,9 @@ use super::mysql::{parse_err_body, printable, ErrPacket, ProtocolError, Reader};
 pub const MAX_COLUMNS: usize = 256;
 /// Rows a result set may have: one per replication source, one per status variable asked for.
 pub const MAX_ROWS: usize = 4096;
+/// Bytes one reply may take on the wire: a server's state is a few KiB. Without it a hostile
+/// peer could make the checker hold `MAX_ROWS` packets of 64 KiB, each value grown by escaping.
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
 
 /// One statement's reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +69,8 @@ enum Stage {
 pub struct ReplyReader {
     stage: Stage,
     set: ResultSet,
+    /// Payload bytes fed so far ([`MAX_REPLY_BYTES`] at most).
+    bytes: usize,
 }
 
 impl Default for ReplyReader {
@@ -79,12 +84,17 @@ impl ReplyReader {
         ReplyReader {
             stage: Stage::First,
             set: ResultSet::default(),
+            bytes: 0,
         }
     }
 
     /// Takes the next packet's payload; returns the reply once it is complete, `None` while more
     /// packets belong to it.
     pub fn feed(&mut self, payload: &[u8]) -> Result<Option<Reply>, ProtocolError> {
+        self.bytes += payload.len();
+        if self.bytes > MAX_REPLY_BYTES {
+            return Err(ProtocolError::ResultTooLarge("bytes"));
+        }
         let mut r = Reader::new(payload);
         match self.stage {
             Stage::First => match r.peek() {
@@ -94,6 +104,8 @@ impl ReplyReader {
                     let err = parse_err_body(&mut r)?;
                     self.finish(Reply::Err(err))
                 }
+                // A LOCAL INFILE request: never asked for by a state statement.
+                Some(0xFB) => Err(ProtocolError::UnexpectedPacket(0xFB)),
                 _ => {
                     let count = r.lenenc_int("column count")?.unwrap_or(0);
                     let count = usize::try_from(count).unwrap_or(usize::MAX);
@@ -141,6 +153,9 @@ impl ReplyReader {
                 let mut row = Vec::with_capacity(self.set.columns.len());
                 for _ in 0..self.set.columns.len() {
                     row.push(r.lenenc_bytes("row value")?.map(printable));
+                }
+                if !r.is_empty() {
+                    return Err(ProtocolError::UnexpectedPacket(r.peek().unwrap_or(0)));
                 }
                 self.set.rows.push(row);
                 Ok(None)
@@ -319,10 +334,30 @@ pub(crate) mod tests {
         let mut packets = result_set_payloads(&["a"], &[]);
         packets[2] = vec![1, b'x'];
         assert!(matches!(read(&packets), Err(ProtocolError::UnexpectedPacket(1))));
-        // A row with fewer values than columns.
+        // A row with fewer values than columns, or more.
         let mut packets = result_set_payloads(&["a", "b"], &[vec![Some("1"), Some("2")]]);
         packets[4] = vec![1, b'1'];
         assert!(read(&packets[..5]).is_err());
+        packets[4] = vec![1, b'1', 1, b'2', 1, b'3'];
+        assert!(read(&packets[..5]).is_err());
+        // A LOCAL INFILE request instead of a reply.
+        assert!(matches!(
+            ReplyReader::new().feed(&[0xFB, b'f']),
+            Err(ProtocolError::UnexpectedPacket(0xFB))
+        ));
+    }
+
+    #[test]
+    fn a_reply_larger_than_its_byte_budget_is_refused() {
+        let value = "\u{1}".repeat(60_000);
+        let rows: Vec<_> = (0..40).map(|_| vec![Some(value.as_str())]).collect();
+        let packets = result_set_payloads(&["v"], &rows);
+        let mut reader = ReplyReader::new();
+        let refused = packets.iter().find_map(|p| reader.feed(p).err());
+        assert_eq!(refused, Some(ProtocolError::ResultTooLarge("bytes")));
+        // Within the budget, the same values read back.
+        let packets = result_set_payloads(&["v"], &rows[..10]);
+        assert!(matches!(read(&packets), Ok(Reply::Rows(set)) if set.rows.len() == 10));
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub const GALERA_DONOR: u8 = 2;
 /// every replication source on MariaDB (multi-source), the one channel set on MySQL.
 pub fn replica_status_query(server_version: &str) -> &'static str {
     match parse_version(server_version) {
-        Version::MariaDb(major, minor) if (major, minor) >= (10, 5) => "SHOW ALL REPLICAS STATUS",
+        Version::MariaDb(major, minor, _) if (major, minor) >= (10, 5) => "SHOW ALL REPLICAS STATUS",
         Version::MariaDb(..) => "SHOW ALL SLAVES STATUS",
         Version::MySql(major, minor, patch) if (major, minor, patch) >= (8, 0, 22) => "SHOW REPLICA STATUS",
         Version::MySql(..) => "SHOW SLAVE STATUS",
@@ -42,15 +42,19 @@ pub fn replica_status_query(server_version: &str) -> &'static str {
 /// line that says why a refused check failed.
 pub fn replica_status_privilege(server_version: &str) -> &'static str {
     match parse_version(server_version) {
-        // MariaDB 10.5.2 split REPLICATION CLIENT; SLAVE MONITOR is what SHOW REPLICA STATUS needs.
-        Version::MariaDb(major, minor) if (major, minor) >= (10, 5) => "SLAVE MONITOR",
+        // MariaDB 10.5.2 split REPLICATION CLIENT: SHOW REPLICA STATUS needed REPLICATION SLAVE
+        // ADMIN until 10.5.9 brought SLAVE MONITOR.
+        Version::MariaDb(major, minor, patch) if (major, minor, patch) >= (10, 5, 9) => "SLAVE MONITOR",
+        Version::MariaDb(major, minor, patch) if (major, minor, patch) >= (10, 5, 2) => {
+            "REPLICATION SLAVE ADMIN"
+        }
         _ => "REPLICATION CLIENT",
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Version {
-    MariaDb(u32, u32),
+    MariaDb(u32, u32, u32),
     MySql(u32, u32, u32),
 }
 
@@ -73,7 +77,7 @@ fn parse_version(text: &str) -> Version {
         numbers.next().unwrap_or(0),
     );
     if mariadb {
-        Version::MariaDb(major, minor)
+        Version::MariaDb(major, minor, patch)
     } else {
         Version::MySql(major, minor, patch)
     }
@@ -473,6 +477,12 @@ mod tests {
                 "REPLICATION CLIENT",
             ),
             ("11.4.2-MariaDB", "SHOW ALL REPLICAS STATUS", "SLAVE MONITOR"),
+            (
+                "10.5.4-MariaDB",
+                "SHOW ALL REPLICAS STATUS",
+                "REPLICATION SLAVE ADMIN",
+            ),
+            ("10.5.9-MariaDB", "SHOW ALL REPLICAS STATUS", "SLAVE MONITOR"),
             (
                 "8.0.36-0ubuntu0.22.04.1",
                 "SHOW REPLICA STATUS",
