@@ -20,24 +20,163 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_utils::CachePadded;
 
-use crate::config::{Balance, Config, ListenerConfig};
+use crate::config::{Balance, Config, ListenerConfig, Role};
+use crate::health::topology::WriterElection;
+use crate::proxy_protocol::ProxyVersion;
 use crate::stats::BackendTraffic;
 
-/// The atomics one backend's state lives in; written by workers and the health checker.
-#[derive(Debug, Default)]
-pub struct BackendLive {
+/// [`ServerLive::lag_s`] of a server whose lag is unknown or that is no replica.
+pub const NO_LAG: u64 = u64::MAX;
+/// [`WriterGroup::writer`] while no server holds the role.
+pub const NO_WRITER: usize = usize::MAX;
+
+/// What the health checker knows of one server. Every backend entry at the same address (with
+/// the same PROXY protocol setting, which changes what the check sends) in any listener shares
+/// it, so one checker serves the server and every pool naming it sees the same verdict: the
+/// article's writer and reader listeners over the same two servers check each server once.
+#[derive(Debug)]
+pub struct ServerLive {
+    /// As first configured ("db-01:3306"); the label in the checker's log lines.
+    pub name: String,
+    pub addr: SocketAddr,
+    /// The checker sends this version's LOCAL header first.
+    pub send_proxy: Option<ProxyVersion>,
     /// Health checker's verdict (with rise/fall hysteresis applied).
     pub up: AtomicBool,
+    /// A failed connect marks the server suspect until this instant (ms on [`crate::clock`]),
+    /// so other connections, in any pool, skip it at once instead of each waiting for its own
+    /// failure. A check that reaches the server clears it.
+    pub suspect_until_ms: AtomicU64,
+    /// Set when a reload removed every backend at this server: its checker stops.
+    pub retired: AtomicBool,
+    /// What the pools naming it need read after the login: [`NEEDS_STATE`] and
+    /// [`NEEDS_REPLICAS`] bits, rewritten by every table build.
+    pub needs: AtomicU8,
+    /// The checker has judged the server's state once (the first election waits for every
+    /// server's first verdict, so that the first listed server is the first writer).
+    pub judged: AtomicBool,
+    /// Qualifies as a writer: up, writable and (on Galera) in sync; rise/fall applied.
+    pub writable: AtomicBool,
+    /// Qualifies as a reader: replicating with both threads running, or a Galera node in sync;
+    /// rise/fall applied. The lag is judged per pool ([`BackendLive::lag_in`]).
+    pub replicating: AtomicBool,
+    /// The worst `Seconds_Behind_Master` over its sources at the last check; [`NO_LAG`] when
+    /// unknown or not a replica.
+    pub lag_s: AtomicU64,
+    /// `read_only` at the last check: 0 off, 1 on, 2 not read.
+    pub read_only: AtomicU8,
+    /// Galera's `wsrep_local_state` at the last check; 0 on a server without Galera.
+    pub galera_state: AtomicU8,
+    /// Why the server does not qualify as a writer (empty: it does); for `/stats` and the log
+    /// line of a change. Written by its checker only.
+    pub not_writer: Mutex<String>,
+    /// Why it does not qualify as a replica for reader pools (empty: it does).
+    pub not_reader: Mutex<String>,
+}
+
+/// [`ServerLive::needs`]: the server's read_only and Galera state (writer and reader pools).
+pub const NEEDS_STATE: u8 = 1;
+/// [`ServerLive::needs`]: its replica status (reader pools).
+pub const NEEDS_REPLICAS: u8 = 2;
+
+impl ServerLive {
+    fn new(name: &str, addr: SocketAddr, send_proxy: Option<ProxyVersion>) -> ServerLive {
+        ServerLive {
+            name: name.to_string(),
+            addr,
+            send_proxy,
+            up: AtomicBool::new(true),
+            suspect_until_ms: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
+            needs: AtomicU8::new(0),
+            judged: AtomicBool::new(false),
+            writable: AtomicBool::new(false),
+            replicating: AtomicBool::new(false),
+            lag_s: AtomicU64::new(NO_LAG),
+            read_only: AtomicU8::new(2),
+            galera_state: AtomicU8::new(0),
+            not_writer: Mutex::new(String::new()),
+            not_reader: Mutex::new(String::new()),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Lag in seconds, when the server is a replica that reports one.
+    pub fn lag(&self) -> Option<u64> {
+        Some(self.lag_s.load(Ordering::Relaxed)).filter(|&lag| lag != NO_LAG)
+    }
+}
+
+/// The writer of the writer pools over one set of servers: every listener with `role =
+/// "writer"` naming the same servers shares one group, so that all of them, and every worker,
+/// agree on the writer at any moment: the data path reads the one atomic [`WriterGroup::writer`].
+/// The checkers elect ([`crate::health::topology`]) under the mutex; the data path never takes it.
+#[derive(Debug)]
+pub struct WriterGroup {
+    /// In the order of the first listener that names them (the order `failback` prefers).
+    pub servers: Box<[Arc<CachePadded<ServerLive>>]>,
+    pub failback: bool,
+    /// Position in `servers` of the writer; [`NO_WRITER`] while none qualifies.
+    pub writer: AtomicUsize,
+    /// Changes of the writer (elected, moved, lost) since start-up.
+    pub changes: AtomicU64,
+    pub election: Mutex<WriterElection>,
+}
+
+impl WriterGroup {
+    /// The writer's position in [`WriterGroup::servers`].
+    pub fn writer(&self) -> Option<usize> {
+        Some(self.writer.load(Ordering::Relaxed)).filter(|&w| w != NO_WRITER)
+    }
+
+    /// The writer's server.
+    pub fn writer_server(&self) -> Option<&ServerLive> {
+        self.writer().map(|w| &**self.servers[w])
+    }
+
+    fn holds(&self, server: &Arc<CachePadded<ServerLive>>) -> Option<usize> {
+        self.servers.iter().position(|s| Arc::ptr_eq(s, server))
+    }
+}
+
+/// Whether two listeners name the same servers (same addresses, same PROXY setting), in any
+/// order: their writer pools share one writer.
+pub fn same_servers(a: &ListenerConfig, b: &ListenerConfig) -> bool {
+    let addrs = |l: &ListenerConfig| {
+        let mut addrs: Vec<SocketAddr> = l.backends.iter().map(|b| b.addr).collect();
+        addrs.sort();
+        addrs
+    };
+    a.send_proxy == b.send_proxy && addrs(a) == addrs(b)
+}
+
+/// The atomics one backend's state lives in; written by workers and the health checker.
+#[derive(Debug)]
+pub struct BackendLive {
+    /// In a reader pool: the replica's lag is within the pool's limit, with the pool's
+    /// hysteresis ([`crate::health::state::LagGate`]); written by the server's checker.
+    pub lag_in: AtomicBool,
     /// Connections open to this backend right now, over all workers: the least-connections key.
     pub active_connections: AtomicU32,
-    /// A failed connect marks the backend suspect until this instant (ms on [`crate::clock`]),
-    /// so other connections skip it at once instead of each waiting for its own failure.
-    pub suspect_until_ms: AtomicU64,
     /// What the operator set: [`AdminState`] as a byte. Anything but enabled takes no new
     /// connection; connections already open finish as they would.
     pub admin_state: AtomicU8,
-    /// Set when a reload removed the backend: its health checker stops.
+    /// Set when a reload removed the backend: it takes no new connection.
     pub retired: AtomicBool,
+}
+
+impl Default for BackendLive {
+    fn default() -> Self {
+        BackendLive {
+            lag_in: AtomicBool::new(true),
+            active_connections: AtomicU32::new(0),
+            admin_state: AtomicU8::new(AdminState::Enabled as u8),
+            retired: AtomicBool::new(false),
+        }
+    }
 }
 
 /// What the workers count for one backend, one slot per worker (each writes only its own).
@@ -144,12 +283,54 @@ pub struct Backend {
     /// Index of the listener whose pool holds it.
     pub listener: usize,
     pub live: Arc<CachePadded<BackendLive>>,
+    /// The server it points at, shared with every backend entry at the same address.
+    pub server: Arc<CachePadded<ServerLive>>,
+    /// In a writer pool: the pool's group and this server's position in it.
+    pub writer: Option<(Arc<WriterGroup>, usize)>,
     pub stats: Arc<BackendStats>,
 }
 
 impl Backend {
     pub fn is_up(&self) -> bool {
-        self.live.up.load(Ordering::Relaxed)
+        self.server.is_up()
+    }
+
+    /// Whether it is among the backends `pass` considers.
+    fn serves(&self, pass: Pass) -> bool {
+        let replica =
+            || self.server.replicating.load(Ordering::Relaxed) && self.live.lag_in.load(Ordering::Relaxed);
+        // A reader pool's fallback: a server that takes writes has every write it was sent, which
+        // is what a reader wants once no replica can be trusted (the survivor of a master-master
+        // pair whose peer died: its replication from the dead peer has stopped).
+        let primary = || self.server.writable.load(Ordering::Relaxed);
+        match pass {
+            Pass::Any => true,
+            Pass::Writer => self.is_writer(),
+            Pass::Replica => replica(),
+            Pass::Primary => primary(),
+            Pass::ReplicaOrPrimary => replica() || primary(),
+        }
+    }
+
+    /// In a writer pool: whether its server holds the role now.
+    pub fn is_writer(&self) -> bool {
+        self.writer
+            .as_ref()
+            .is_some_and(|(group, pos)| group.writer.load(Ordering::Relaxed) == *pos)
+    }
+
+    /// The role it plays in its pool now, for `/stats` and `/metrics`: "writer" or "none" in a
+    /// writer pool; "reader", "primary" (writable, not a qualifying replica: a reader pool's
+    /// fallback) or "none" in a reader pool;
+    /// "any" in a pool without a role.
+    pub fn role(&self, pool: Role) -> &'static str {
+        match pool {
+            Role::Any => "any",
+            Role::Writer if self.is_writer() => "writer",
+            Role::Reader if self.serves(Pass::Replica) => "reader",
+            Role::Reader if self.serves(Pass::Primary) => "primary",
+            Role::Writer | Role::Reader => "none",
+        }
     }
     pub fn active_connections(&self) -> u32 {
         self.live.active_connections.load(Ordering::Relaxed)
@@ -188,6 +369,21 @@ impl Backend {
     }
 }
 
+/// Which backends of a pool one pass of [`Backends::acquire`] considers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Any healthy backend (`role = "any"`).
+    Any,
+    /// The elected writer of the pool's [`WriterGroup`].
+    Writer,
+    /// Replicas that replicate and keep within the pool's lag limit.
+    Replica,
+    /// Servers that take writes (`read_only` OFF): a reader pool's fallback.
+    Primary,
+    /// Either (`reader_uses_writer = true`).
+    ReplicaOrPrimary,
+}
+
 /// What [`Backends::acquire`] found for a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pick {
@@ -211,6 +407,46 @@ pub struct Backends {
     /// Per listener: how it spreads connections.
     modes: Box<[Balance]>,
     pub listeners: Box<[Listener]>,
+    /// Every server the backends point at, once each: one health checker per server.
+    pub servers: Box<[Arc<CachePadded<ServerLive>>]>,
+    /// One per set of servers that writer pools name.
+    pub groups: Box<[Arc<WriterGroup>]>,
+}
+
+/// The writer group of a writer pool over `members` (in the pool's order): the one this table
+/// already has for the same servers, else the previous table's (it keeps its writer across a
+/// reload), else a new one, which starts with the writer the previous table had among these
+/// servers, if any, so that a reload that adds a server does not move the role.
+fn writer_group(
+    groups: &mut Vec<Arc<WriterGroup>>,
+    old: Option<&Backends>,
+    members: Vec<Arc<CachePadded<ServerLive>>>,
+    failback: bool,
+) -> Arc<WriterGroup> {
+    let same_set =
+        |g: &WriterGroup| g.servers.len() == members.len() && members.iter().all(|m| g.holds(m).is_some());
+    if let Some(g) = groups.iter().find(|g| same_set(g)) {
+        return g.clone();
+    }
+    let old_groups = old.map(|o| &o.groups[..]).unwrap_or_default();
+    let group = match old_groups.iter().find(|g| same_set(g) && g.failback == failback) {
+        Some(g) => g.clone(),
+        None => {
+            let carried = old_groups.iter().find_map(|g| {
+                let writer = &g.servers[g.writer()?];
+                members.iter().position(|m| Arc::ptr_eq(m, writer))
+            });
+            Arc::new(WriterGroup {
+                servers: members.into_boxed_slice(),
+                failback,
+                writer: AtomicUsize::new(carried.unwrap_or(NO_WRITER)),
+                changes: AtomicU64::new(0),
+                election: Mutex::new(WriterElection::starting_with(failback, carried)),
+            })
+        }
+    };
+    groups.push(group.clone());
+    group
 }
 
 impl Backends {
@@ -226,9 +462,11 @@ impl Backends {
 
     fn build(config: &Config, old: Option<&Backends>) -> Self {
         let workers = config.workers;
-        let mut all = Vec::new();
+        let mut all: Vec<Backend> = Vec::new();
         let mut pools = Vec::new();
         let mut listeners = Vec::new();
+        let mut servers: Vec<Arc<CachePadded<ServerLive>>> = Vec::new();
+        let mut groups: Vec<Arc<WriterGroup>> = Vec::new();
         for (l, listener) in config.listeners.iter().enumerate() {
             let old_listener = old.and_then(|old| {
                 old.listeners
@@ -236,8 +474,8 @@ impl Backends {
                     .position(|o| o.config.name == listener.name)
                     .map(|i| (old, i))
             });
-            // A backend keeps its state (and its health checker) only while what the checker
-            // sends stays the same: a PROXY header setting change starts a new checker.
+            // A backend keeps its state only while what the checker sends stays the same: a
+            // PROXY header setting change makes it a new server with a new checker.
             let same_checks = old_listener
                 .is_some_and(|(old, i)| old.listeners[i].config.send_proxy == listener.send_proxy);
             let start = all.len();
@@ -249,13 +487,28 @@ impl Backends {
                 });
                 let (live, stats) = match kept {
                     Some(o) => (o.live.clone(), o.stats.clone()),
+                    None => (
+                        Arc::new(CachePadded::new(BackendLive::default())),
+                        Arc::new(BackendStats::new(workers)),
+                    ),
+                };
+                let same = |s: &&Arc<CachePadded<ServerLive>>| {
+                    s.addr == b.addr && s.send_proxy == listener.send_proxy
+                };
+                let server = match servers.iter().find(same) {
+                    Some(s) => s.clone(),
                     None => {
-                        let live = BackendLive::default();
-                        live.up.store(true, Ordering::Relaxed);
-                        (
-                            Arc::new(CachePadded::new(live)),
-                            Arc::new(BackendStats::new(workers)),
-                        )
+                        let server = old
+                            .and_then(|old| old.servers.iter().find(same).cloned())
+                            .unwrap_or_else(|| {
+                                Arc::new(CachePadded::new(ServerLive::new(
+                                    &b.name,
+                                    b.addr,
+                                    listener.send_proxy,
+                                )))
+                            });
+                        servers.push(server.clone());
+                        server
                     }
                 };
                 all.push(Backend {
@@ -267,9 +520,22 @@ impl Backends {
                     listener: l,
                     live,
                     stats,
+                    server,
+                    writer: None,
                 });
             }
             pools.push(start..all.len());
+            if listener.role == Role::Writer {
+                let pool = &mut all[start..];
+                let members: Vec<_> = pool.iter().map(|b| b.server.clone()).collect();
+                let group = writer_group(&mut groups, old, members, listener.failback);
+                for b in pool.iter_mut() {
+                    let pos = group
+                        .holds(&b.server)
+                        .expect("the group was made of these servers");
+                    b.writer = Some((group.clone(), pos));
+                }
+            }
             let state = match old_listener {
                 Some((old, i)) => old.listeners[i].state.clone(),
                 None => Arc::new(ListenerState::new(workers)),
@@ -278,6 +544,18 @@ impl Backends {
                 config: listener.clone(),
                 state,
             });
+        }
+        for server in &servers {
+            let needs = all
+                .iter()
+                .filter(|b| Arc::ptr_eq(&b.server, server))
+                .map(|b| match config.listeners[b.listener].role {
+                    Role::Any => 0,
+                    Role::Writer => NEEDS_STATE,
+                    Role::Reader => NEEDS_STATE | NEEDS_REPLICAS,
+                })
+                .fold(0, |a, b| a | b);
+            server.needs.store(needs, Ordering::Relaxed);
         }
         Backends {
             all: all.into_boxed_slice(),
@@ -288,6 +566,8 @@ impl Backends {
             modes: config.listeners.iter().map(|l| l.balance).collect(),
             pools: pools.into_boxed_slice(),
             listeners: listeners.into_boxed_slice(),
+            servers: servers.into_boxed_slice(),
+            groups: groups.into_boxed_slice(),
         }
     }
 
@@ -296,6 +576,26 @@ impl Backends {
         self.all
             .iter()
             .filter(move |b| !next.all.iter().any(|n| Arc::ptr_eq(&n.live, &b.live)))
+    }
+
+    /// Servers of `self` that `next` no longer has: their checkers stop.
+    pub fn servers_removed_in<'a>(
+        &'a self,
+        next: &'a Backends,
+    ) -> impl Iterator<Item = &'a Arc<CachePadded<ServerLive>>> + 'a {
+        self.servers
+            .iter()
+            .filter(move |s| !next.servers.iter().any(|n| Arc::ptr_eq(n, s)))
+    }
+
+    /// The writer groups `server` is a member of.
+    pub fn groups_of<'a>(
+        &'a self,
+        server: &'a ServerLive,
+    ) -> impl Iterator<Item = &'a Arc<WriterGroup>> + 'a {
+        self.groups
+            .iter()
+            .filter(move |g| g.servers.iter().any(|s| std::ptr::eq(&***s, server)))
     }
 
     pub fn len(&self) -> usize {
@@ -312,7 +612,32 @@ impl Backends {
     /// Ties rotate, so sequential short connections alternate between equal backends.
     /// Backends at their `maxconn` are passed over; when that leaves none but some could take
     /// the connection once a slot frees, the answer is [`Pick::Full`].
+    ///
+    /// The listener's role narrows the pool first: a writer pool has one candidate,
+    /// the elected writer; a reader pool tries its replicas and falls back to the primary only
+    /// when no replica qualifies (unless `reader_uses_writer` puts it among them).
     pub fn acquire(&self, listener: usize, tried: &Tried, now_ms: u64) -> Pick {
+        for &pass in self.passes(listener) {
+            match self.acquire_in(listener, tried, now_ms, pass) {
+                Pick::None => continue,
+                found => return found,
+            }
+        }
+        Pick::None
+    }
+
+    /// The passes of [`Backends::acquire`] for `listener`, in order.
+    fn passes(&self, listener: usize) -> &'static [Pass] {
+        let config = &self.listeners[listener].config;
+        match config.role {
+            Role::Any => &[Pass::Any],
+            Role::Writer => &[Pass::Writer],
+            Role::Reader if config.reader_uses_writer => &[Pass::ReplicaOrPrimary],
+            Role::Reader => &[Pass::Replica, Pass::Primary],
+        }
+    }
+
+    fn acquire_in(&self, listener: usize, tried: &Tried, now_ms: u64, pass: Pass) -> Pick {
         let pool = self.pools[listener].clone();
         let rotor = self.rotors[listener].fetch_add(1, Ordering::Relaxed);
         let backends = &self.all[pool.clone()];
@@ -327,9 +652,13 @@ impl Backends {
             // on (they may have recovered before their check says so), then the same for backups.
             let candidate = |pos: usize, skip_suspect: bool, backup: bool| {
                 let b = &backends[pos];
-                let suspect = skip_suspect && b.live.suspect_until_ms.load(Ordering::Relaxed) > now_ms;
+                let suspect = skip_suspect && b.server.suspect_until_ms.load(Ordering::Relaxed) > now_ms;
                 Candidate {
-                    up: b.takes_connections() && !suspect && b.backup == backup && !b.full(),
+                    up: b.takes_connections()
+                        && b.serves(pass)
+                        && !suspect
+                        && b.backup == backup
+                        && !b.full(),
                     active: b.active_connections(),
                     weight: b.weight,
                 }
@@ -350,7 +679,7 @@ impl Backends {
         let waitable = backends
             .iter()
             .enumerate()
-            .any(|(pos, b)| !tried.contains(pos) && b.takes_connections() && b.maxconn > 0);
+            .any(|(pos, b)| !tried.contains(pos) && b.takes_connections() && b.serves(pass) && b.maxconn > 0);
         if waitable {
             Pick::Full
         } else {
@@ -361,10 +690,12 @@ impl Backends {
     /// Whether a healthy backend of `listener` not in `tried` is left to try, suspect or not:
     /// [`Backends::acquire`] falls back to suspect backends before it gives up.
     pub fn has_candidate(&self, listener: usize, tried: &Tried) -> bool {
-        self.all[self.pools[listener].clone()]
-            .iter()
-            .enumerate()
-            .any(|(pos, b)| !tried.contains(pos) && b.takes_connections() && !b.full())
+        self.passes(listener).iter().any(|&pass| {
+            self.all[self.pools[listener].clone()]
+                .iter()
+                .enumerate()
+                .any(|(pos, b)| !tried.contains(pos) && b.takes_connections() && b.serves(pass) && !b.full())
+        })
     }
 
     /// Sets the operator's state of every backend named `name` (in any listener); returns how
@@ -390,7 +721,7 @@ impl Backends {
     /// Marks a backend suspect for `for_ms` after a failed connect.
     pub fn mark_suspect(&self, index: usize, until_ms: u64) {
         self.all[index]
-            .live
+            .server
             .suspect_until_ms
             .fetch_max(until_ms, Ordering::Relaxed);
     }
@@ -639,6 +970,135 @@ mod tests {
         ))
     }
 
+    /// A writer listener `rw` and a reader listener `ro`, both over the same `n` servers.
+    fn role_table(n: usize, reader_uses_writer: bool) -> Backends {
+        let backends: Vec<_> = (0..n)
+            .map(|i| crate::config::BackendConfig::at(format!("127.0.0.1:{}", 3306 + i).parse().unwrap()))
+            .collect();
+        let mut config = Config::with_listener("127.0.0.1:4040".parse().unwrap(), backends.clone());
+        config.listeners[0].role = Role::Writer;
+        let mut ro = ListenerConfig::new("ro", "127.0.0.1:4041".parse().unwrap(), backends);
+        ro.role = Role::Reader;
+        ro.reader_uses_writer = reader_uses_writer;
+        config.listeners.push(ro);
+        Backends::from_config(&config)
+    }
+
+    /// Picks through listener `l` `times` times, releasing each; the backends picked, by global
+    /// index.
+    fn picks(table: &Backends, l: usize, times: usize) -> Vec<Option<usize>> {
+        (0..times)
+            .map(|_| {
+                let b = acq(table, l, 0, 0);
+                if let Some(b) = b {
+                    table.release(b);
+                }
+                b
+            })
+            .collect()
+    }
+
+    #[test]
+    fn listeners_over_the_same_servers_share_servers_and_one_writer_group() {
+        let table = role_table(2, false);
+        assert_eq!(
+            table.servers.len(),
+            2,
+            "one server per address, whatever the listeners"
+        );
+        assert!(Arc::ptr_eq(&table.all[0].server, &table.all[2].server));
+        assert_eq!(table.groups.len(), 1);
+        assert_eq!(
+            table.servers[0].needs.load(Ordering::Relaxed),
+            NEEDS_STATE | NEEDS_REPLICAS
+        );
+        // No writer elected yet: the writer pool has nobody to send a connection to.
+        assert_eq!(picks(&table, 0, 1), vec![None]);
+        table.groups[0].writer.store(1, Ordering::Relaxed);
+        assert_eq!(picks(&table, 0, 4), vec![Some(1); 4]);
+        assert!(table.all[1].is_writer() && !table.all[0].is_writer());
+        assert_eq!(table.all[1].role(Role::Writer), "writer");
+        assert_eq!(table.all[0].role(Role::Writer), "none");
+        // The writer down (its checker has not re-elected yet): nothing, never the other server.
+        table.all[1].server.up.store(false, Ordering::Relaxed);
+        assert_eq!(picks(&table, 0, 2), vec![None, None]);
+    }
+
+    #[test]
+    fn a_reader_pool_takes_replicas_within_their_lag_and_falls_back_to_a_writable_server() {
+        let table = role_table(3, false);
+        let (db0, db1, db2) = (&table.servers[0], &table.servers[1], &table.servers[2]);
+        // db0 the primary (writable, no replica), db1 and db2 replicas.
+        db0.writable.store(true, Ordering::Relaxed);
+        db1.replicating.store(true, Ordering::Relaxed);
+        db2.replicating.store(true, Ordering::Relaxed);
+        let ro = |pos: usize| Some(3 + pos);
+        let seen = picks(&table, 1, 6);
+        assert!(
+            seen.iter().all(|&b| b == ro(1) || b == ro(2)),
+            "replicas only: {seen:?}"
+        );
+        assert!(
+            seen.contains(&ro(1)) && seen.contains(&ro(2)),
+            "both replicas: {seen:?}"
+        );
+        // db2 lags past the pool's limit: db1 only.
+        table.all[5].live.lag_in.store(false, Ordering::Relaxed);
+        assert_eq!(picks(&table, 1, 3), vec![ro(1); 3]);
+        // db1's replication stops too: the primary takes the reads rather than nobody.
+        db1.replicating.store(false, Ordering::Relaxed);
+        assert_eq!(picks(&table, 1, 3), vec![ro(0); 3]);
+        assert_eq!(table.all[3].role(Role::Reader), "primary");
+        assert_eq!(table.all[4].role(Role::Reader), "none");
+        // A replica back: the primary is left alone again.
+        table.all[5].live.lag_in.store(true, Ordering::Relaxed);
+        assert_eq!(picks(&table, 1, 3), vec![ro(2); 3]);
+        // Nothing qualifies at all: no backend.
+        db0.writable.store(false, Ordering::Relaxed);
+        db2.replicating.store(false, Ordering::Relaxed);
+        assert_eq!(picks(&table, 1, 1), vec![None]);
+        assert!(!table.has_candidate(1, &Tried::default()));
+    }
+
+    #[test]
+    fn with_reader_uses_writer_the_primary_reads_beside_the_replicas() {
+        let table = role_table(2, true);
+        table.servers[0].writable.store(true, Ordering::Relaxed);
+        table.servers[1].replicating.store(true, Ordering::Relaxed);
+        let seen = picks(&table, 1, 4);
+        assert!(seen.contains(&Some(2)) && seen.contains(&Some(3)), "{seen:?}");
+    }
+
+    #[test]
+    fn a_rebuilt_table_keeps_its_servers_and_writer_and_a_new_group_inherits_the_writer() {
+        let table = role_table(2, false);
+        table.groups[0].writer.store(1, Ordering::Relaxed);
+        let mut config = Config::with_listener(
+            "127.0.0.1:4040".parse().unwrap(),
+            table.listeners[0].config.backends.clone(),
+        );
+        config.listeners[0].role = Role::Writer;
+        let same = table.rebuild(&config);
+        assert!(Arc::ptr_eq(&same.groups[0], &table.groups[0]));
+        assert!(Arc::ptr_eq(&same.servers[1], &table.servers[1]));
+        assert_eq!(
+            same.servers[1].needs.load(Ordering::Relaxed),
+            NEEDS_STATE,
+            "no reader pool left"
+        );
+        // A third server joins: a new group, whose writer is still the old one's.
+        config.listeners[0]
+            .backends
+            .push(crate::config::BackendConfig::at(
+                "127.0.0.1:3310".parse().unwrap(),
+            ));
+        let grown = table.rebuild(&config);
+        assert!(!Arc::ptr_eq(&grown.groups[0], &table.groups[0]));
+        assert_eq!(grown.groups[0].writer(), Some(1));
+        assert_eq!(table.servers_removed_in(&grown).count(), 0);
+        assert_eq!(grown.servers_removed_in(&table).count(), 1);
+    }
+
     #[test]
     fn held_connections_spread_evenly() {
         let table = table(2);
@@ -688,7 +1148,7 @@ mod tests {
         // Suspect still counts: acquire falls back to it.
         table.mark_suspect(1, 1000);
         assert!(table.has_candidate(0, &mask(0b01)));
-        table.all[1].live.up.store(false, Ordering::Relaxed);
+        table.all[1].server.up.store(false, Ordering::Relaxed);
         assert!(!table.has_candidate(0, &mask(0b01)));
     }
 
@@ -704,13 +1164,13 @@ mod tests {
             assert_ne!(b, 2, "a backup while primaries are up");
         }
         // One primary down: the other primary, still not the backup.
-        table.all[0].live.up.store(false, Ordering::Relaxed);
+        table.all[0].server.up.store(false, Ordering::Relaxed);
         assert_eq!(acq(&table, 0, 0, 0), Some(1));
         // Both primaries down: the backup.
-        table.all[1].live.up.store(false, Ordering::Relaxed);
+        table.all[1].server.up.store(false, Ordering::Relaxed);
         assert_eq!(acq(&table, 0, 0, 0), Some(2));
         // A primary back: new connections leave the backup again.
-        table.all[0].live.up.store(true, Ordering::Relaxed);
+        table.all[0].server.up.store(true, Ordering::Relaxed);
         assert_eq!(acq(&table, 0, 0, 0), Some(0));
         // A primary that refused this connection (tried) sends it to the backup.
         assert_eq!(acq(&table, 0, 0b001, 0), Some(2));
@@ -734,8 +1194,8 @@ mod tests {
     #[test]
     fn down_backends_get_nothing() {
         let table = table(2);
-        table.all[0].live.up.store(false, Ordering::Relaxed);
-        table.all[1].live.up.store(false, Ordering::Relaxed);
+        table.all[0].server.up.store(false, Ordering::Relaxed);
+        table.all[1].server.up.store(false, Ordering::Relaxed);
         assert_eq!(acq(&table, 0, 0, 0), None);
     }
 }

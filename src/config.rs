@@ -52,6 +52,12 @@ pub struct HealthConfig {
     /// User the `mysql` check logs in as (no password), so it leaves the server cleanly instead of
     /// counting as an aborted connection. Empty: read the greeting only and close.
     pub user: String,
+    /// A Galera node that is a donor (`wsrep_local_state` 2) still takes traffic in writer and
+    /// reader pools (it serves while it sends a state transfer, slower).
+    pub galera_donor_ok: bool,
+    /// Run on every change of a writer pool's writer, with the arguments `writer HOST:PORT
+    /// REASON` (`none` for HOST:PORT when no server qualifies).
+    pub notify: Option<PathBuf>,
 }
 
 /// One backend as configured.
@@ -96,6 +102,65 @@ pub struct ListenerConfig {
     /// server sees the client's address (MariaDB: `proxy_protocol_networks` must hold ringlb's
     /// address); the health check sends the LOCAL form. `None`: the backend sees ringlb.
     pub send_proxy: Option<ProxyVersion>,
+    /// What the pool is for: any healthy backend, the one writer, or the replicas that keep up.
+    pub role: Role,
+    /// `role = "writer"`: a recovered server listed before the writer takes the role back.
+    pub failback: bool,
+    /// `role = "writer"`: what happens to connections still open to a server that lost the role.
+    pub on_writer_change: OnWriterChange,
+    /// `role = "reader"`: a replica further behind than this leaves the pool...
+    pub max_lag_s: u64,
+    /// ...and comes back once it is no further behind than this (at most `max_lag_s`).
+    pub lag_return_s: u64,
+    /// `role = "reader"`: a writable server (`read_only` OFF: the primary, or the survivor of a
+    /// master-master pair) takes reads beside the qualifying replicas; otherwise only while no
+    /// replica qualifies.
+    pub reader_uses_writer: bool,
+}
+
+/// What a listener's pool is for; the roles other than `any` read server state after the
+/// check's login ([`crate::health::state`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Every healthy backend.
+    #[default]
+    Any,
+    /// Exactly one backend at a time: a healthy, writable one, kept until it stops qualifying.
+    Writer,
+    /// Healthy replicas with both threads running and a lag within `max_lag_s`.
+    Reader,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Any => "any",
+            Role::Writer => "writer",
+            Role::Reader => "reader",
+        }
+    }
+}
+
+/// What happens to connections open to a server that lost the writer role.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnWriterChange {
+    /// They are reset, so that no client goes on writing to a server that left the role
+    /// (HAProxy's `on-marked-down shutdown-sessions`).
+    #[default]
+    Close,
+    /// They finish as they would.
+    Keep,
+}
+
+impl OnWriterChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnWriterChange::Close => "close",
+            OnWriterChange::Keep => "keep",
+        }
+    }
 }
 
 /// How a listener spreads new connections over its backends.
@@ -137,6 +202,12 @@ impl ListenerConfig {
             queue_timeout_ms: DEFAULT_QUEUE_TIMEOUT_MS,
             retries: DEFAULT_RETRIES,
             send_proxy: None,
+            role: Role::Any,
+            failback: false,
+            on_writer_change: OnWriterChange::default(),
+            max_lag_s: DEFAULT_MAX_LAG_S,
+            lag_return_s: DEFAULT_MAX_LAG_S / 2,
+            reader_uses_writer: false,
         }
     }
 }
@@ -157,6 +228,8 @@ impl Config {
                 fall: 3,
                 timeout_ms: 1000,
                 user: String::new(),
+                galera_donor_ok: false,
+                notify: None,
             },
             listeners: vec![ListenerConfig::new("default", bind, backends)],
             tuning: TuningConfig::default(),
@@ -383,6 +456,12 @@ pub const DEFAULT_QUEUE_LIMIT: u32 = 1024;
 pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 5000;
 /// Other backends a client tries after its first fails (HAProxy's default `retries`).
 pub const DEFAULT_RETRIES: u32 = 3;
+/// A replica further behind than this leaves a reader pool (ProxySQL's `max_replication_lag`
+/// and MaxScale's `max_slave_replication_lag` are off by default; 10 s keeps reads fresh enough
+/// for most applications while riding out a short burst of writes).
+pub const DEFAULT_MAX_LAG_S: u64 = 10;
+/// The largest `max_lag_s`: a day.
+const MAX_LAG_S: i64 = 86_400;
 /// The most `retries` accepts: more than any pool needs, since no backend is tried twice.
 const MAX_RETRIES: i64 = 10_000;
 /// Where SIGUSR1 writes the latency histograms unless `[global] histogram_dump` says otherwise.
@@ -632,6 +711,12 @@ pub fn to_toml(config: &Config) -> String {
     out.push_str(&format!("fall = {}\n", health.fall));
     out.push_str(&format!("timeout_ms = {}\n", health.timeout_ms));
     out.push_str(&format!("user = {}\n", toml_string(&health.user)));
+    if health.galera_donor_ok {
+        out.push_str("galera_donor_ok = true\n");
+    }
+    if let Some(notify) = &health.notify {
+        out.push_str(&format!("notify = {}\n", toml_string(&notify.to_string_lossy())));
+    }
     for listener in &config.listeners {
         out.push_str("\n[[listener]]\n");
         out.push_str(&format!("name = {}\n", toml_string(&listener.name)));
@@ -646,6 +731,21 @@ pub fn to_toml(config: &Config) -> String {
         }
         if let Some(version) = listener.send_proxy {
             out.push_str(&format!("send_proxy = {}\n", toml_string(version.name())));
+        }
+        match listener.role {
+            Role::Any => {}
+            Role::Writer => {
+                out.push_str("role = \"writer\"\n");
+                out.push_str(&format!("failback = {}\n", listener.failback));
+                let close = toml_string(listener.on_writer_change.as_str());
+                out.push_str(&format!("on_writer_change = {close}\n"));
+            }
+            Role::Reader => {
+                out.push_str("role = \"reader\"\n");
+                out.push_str(&format!("max_lag_s = {}\n", listener.max_lag_s));
+                out.push_str(&format!("lag_return_s = {}\n", listener.lag_return_s));
+                out.push_str(&format!("reader_uses_writer = {}\n", listener.reader_uses_writer));
+            }
         }
         if !listener.allow.is_empty() {
             let nets: Vec<String> = listener
@@ -780,6 +880,8 @@ struct RawHealth {
     fall: Option<Spanned<i64>>,
     timeout_ms: Option<Spanned<i64>>,
     user: Option<Spanned<String>>,
+    galera_donor_ok: Option<bool>,
+    notify: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -809,6 +911,12 @@ struct RawListener {
     queue_timeout_ms: Option<Spanned<i64>>,
     retries: Option<Spanned<i64>>,
     send_proxy: Option<Spanned<String>>,
+    role: Option<Spanned<String>>,
+    failback: Option<Spanned<bool>>,
+    on_writer_change: Option<Spanned<String>>,
+    max_lag_s: Option<Spanned<i64>>,
+    lag_return_s: Option<Spanned<i64>>,
+    reader_uses_writer: Option<Spanned<bool>>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
 }
@@ -1029,11 +1137,149 @@ fn int_in<T: TryFrom<i64>>(
     T::try_from(v).map_err(|_| out_of_range())
 }
 
-/// A listener being built, with where its name and bind came from.
+/// A listener being built, with where its name, bind and role came from.
 struct Draft {
     config: ListenerConfig,
     name_site: Site,
     bind_site: Site,
+    role_site: Option<Site>,
+}
+
+/// A listener's role and the keys that go with it.
+struct RoleKeys {
+    role: Role,
+    failback: bool,
+    on_writer_change: OnWriterChange,
+    max_lag_s: u64,
+    lag_return_s: u64,
+    reader_uses_writer: bool,
+}
+
+/// The role keys of listener `key`; a key that belongs to another role is refused, so that a
+/// `max_lag_s` under a writer pool does not sit there doing nothing.
+fn listener_role(origin: &Origin<'_>, key: &str, listener: &RawListener) -> Result<RoleKeys, ConfigError> {
+    let role = match &listener.role {
+        None => Role::Any,
+        Some(r) => match r.get_ref().as_str() {
+            "any" => Role::Any,
+            "writer" => Role::Writer,
+            "reader" => Role::Reader,
+            other => {
+                return Err(origin.at(
+                    r.span().start,
+                    format!("{key}.role"),
+                    format!("unknown role {other:?}, expected \"any\", \"writer\" or \"reader\""),
+                ))
+            }
+        },
+    };
+    let belongs = |offset: usize, name: &str, owner: Role| -> Result<(), ConfigError> {
+        if role == owner {
+            return Ok(());
+        }
+        Err(origin.at(
+            offset,
+            format!("{key}.{name}"),
+            format!(
+                "applies only to role = \"{}\" (this listener's role is \"{}\")",
+                owner.as_str(),
+                role.as_str()
+            ),
+        ))
+    };
+    if let Some(v) = &listener.failback {
+        belongs(v.span().start, "failback", Role::Writer)?;
+    }
+    let on_writer_change = match &listener.on_writer_change {
+        None => OnWriterChange::default(),
+        Some(v) => {
+            belongs(v.span().start, "on_writer_change", Role::Writer)?;
+            match v.get_ref().as_str() {
+                "close" => OnWriterChange::Close,
+                "keep" => OnWriterChange::Keep,
+                other => {
+                    return Err(origin.at(
+                        v.span().start,
+                        format!("{key}.on_writer_change"),
+                        format!("unknown value {other:?}, expected \"close\" or \"keep\""),
+                    ))
+                }
+            }
+        }
+    };
+    let max_lag_s: u64 = match &listener.max_lag_s {
+        None => DEFAULT_MAX_LAG_S,
+        Some(v) => {
+            belongs(v.span().start, "max_lag_s", Role::Reader)?;
+            int_in(origin, v, &format!("{key}.max_lag_s"), 0, MAX_LAG_S)?
+        }
+    };
+    let lag_return_s: u64 = match &listener.lag_return_s {
+        None => max_lag_s / 2,
+        Some(v) => {
+            belongs(v.span().start, "lag_return_s", Role::Reader)?;
+            let ret = int_in(origin, v, &format!("{key}.lag_return_s"), 0, MAX_LAG_S)?;
+            if ret > max_lag_s {
+                return Err(origin.at(
+                    v.span().start,
+                    format!("{key}.lag_return_s"),
+                    format!("{ret} is above max_lag_s ({max_lag_s}): a replica must be back within the limit to return"),
+                ));
+            }
+            ret
+        }
+    };
+    if let Some(v) = &listener.reader_uses_writer {
+        belongs(v.span().start, "reader_uses_writer", Role::Reader)?;
+    }
+    Ok(RoleKeys {
+        role,
+        failback: listener.failback.as_ref().is_some_and(|v| *v.get_ref()),
+        on_writer_change,
+        max_lag_s,
+        lag_return_s,
+        reader_uses_writer: listener.reader_uses_writer.as_ref().is_some_and(|v| *v.get_ref()),
+    })
+}
+
+/// What the roles need of the rest: a check that logs in (state is read over its session), and
+/// writer pools over the same servers that agree on how their one writer is chosen.
+fn check_roles(origin: &Origin<'_>, drafts: &[Draft], health: &HealthConfig) -> Result<(), ConfigError> {
+    for draft in drafts {
+        let (Some(site), listener) = (&draft.role_site, &draft.config) else {
+            continue;
+        };
+        if listener.role == Role::Any {
+            continue;
+        }
+        if health.check != CheckKind::Mysql || health.user.is_empty() {
+            return Err(site.error(
+                origin,
+                format!(
+                    "role = \"{}\" reads each server's state after the health check's login: set \
+                     [health] check = \"mysql\" with a user",
+                    listener.role.as_str()
+                ),
+            ));
+        }
+    }
+    let writers: Vec<&Draft> = drafts.iter().filter(|d| d.config.role == Role::Writer).collect();
+    for (i, a) in writers.iter().enumerate() {
+        for b in &writers[i + 1..] {
+            if crate::balance::same_servers(&a.config, &b.config) && a.config.failback != b.config.failback {
+                let site = b.role_site.as_ref().unwrap_or(&b.name_site);
+                return Err(site.error(
+                    origin,
+                    format!(
+                        "listener {:?} elects one writer over the same servers as listener {:?}, so \
+                         both must set the same failback",
+                        b.config.name, a.config.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A path from the file, relative paths taken from the configuration file's folder.
@@ -1122,6 +1368,7 @@ fn build(
     }
 
     check_listeners_apart(origin, &drafts, admin, &admin_site)?;
+    check_roles(origin, &drafts, &health)?;
     Ok(Config {
         workers,
         admin,
@@ -1430,6 +1677,8 @@ fn build_health(origin: &Origin<'_>, raw: Option<RawHealth>) -> Result<HealthCon
             fall: DEFAULT_FALL,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             user: DEFAULT_CHECK_USER.to_string(),
+            galera_donor_ok: false,
+            notify: None,
         });
     };
     let check = match &raw.check {
@@ -1477,6 +1726,18 @@ fn build_health(origin: &Origin<'_>, raw: Option<RawHealth>) -> Result<HealthCon
         fall,
         timeout_ms,
         user,
+        galera_donor_ok: raw.galera_donor_ok.unwrap_or(false),
+        notify: match &raw.notify {
+            Some(n) if n.get_ref().is_empty() => {
+                return Err(origin.at(
+                    n.span().start,
+                    "health.notify",
+                    "must not be empty (leave the key out)",
+                ))
+            }
+            Some(n) => Some(relative_to_file(origin, n.get_ref())),
+            None => None,
+        },
     })
 }
 
@@ -1503,21 +1764,10 @@ fn default_listener(
         flag_backends(origin, overrides, resolve)?
     };
     Ok(Draft {
-        config: ListenerConfig {
-            name: "default".to_string(),
-            bind,
-            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
-            backends,
-            allow: Vec::new(),
-            balance: Default::default(),
-            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
-            queue_limit: DEFAULT_QUEUE_LIMIT,
-            queue_timeout_ms: DEFAULT_QUEUE_TIMEOUT_MS,
-            retries: DEFAULT_RETRIES,
-            send_proxy: None,
-        },
+        config: ListenerConfig::new("default", bind, backends),
         name_site: Site::Default("listener name"),
         bind_site,
+        role_site: None,
     })
 }
 
@@ -1597,6 +1847,7 @@ fn file_listener(
             )
         })?),
     };
+    let role = listener_role(origin, &key, listener)?;
     let mut allow = Vec::new();
     for (j, entry) in listener.allow.iter().flatten().enumerate() {
         let cidr = Cidr::parse(entry.get_ref())
@@ -1629,6 +1880,13 @@ fn file_listener(
             };
             let mut built = backend(origin, b.address.get_ref(), weight, &site, resolve)?;
             built.backup = b.backup.unwrap_or(false);
+            if built.backup && role.role == Role::Writer {
+                return Err(site.error(
+                    origin,
+                    "backup = true has no meaning in a writer pool, which elects one writer: list \
+                     the preferred server first and set failback = true",
+                ));
+            }
             if let Some(m) = &b.maxconn {
                 built.maxconn = int_in(origin, m, &format!("{key}.backend[{j}].maxconn"), 0, 1_000_000)?;
             }
@@ -1651,8 +1909,18 @@ fn file_listener(
             queue_timeout_ms,
             retries,
             send_proxy,
+            role: role.role,
+            failback: role.failback,
+            on_writer_change: role.on_writer_change,
+            max_lag_s: role.max_lag_s,
+            lag_return_s: role.lag_return_s,
+            reader_uses_writer: role.reader_uses_writer,
         },
         name_site,
+        role_site: listener
+            .role
+            .as_ref()
+            .map(|r| Site::file(r, format!("{key}.role"))),
         bind_site,
     })
 }
@@ -1883,6 +2151,8 @@ address = "db-02:3306"
                 fall: 3,
                 timeout_ms: 1000,
                 user: "ringlb_check".into(),
+                galera_donor_ok: false,
+                notify: None,
             }
         );
     }
@@ -1902,6 +2172,8 @@ rise = 4
 fall = 5
 timeout_ms = 100
 user = ""
+galera_donor_ok = true
+notify = "/usr/local/bin/on-writer"
 
 [[listener]]
 name = "rw"
@@ -1928,6 +2200,8 @@ address = "[::1]:3307"
                 fall: 5,
                 timeout_ms: 100,
                 user: String::new(),
+                galera_donor_ok: true,
+                notify: Some(PathBuf::from("/usr/local/bin/on-writer")),
             }
         );
         assert_eq!(
@@ -1959,6 +2233,12 @@ address = "[::1]:3307"
                 queue_timeout_ms: DEFAULT_QUEUE_TIMEOUT_MS,
                 retries: DEFAULT_RETRIES,
                 send_proxy: Some(ProxyVersion::V2),
+                role: Role::Any,
+                failback: false,
+                on_writer_change: OnWriterChange::Close,
+                max_lag_s: DEFAULT_MAX_LAG_S,
+                lag_return_s: DEFAULT_MAX_LAG_S / 2,
+                reader_uses_writer: false,
             }]
         );
     }

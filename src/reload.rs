@@ -279,6 +279,12 @@ impl Reloader {
             .filter(|b| !old_table.all.iter().any(|o| Arc::ptr_eq(&o.live, &b.live)))
             .collect();
         let removed_backends: Vec<_> = old_table.removed_in(&table).collect();
+        let new_servers: Vec<_> = table
+            .servers
+            .iter()
+            .filter(|s| !old_table.servers.iter().any(|o| Arc::ptr_eq(o, s)))
+            .collect();
+        let removed_servers: Vec<_> = old_table.servers_removed_in(&table).collect();
 
         hand_off(
             &self.workers,
@@ -291,7 +297,10 @@ impl Reloader {
         for b in &removed_backends {
             b.live.retired.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        if let Err(e) = self.health.watch(&table, new_backends.iter().copied()) {
+        for s in &removed_servers {
+            s.retired.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Err(e) = self.health.watch(new_servers.iter().copied()) {
             tracing::error!("cannot start a health checker: {e}; new backends stay unchecked");
         }
 

@@ -114,10 +114,8 @@ pub fn run(config: Config, source: Option<Source>) -> Result<(), RunError> {
         }
     }
 
-    let health = Health::new(config.health.clone());
-    health
-        .watch(&backends, backends.all.iter())
-        .map_err(RunError::Thread)?;
+    let health = Health::new(config.health.clone(), shared.clone());
+    health.watch(backends.servers.iter()).map_err(RunError::Thread)?;
     // After the workers: the VIP may arrive on the interface any moment from here on, and the
     // listeners (on 0.0.0.0, or freebind on the VIP) take its connections at once.
     let ha = match config.ha.clone() {

@@ -17,6 +17,7 @@ use crossbeam_utils::CachePadded;
 use serde::{Deserialize, Serialize};
 
 use crate::balance::Backends;
+use crate::config::Role;
 use crate::latency::{BackendLatency, Latency};
 
 /// One worker's counters for one backend (see [`crate::balance::BackendStats`]).
@@ -60,6 +61,10 @@ pub struct Shared {
     pub ha: std::sync::Mutex<crate::ha::status::HaStatus>,
     /// Set at shutdown: workers stop accepting and do not re-arm accept.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// Bumped when a writer pool's writer changes and a pool asks for the connections to the
+    /// former writer to be closed: each worker then closes its connections of writer pools to a
+    /// backend that is not its pool's writer.
+    pub writer_changes: AtomicU64,
 }
 
 impl Shared {
@@ -81,6 +86,7 @@ impl Shared {
             wakers,
             ha: Default::default(),
             stopping: Default::default(),
+            writer_changes: AtomicU64::new(0),
         })
     }
 
@@ -104,6 +110,15 @@ impl Shared {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to an eventfd this struct owns.
         unsafe { libc::write(self.waker(worker), (&one as *const u64).cast(), 8) };
+    }
+
+    /// A writer changed in a pool with `on_writer_change = "close"`: every worker is woken to
+    /// close its connections to former writers.
+    pub fn writer_changed(&self) {
+        self.writer_changes.fetch_add(1, Ordering::Release);
+        for worker in 0..self.wakers.len() {
+            self.wake(worker);
+        }
     }
 
     /// Client connections open over all workers.
@@ -142,7 +157,19 @@ impl Shared {
                 let sum = |f: fn(&BackendTraffic) -> &AtomicU64| -> u64 {
                     b.stats.traffic.iter().map(|t| f(t).load(Ordering::Relaxed)).sum()
                 };
+                let pool = table.listeners[b.listener].config.role;
+                let server = &b.server;
+                let in_role_pool = pool != Role::Any;
                 BackendSnapshot {
+                    role: b.role(pool).to_string(),
+                    read_only: match server.read_only.load(Ordering::Relaxed) {
+                        0 if in_role_pool => Some(false),
+                        1 if in_role_pool => Some(true),
+                        _ => None,
+                    },
+                    lag_s: server.lag().filter(|_| pool == Role::Reader),
+                    galera_state: in_role_pool.then(|| server.galera_state.load(Ordering::Relaxed)),
+                    why_not: why_not(&table, b),
                     backend: b.name.clone(),
                     listener: table.listeners[b.listener].config.name.clone(),
                     up: b.is_up(),
@@ -175,9 +202,17 @@ impl Shared {
         let listeners = table
             .listeners
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(i, l)| {
                 let sum = |c: &[CachePadded<AtomicU64>]| c.iter().map(|v| v.load(Ordering::Relaxed)).sum();
+                let group = table.all[table.pools[i].clone()]
+                    .first()
+                    .and_then(|b| b.writer.as_ref())
+                    .map(|(group, _)| group);
                 ListenerSnapshot {
+                    role: l.config.role.as_str().to_string(),
+                    writer: group.and_then(|g| g.writer_server()).map(|s| s.name.clone()),
+                    writer_changes_total: group.map(|g| g.changes.load(Ordering::Relaxed)),
                     listener: l.config.name.clone(),
                     rejected_total: sum(&l.state.rejected),
                     queued: u64::from(l.state.queued.load(Ordering::Relaxed)),
@@ -196,6 +231,34 @@ impl Shared {
     }
 }
 
+/// Why `b` qualifies for less than its pool asks, or nothing when it qualifies.
+fn why_not(table: &Backends, b: &crate::balance::Backend) -> String {
+    let listener = &table.listeners[b.listener].config;
+    let read = |reason: &std::sync::Mutex<String>| reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match listener.role {
+        Role::Any => String::new(),
+        Role::Writer if b.is_writer() => String::new(),
+        Role::Writer => match read(&b.server.not_writer) {
+            why if why.is_empty() => "qualifies; another server holds the role".to_string(),
+            why => why,
+        },
+        Role::Reader => {
+            let not_reader = read(&b.server.not_reader);
+            if !not_reader.is_empty() {
+                not_reader
+            } else if !b.live.lag_in.load(Ordering::Relaxed) {
+                let lag = b.server.lag().map_or("unknown".to_string(), |l| format!("{l} s"));
+                format!(
+                    "lag {lag} went over max_lag_s {}; back at {} s or less",
+                    listener.max_lag_s, listener.lag_return_s
+                )
+            } else {
+                String::new()
+            }
+        }
+    }
+}
+
 /// Plain-data view of all counters; also the JSON body of `GET /stats`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -205,9 +268,18 @@ pub struct Snapshot {
     pub listeners: Vec<ListenerSnapshot>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerSnapshot {
     pub listener: String,
+    /// "any", "writer" or "reader".
+    #[serde(default)]
+    pub role: String,
+    /// A writer pool's writer now ("HOST:PORT" as configured); none while no server qualifies.
+    #[serde(default)]
+    pub writer: Option<String>,
+    /// A writer pool's changes of writer since start-up (shared by the pools over its servers).
+    #[serde(default)]
+    pub writer_changes_total: Option<u64>,
     /// Clients closed at accept because `allow` left them out.
     pub rejected_total: u64,
     /// Clients waiting for a backend under its `maxconn` right now.
@@ -227,12 +299,28 @@ pub struct ListenerSnapshot {
     pub no_backend_total: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendSnapshot {
     /// "HOST:PORT" as configured.
     pub backend: String,
     pub listener: String,
     pub up: bool,
+    /// What it is in its pool now: "writer", "reader", "primary" (a reader pool's fallback),
+    /// "none" (in a role pool, qualifying for nothing) or "any" (a pool without a role).
+    #[serde(default)]
+    pub role: String,
+    /// In a role pool: `read_only` (or `super_read_only`) at the last check, once read.
+    #[serde(default)]
+    pub read_only: Option<bool>,
+    /// In a reader pool: the replica's lag at the last check, when it reports one.
+    #[serde(default)]
+    pub lag_s: Option<u64>,
+    /// In a role pool: Galera's `wsrep_local_state` (4 Synced, 2 Donor/Desynced; 0 no Galera).
+    #[serde(default)]
+    pub galera_state: Option<u8>,
+    /// In a role pool: why the server qualifies for less than the pool asks (empty: it does).
+    #[serde(default)]
+    pub why_not: String,
     /// The operator's state: enabled, drain or disabled.
     #[serde(default)]
     pub state: String,

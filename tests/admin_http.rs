@@ -35,7 +35,7 @@ fn config() -> Config {
 fn start() -> (SocketAddr, Arc<Shared>) {
     let config = config();
     let backends = Arc::new(Backends::from_config(&config));
-    backends.all[1].live.up.store(false, Ordering::Relaxed);
+    backends.all[1].server.up.store(false, Ordering::Relaxed);
     backends.all[0]
         .live
         .active_connections
@@ -189,14 +189,32 @@ fn stats_table_renders_a_running_instance() {
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("LISTENER"), "{table}");
     assert!(
-        lines[1]
-            .split_whitespace()
-            .eq(["rw", "127.0.0.1:13306", "up", "2", "7", "0", "0", "1234"]),
+        lines[1].split_whitespace().eq([
+            "rw",
+            "127.0.0.1:13306",
+            "up",
+            "any",
+            "-",
+            "2",
+            "7",
+            "0",
+            "0",
+            "1234"
+        ]),
         "{table}"
     );
-    assert!(lines[2]
-        .split_whitespace()
-        .eq(["rw", "127.0.0.1:13307", "down", "0", "0", "9", "0", "0"]));
+    assert!(lines[2].split_whitespace().eq([
+        "rw",
+        "127.0.0.1:13307",
+        "down",
+        "any",
+        "-",
+        "0",
+        "0",
+        "9",
+        "0",
+        "0"
+    ]));
     assert!(
         table.contains("WORKER  ACCEPTED\n     0         5\n     1         7\n"),
         "{table}"

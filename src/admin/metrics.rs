@@ -117,7 +117,78 @@ pub fn render(snapshot: &Snapshot) -> String {
     render_families(&mut out, &WORKER_FAMILIES, &snapshot.workers, |w| {
         (Cow::Owned(format!("worker=\"{}\"", w.worker)), w)
     });
+    render_roles(&mut out, snapshot, &labels);
     out
+}
+
+/// What the role pools know of their servers: a sample only where there is something to say
+/// (a backend outside a role pool has no read_only, a server that is no replica no lag).
+fn render_roles(out: &mut String, snapshot: &Snapshot, labels: &[String]) {
+    header(
+        out,
+        "ringlb_backend_role",
+        "gauge",
+        "The backend's role in its pool now, in the role label: writer, reader, primary (a reader pool's fallback), none, or any (a pool without a role). Always 1.",
+    );
+    for (b, labels) in snapshot.backends.iter().zip(labels) {
+        let _ = writeln!(
+            out,
+            "ringlb_backend_role{{{labels},role=\"{}\"}} 1",
+            escape(&b.role)
+        );
+    }
+    header(
+        out,
+        "ringlb_backend_read_only",
+        "gauge",
+        "In a writer or reader pool: the server's read_only (or super_read_only) at the last check, 1 on, 0 off.",
+    );
+    for (b, labels) in snapshot.backends.iter().zip(labels) {
+        if let Some(read_only) = b.read_only {
+            let _ = writeln!(
+                out,
+                "ringlb_backend_read_only{{{labels}}} {}",
+                u8::from(read_only)
+            );
+        }
+    }
+    header(
+        out,
+        "ringlb_backend_replication_lag_seconds",
+        "gauge",
+        "In a reader pool: the replica's Seconds_Behind_Master at the last check (the worst over its sources); absent when it reports none.",
+    );
+    for (b, labels) in snapshot.backends.iter().zip(labels) {
+        if let Some(lag) = b.lag_s {
+            let _ = writeln!(out, "ringlb_backend_replication_lag_seconds{{{labels}}} {lag}");
+        }
+    }
+    header(
+        out,
+        "ringlb_backend_galera_state",
+        "gauge",
+        "In a writer or reader pool: Galera's wsrep_local_state (1 Joining, 2 Donor/Desynced, 3 Joined, 4 Synced); 0 on a server without Galera.",
+    );
+    for (b, labels) in snapshot.backends.iter().zip(labels) {
+        if let Some(state) = b.galera_state {
+            let _ = writeln!(out, "ringlb_backend_galera_state{{{labels}}} {state}");
+        }
+    }
+    header(
+        out,
+        "ringlb_writer_changes_total",
+        "counter",
+        "Changes of a writer pool's writer (elected, moved or lost); pools over the same servers share one writer and one count.",
+    );
+    for l in &snapshot.listeners {
+        if let Some(changes) = l.writer_changes_total {
+            let _ = writeln!(
+                out,
+                "ringlb_writer_changes_total{{listener=\"{}\"}} {changes}",
+                escape(&l.listener)
+            );
+        }
+    }
 }
 
 /// Each family's header, then one sample per item: `sample` gives an item's labels and what the
@@ -254,6 +325,8 @@ mod tests {
             connect_errors_total: n * 2,
             bytes_to_backend_total: n * 1000,
             bytes_to_client_total: n * 5000,
+            role: "any".into(),
+            ..Default::default()
         }
     }
 
@@ -338,6 +411,18 @@ ringlb_worker_cq_overflows_total{worker=\"1\"} 0
 # TYPE ringlb_worker_accounting_errors_total counter
 ringlb_worker_accounting_errors_total{worker=\"0\"} 4
 ringlb_worker_accounting_errors_total{worker=\"1\"} 0
+# HELP ringlb_backend_role The backend's role in its pool now, in the role label: writer, reader, primary (a reader pool's fallback), none, or any (a pool without a role). Always 1.
+# TYPE ringlb_backend_role gauge
+ringlb_backend_role{backend=\"db-01:3306\",listener=\"default\",role=\"any\"} 1
+ringlb_backend_role{backend=\"db-02:3306\",listener=\"default\",role=\"any\"} 1
+# HELP ringlb_backend_read_only In a writer or reader pool: the server's read_only (or super_read_only) at the last check, 1 on, 0 off.
+# TYPE ringlb_backend_read_only gauge
+# HELP ringlb_backend_replication_lag_seconds In a reader pool: the replica's Seconds_Behind_Master at the last check (the worst over its sources); absent when it reports none.
+# TYPE ringlb_backend_replication_lag_seconds gauge
+# HELP ringlb_backend_galera_state In a writer or reader pool: Galera's wsrep_local_state (1 Joining, 2 Donor/Desynced, 3 Joined, 4 Synced); 0 on a server without Galera.
+# TYPE ringlb_backend_galera_state gauge
+# HELP ringlb_writer_changes_total Changes of a writer pool's writer (elected, moved or lost); pools over the same servers share one writer and one count.
+# TYPE ringlb_writer_changes_total counter
 ";
         assert_eq!(render(&snapshot), expected);
     }
@@ -349,7 +434,7 @@ ringlb_worker_accounting_errors_total{worker=\"1\"} 0
             backends: vec![],
             workers: vec![],
         });
-        assert_eq!(out.lines().filter(|l| l.starts_with("# TYPE ")).count(), 13);
+        assert_eq!(out.lines().filter(|l| l.starts_with("# TYPE ")).count(), 18);
         assert!(out.lines().all(|l| l.starts_with('#')));
     }
 
@@ -368,6 +453,50 @@ ringlb_worker_accounting_errors_total{worker=\"1\"} 0
             "{out}"
         );
         // Every sample stays on one line.
-        assert_eq!(out.lines().filter(|l| !l.starts_with('#')).count(), 7);
+        assert_eq!(out.lines().filter(|l| !l.starts_with('#')).count(), 8);
+    }
+
+    #[test]
+    fn role_pools_export_what_their_checks_read() {
+        let writer = BackendSnapshot {
+            role: "writer".into(),
+            read_only: Some(false),
+            galera_state: Some(0),
+            ..backend("rw", "db-01:3306", true, 1)
+        };
+        let replica = BackendSnapshot {
+            role: "reader".into(),
+            read_only: Some(true),
+            lag_s: Some(7),
+            galera_state: Some(4),
+            ..backend("ro", "db-02:3306", true, 1)
+        };
+        let listener = ListenerSnapshot {
+            listener: "rw".into(),
+            role: "writer".into(),
+            writer: Some("db-01:3306".into()),
+            writer_changes_total: Some(2),
+            ..Default::default()
+        };
+        let out = render(&Snapshot {
+            listeners: vec![listener],
+            backends: vec![writer, replica],
+            workers: vec![],
+        });
+        for line in [
+            "ringlb_backend_role{backend=\"db-01:3306\",listener=\"rw\",role=\"writer\"} 1",
+            "ringlb_backend_role{backend=\"db-02:3306\",listener=\"ro\",role=\"reader\"} 1",
+            "ringlb_backend_read_only{backend=\"db-01:3306\",listener=\"rw\"} 0",
+            "ringlb_backend_read_only{backend=\"db-02:3306\",listener=\"ro\"} 1",
+            "ringlb_backend_replication_lag_seconds{backend=\"db-02:3306\",listener=\"ro\"} 7",
+            "ringlb_backend_galera_state{backend=\"db-02:3306\",listener=\"ro\"} 4",
+            "ringlb_writer_changes_total{listener=\"rw\"} 2",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line}:\n{out}");
+        }
+        assert!(
+            !out.contains("ringlb_backend_replication_lag_seconds{backend=\"db-01"),
+            "{out}"
+        );
     }
 }

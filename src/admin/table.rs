@@ -125,14 +125,16 @@ pub fn render(snapshot: &Snapshot) -> String {
         "LISTENER",
         "BACKEND",
         "STATE",
+        "ROLE",
+        "LAG",
         "ACTIVE",
         "CONNECTIONS",
         "CONNECT_ERRORS",
         "BYTES_TO_BACKEND",
         "BYTES_TO_CLIENT",
     ];
-    // The first three columns are text (left-aligned), the rest numbers (right-aligned).
-    let text_columns = 3;
+    // The first four columns are text (left-aligned), the rest numbers (right-aligned).
+    let text_columns = 4;
     let rows: Vec<Vec<String>> = snapshot
         .backends
         .iter()
@@ -141,6 +143,8 @@ pub fn render(snapshot: &Snapshot) -> String {
                 b.listener.clone(),
                 b.backend.clone(),
                 if b.up { "up" } else { "down" }.to_string(),
+                if b.role.is_empty() { "any" } else { &b.role }.to_string(),
+                b.lag_s.map_or("-".to_string(), |lag| format!("{lag}s")),
                 b.active_connections.to_string(),
                 b.connections_total.to_string(),
                 b.connect_errors_total.to_string(),
@@ -213,6 +217,8 @@ mod tests {
                     connect_errors_total: 0,
                     bytes_to_backend_total: 1_048_576,
                     bytes_to_client_total: 99,
+                    role: "writer".into(),
+                    ..Default::default()
                 },
                 BackendSnapshot {
                     state: "enabled".into(),
@@ -226,6 +232,9 @@ mod tests {
                     connect_errors_total: 3,
                     bytes_to_backend_total: 0,
                     bytes_to_client_total: 0,
+                    role: "reader".into(),
+                    lag_s: Some(3),
+                    ..Default::default()
                 },
             ],
             workers: vec![
@@ -242,9 +251,9 @@ mod tests {
             ],
         };
         let expected = "\
-LISTENER  BACKEND        STATE  ACTIVE  CONNECTIONS  CONNECT_ERRORS  BYTES_TO_BACKEND  BYTES_TO_CLIENT
-default   db-01:3306     up         12         3456               0           1048576               99
-ro        10.0.0.2:3306  down        0            7               3                 0                0
+LISTENER  BACKEND        STATE  ROLE    LAG  ACTIVE  CONNECTIONS  CONNECT_ERRORS  BYTES_TO_BACKEND  BYTES_TO_CLIENT
+default   db-01:3306     up     writer    -      12         3456               0           1048576               99
+ro        10.0.0.2:3306  down   reader   3s       0            7               3                 0                0
 
 WORKER  ACCEPTED
      0      3000
@@ -262,7 +271,7 @@ WORKER  ACCEPTED
         });
         assert_eq!(
             out,
-            "LISTENER  BACKEND  STATE  ACTIVE  CONNECTIONS  CONNECT_ERRORS  BYTES_TO_BACKEND  BYTES_TO_CLIENT\n\nWORKER  ACCEPTED\n"
+            "LISTENER  BACKEND  STATE  ROLE  LAG  ACTIVE  CONNECTIONS  CONNECT_ERRORS  BYTES_TO_BACKEND  BYTES_TO_CLIENT\n\nWORKER  ACCEPTED\n"
         );
     }
 

@@ -75,7 +75,7 @@ use super::pipes::{Pipe, PipePool};
 use super::WorkerConfig;
 use crate::balance::{Backends, Pick, Tried};
 use crate::clock;
-use crate::config::RelayMode;
+use crate::config::{OnWriterChange, RelayMode};
 use crate::stats::{BackendTraffic, Shared};
 
 /// `IORING_RECVSEND_POLL_FIRST`: arm poll before trying, since a fresh recv usually finds no data.
@@ -438,6 +438,8 @@ struct Worker {
     queue: VecDeque<(usize, u32)>,
     /// A slot may have freed for a queued client: serve the queue after this batch.
     queue_dirty: bool,
+    /// The last [`Shared::writer_changes`] this worker acted on.
+    writer_changes_seen: u64,
     /// This worker freed a slot that clients wait for since it last served its queue: what its
     /// own queue does not take, another worker's may (they are woken then, and only then).
     released_for_waiters: bool,
@@ -545,6 +547,7 @@ impl Worker {
             queue_tick_armed: false,
             queue: VecDeque::new(),
             queue_dirty: false,
+            writer_changes_seen: shared.writer_changes.load(Ordering::Acquire),
             released_for_waiters: false,
             now_ms: clock::now_ms(),
             last_rejection_log_ms: 0,
@@ -996,7 +999,41 @@ impl Worker {
                 Control::Abort => self.prepared = None,
             }
         }
+        let writer_changes = self.shared.writer_changes.load(Ordering::Acquire);
+        if writer_changes != self.writer_changes_seen {
+            self.writer_changes_seen = writer_changes;
+            self.close_former_writers();
+        }
         self.queue_dirty = true;
+    }
+
+    /// Resets the connections of writer pools with `on_writer_change = "close"` whose backend
+    /// no longer holds the writer role, so that no client goes on writing to a server that left
+    /// it (the former writer of a master-master pair would take conflicting writes).
+    fn close_former_writers(&mut self) {
+        let mut closed = 0;
+        for index in 0..self.conns.len() {
+            let Some(conn) = self.conns[index].as_ref() else {
+                continue;
+            };
+            let Some(backend) = conn.backend_index else {
+                continue;
+            };
+            let table = &conn.epoch.table;
+            let listener = &table.listeners[conn.listener].config;
+            if listener.on_writer_change != OnWriterChange::Close || conn.phase == Phase::Closing {
+                continue;
+            }
+            let b = &table.all[backend];
+            if b.writer.is_none() || b.is_writer() {
+                continue;
+            }
+            closed += 1;
+            self.abort(index);
+        }
+        if closed > 0 {
+            tracing::info!(worker = self.id, closed, "connections to a former writer closed");
+        }
     }
 
     /// Switches new connections to `table`; see the module docs.

@@ -1,41 +1,43 @@
-//! Health checks: every `interval_ms` each backend is probed ([`probe`]), the result goes through
-//! rise/fall hysteresis ([`hysteresis`]) and the verdict is written to the backend's `live.up`
-//! atomic, which the workers read when they choose a backend.
+//! Health checks: every `interval_ms` each server is probed ([`probe`]), the result goes through
+//! rise/fall hysteresis ([`hysteresis`]) and the verdict is written to the server's `up` atomic,
+//! which the workers read when they choose a backend.
 //!
-//! Each backend has its own checker thread (`health-N`), started by [`Health::watch`] when the
-//! backend first appears (at start-up or in a reload) and ended when a reload retires it. A
-//! black-holed backend, whose probe waits out the whole timeout, never delays another
-//! backend's checks. Threads are cheap next to the number of backends a MySQL load balancer
-//! fronts, and blocking sockets keep each probe a straight line of code.
+//! A server is an address (with its PROXY protocol setting, which changes what the check sends):
+//! every backend entry at that address, in any listener, shares one [`ServerLive`] and one
+//! checker thread (`health-N`), started by [`Health::watch`] when the server first appears (at
+//! start-up or in a reload) and ended when a reload retires it. A black-holed server, whose probe
+//! waits out the whole timeout, never delays another server's checks. Threads are cheap next to
+//! the number of servers a MySQL load balancer fronts, and blocking sockets keep each probe a
+//! straight line of code.
 //!
-//! A backend whose listener sends the PROXY protocol (`send_proxy`) is probed with the protocol's
+//! A server that a writer or reader pool names is also asked for its state after the login, in
+//! the same session and one round trip ([`state`]: read_only, Galera, replica status), and
+//! [`roles`] turns the answers into what it qualifies for and runs the writer elections
+//! ([`topology`]) of the pools it is in.
+//!
+//! A server whose listener sends the PROXY protocol (`send_proxy`) is probed with the protocol's
 //! LOCAL header first (see [`probe`] for why).
 //!
 //! A probe that could not even open its socket because ringlb itself is out of descriptors or
-//! memory is no verdict on the backend and is left out of the hysteresis: otherwise ringlb running
+//! memory is no verdict on the server and is left out of the hysteresis: otherwise ringlb running
 //! out of descriptors under a flood of clients would take every healthy backend down, and keep
 //! refusing clients for `rise` intervals after the flood ended. The data path treats the same
 //! failure the same way (no backend is marked suspect for it).
 //!
-//! [`resultset`], [`state`] and [`topology`] read a server's state over the check's connection
-//! (read_only, replica status, Galera) and elect the writer of a writer pool: the groundwork of
-//! role-aware pools, which the checker threads do not use yet ([`probe::probe`] sends no state
-//! statement).
-//!
-//! Invariants: only this module writes `live.up`, and only on a transition, so the atomic always
-//! equals the hysteresis state; a transition to up also clears `live.suspect_until_ms`, so a
-//! backend that recovered is not skipped on the strength of a stale connect failure. Every
-//! transition is logged in one line with its reason.
+//! Invariants: only this module writes `up`, and only on a transition, so the atomic always
+//! equals the hysteresis state; a transition to up also clears `suspect_until_ms`, so a server
+//! that recovered is not skipped on the strength of a stale connect failure. Every transition is
+//! logged in one line with its reason.
 
 pub mod hysteresis;
 pub mod mysql;
 pub mod probe;
 pub mod resultset;
+pub mod roles;
 pub mod state;
 pub mod topology;
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -43,86 +45,105 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
-use crate::balance::{Backend, BackendLive, Backends};
+use crate::balance::{ServerLive, NEEDS_REPLICAS, NEEDS_STATE};
 use crate::config::HealthConfig;
-use crate::proxy_protocol::ProxyVersion;
+use crate::stats::Shared;
 use hysteresis::{Hysteresis, Transition};
 use probe::{Alive, ProbeError, Target};
 
-/// The health checkers: one thread per backend, probing every `interval_ms` and writing the
-/// backend's `live.up` atomic with rise/fall hysteresis.
+/// The health checkers: one thread per server, probing every `interval_ms`, writing the server's
+/// `up` atomic with rise/fall hysteresis and, for servers in role pools, what its state
+/// qualifies it for ([`roles`]).
 pub struct Health {
     config: Arc<HealthConfig>,
+    shared: Arc<Shared>,
     stop: Arc<Stop>,
     started: AtomicUsize,
 }
 
 impl Health {
-    pub fn new(config: HealthConfig) -> Self {
-        Self::with_stop(config, Arc::new(Stop::default()))
+    pub fn new(config: HealthConfig, shared: Arc<Shared>) -> Self {
+        Self::with_stop(config, shared, Arc::new(Stop::default()))
     }
 
-    fn with_stop(config: HealthConfig, stop: Arc<Stop>) -> Self {
+    fn with_stop(config: HealthConfig, shared: Arc<Shared>, stop: Arc<Stop>) -> Self {
         Health {
             config: Arc::new(config),
+            shared,
             stop,
             started: AtomicUsize::new(0),
         }
     }
 
-    /// Starts a checker for each of `backends` of `table` (each must have none yet). A failure
-    /// to start one reaches the caller instead of leaving a backend silently unchecked.
+    /// Starts a checker for each of `servers` (each must have none yet). A failure to start one
+    /// reaches the caller instead of leaving a server silently unchecked.
     pub fn watch<'a>(
         &self,
-        table: &Backends,
-        backends: impl IntoIterator<Item = &'a Backend>,
+        servers: impl IntoIterator<Item = &'a Arc<CachePadded<ServerLive>>>,
     ) -> io::Result<Vec<JoinHandle<()>>> {
         let mut handles = Vec::new();
-        for backend in backends {
-            let target = Watched {
-                name: backend.name.clone(),
-                addr: backend.addr,
-                live: backend.live.clone(),
-                send_proxy: table.listeners[backend.listener].config.send_proxy,
-            };
-            let (config, stop) = (self.config.clone(), self.stop.clone());
+        for server in servers {
+            let (config, stop, shared) = (self.config.clone(), self.stop.clone(), self.shared.clone());
+            let server = server.clone();
             let n = self.started.fetch_add(1, Ordering::Relaxed);
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("health-{n}"))
-                    .spawn(move || check_loop(&config, &target, &stop))?,
+                    .spawn(move || check_loop(&config, &server, &shared, &stop))?,
             );
         }
         Ok(handles)
     }
 }
 
-/// What a checker needs of its backend; `live` is shared with every table that has it.
-struct Watched {
-    name: String,
-    addr: SocketAddr,
-    live: Arc<CachePadded<BackendLive>>,
-    /// Its listener's PROXY protocol version: the `mysql` probe sends the LOCAL header first.
-    send_proxy: Option<ProxyVersion>,
+/// The statements a check sends after its login for a server whose pools need `needs`, on a
+/// server of `version`.
+fn state_statements(needs: u8, version: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    if needs & (NEEDS_STATE | NEEDS_REPLICAS) != 0 {
+        statements.push(state::VARIABLES_QUERY.to_string());
+        statements.push(state::GALERA_STATUS_QUERY.to_string());
+    }
+    if needs & NEEDS_REPLICAS != 0 {
+        statements.push(state::replica_status_query(version).to_string());
+    }
+    statements
 }
 
-/// Probes one backend until `stop` or until a reload retires it, one probe per interval.
-fn check_loop(config: &HealthConfig, backend: &Watched, stop: &Stop) {
+/// Probes one server until `stop` or until a reload retires it, one probe per interval.
+fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &Shared, stop: &Stop) {
     let interval = Duration::from_millis(config.interval_ms.max(1));
     let timeout = Duration::from_millis(config.timeout_ms.max(1));
     let target = Target {
-        addr: backend.addr,
-        send_proxy: backend.send_proxy,
+        addr: server.addr,
+        send_proxy: server.send_proxy,
     };
     let mut checker = Checker::new(config);
+    let mut judge = roles::Judge::new(config);
     let mut next = Instant::now();
     loop {
-        if backend.live.retired.load(Ordering::Relaxed) {
-            tracing::debug!(backend = %backend.name, "health checks end: backend removed");
+        if server.retired.load(Ordering::Relaxed) {
+            tracing::debug!(server = %server.name, "health checks end: server removed");
             return;
         }
-        let result = probe::probe(config.check, target, &config.user, timeout);
-        checker.apply(backend, result);
+        let needs = server.needs.load(Ordering::Relaxed);
+        let statements = |version: &str| state_statements(needs, version);
+        let result = probe::probe_with(config.check, target, &config.user, timeout, &statements);
+        let (alive, sample) = match result {
+            Ok((alive, replies)) => {
+                let sample = roles::sample(&alive, &replies, needs);
+                (Ok(alive), Some(sample))
+            }
+            Err(e) => (Err(e), None),
+        };
+        let reached = checker.apply(server, alive);
+        if needs != 0 && reached {
+            let table = shared.table();
+            judge.judge(server, sample.filter(|_| server.is_up()), &table);
+            for group in table.groups_of(server) {
+                roles::elect(group, &table, shared, config);
+            }
+        }
         // Keep the cadence; a probe that overran its interval is followed by the next at once.
         next += interval;
         let now = Instant::now();
@@ -135,7 +156,7 @@ fn check_loop(config: &HealthConfig, backend: &Watched, stop: &Stop) {
     }
 }
 
-/// One backend's verdict state between probes.
+/// One server's up/down state between probes.
 struct Checker {
     hysteresis: Hysteresis,
     fall: u32,
@@ -143,7 +164,7 @@ struct Checker {
     user: String,
     /// The missing-check-user warning was logged and the user has not logged in since.
     warned_access_denied: bool,
-    /// A probe was skipped for lack of a local socket and no probe has reached the backend
+    /// A probe was skipped for lack of a local socket and no probe has reached the server
     /// since: one warning per such run, not one per interval.
     warned_local_shortage: bool,
 }
@@ -160,19 +181,20 @@ impl Checker {
         }
     }
 
-    /// Feeds one probe result: warns, writes the atomics and logs as needed.
-    fn apply(&mut self, backend: &Watched, result: Result<Alive, ProbeError>) {
+    /// Feeds one probe result: warns, writes the atomics and logs as needed. Returns whether the
+    /// result was a verdict on the server (false: ringlb could not open a socket).
+    fn apply(&mut self, server: &ServerLive, result: Result<Alive, ProbeError>) -> bool {
         if let Err(e) = &result {
             if e.is_local_shortage() {
                 if !self.warned_local_shortage {
                     self.warned_local_shortage = true;
                     tracing::warn!(
-                        backend = %backend.name,
+                        backend = %server.name,
                         "health check skipped: ringlb cannot open a socket ({e}); the backend keeps \
                          its state until a check can reach it"
                     );
                 }
-                return;
+                return false;
             }
         }
         self.warned_local_shortage = false;
@@ -180,7 +202,7 @@ impl Checker {
             Ok(Alive::AccessDenied { error, .. }) if !self.warned_access_denied => {
                 self.warned_access_denied = true;
                 tracing::warn!(
-                    backend = %backend.name,
+                    backend = %server.name,
                     "health check user '{user}' cannot log in ({error}); the backend counts as up, but \
                      every check now counts in the server's Aborted_connects. Create the user on the \
                      server, with no password and no privileges: CREATE USER '{user}'@'<the host \
@@ -192,14 +214,14 @@ impl Checker {
             _ => {}
         }
         if result.is_ok() {
-            // A probe that got through proves the backend reachable again: forget a connect
+            // A probe that got through proves the server reachable again: forget a connect
             // failure the workers marked it suspect for, without waiting out the mark.
-            backend.live.suspect_until_ms.store(0, Ordering::Relaxed);
+            server.suspect_until_ms.store(0, Ordering::Relaxed);
         }
         let was_up = self.hysteresis.is_up();
         match self.hysteresis.observe(result.is_ok()) {
             Some(Transition::Down { first_check }) => {
-                backend.live.up.store(false, Ordering::Relaxed);
+                server.up.store(false, Ordering::Relaxed);
                 let reason = match &result {
                     Err(e) => e.to_string(),
                     Ok(_) => String::new(),
@@ -209,34 +231,35 @@ impl Checker {
                 } else {
                     format!("{} consecutive checks failed", self.fall)
                 };
-                tracing::warn!(backend = %backend.name, "backend up -> down: {after}: {reason}");
+                tracing::warn!(backend = %server.name, "backend up -> down: {after}: {reason}");
             }
             Some(Transition::Up) => {
-                backend.live.up.store(true, Ordering::Relaxed);
-                backend.live.suspect_until_ms.store(0, Ordering::Relaxed);
+                server.up.store(true, Ordering::Relaxed);
+                server.suspect_until_ms.store(0, Ordering::Relaxed);
                 let how = match &result {
                     Ok(alive) => alive.to_string(),
                     Err(_) => String::new(),
                 };
                 tracing::info!(
-                    backend = %backend.name,
+                    backend = %server.name,
                     "backend down -> up: {} consecutive checks passed: {how}",
                     self.rise
                 );
             }
             None => match &result {
-                // A failure that has not (yet) taken an up backend down: worth a line, since
+                // A failure that has not (yet) taken an up server down: worth a line, since
                 // `fall - 1` of these precede a transition at most.
                 Err(e) if was_up => tracing::info!(
-                    backend = %backend.name,
+                    backend = %server.name,
                     "check failed ({} of {}): {e}",
                     self.hysteresis.run(),
                     self.fall
                 ),
-                Err(e) => tracing::debug!(backend = %backend.name, "check failed, still down: {e}"),
-                Ok(alive) => tracing::trace!(backend = %backend.name, "check passed: {alive}"),
+                Err(e) => tracing::debug!(backend = %server.name, "check failed, still down: {e}"),
+                Ok(alive) => tracing::trace!(backend = %server.name, "check passed: {alive}"),
             },
         }
+        true
     }
 }
 
@@ -292,6 +315,8 @@ mod tests {
             fall: 3,
             timeout_ms,
             user: "ringlb_check".into(),
+            galera_donor_ok: false,
+            notify: None,
         }
     }
 
@@ -301,7 +326,8 @@ mod tests {
         table: Arc<Backends>,
         stop: Arc<Stop>,
     ) -> io::Result<JoinHandle<()>> {
-        let checkers = Health::with_stop(config, stop).watch(&table, table.all.iter())?;
+        let shared = Arc::new(Shared::new(table.clone(), 1)?);
+        let checkers = Health::with_stop(config, shared, stop).watch(table.servers.iter())?;
         std::thread::Builder::new().spawn(move || {
             for checker in checkers {
                 let _ = checker.join();
@@ -403,7 +429,7 @@ mod tests {
         );
         let table = backends(&[addr]);
         table.all[0]
-            .live
+            .server
             .suspect_until_ms
             .store(u64::MAX, Ordering::Relaxed);
         let stop = Arc::new(Stop::default());
@@ -412,7 +438,7 @@ mod tests {
         eventually("recovered backend up", || table.all[0].is_up());
         // rise = 2: the two passing checks are connections 3 and 4.
         assert!(served.load(Ordering::Relaxed) >= 5);
-        assert_eq!(table.all[0].live.suspect_until_ms.load(Ordering::Relaxed), 0);
+        assert_eq!(table.all[0].server.suspect_until_ms.load(Ordering::Relaxed), 0);
         stop.stop();
         handle.join().unwrap();
         done.store(true, Ordering::Relaxed);
@@ -501,12 +527,7 @@ mod tests {
     fn a_probe_without_a_local_socket_is_no_verdict_on_the_backend() {
         let table = backends(&["127.0.0.1:1".parse().unwrap()]);
         let b = &table.all[0];
-        let watched = Watched {
-            name: b.name.clone(),
-            addr: b.addr,
-            live: b.live.clone(),
-            send_proxy: None,
-        };
+        let watched = &b.server;
         let mut checker = Checker::new(&config(CheckKind::Mysql, 1000, 1000));
         let no_socket = |errno| ProbeError::Io {
             stage: probe::Stage::Connect,
@@ -520,11 +541,11 @@ mod tests {
             libc::ENOMEM,
             libc::EMFILE,
         ] {
-            checker.apply(&watched, Err(no_socket(errno)));
+            checker.apply(watched, Err(no_socket(errno)));
             assert!(b.is_up(), "errno {errno} at connect took the backend down");
         }
         // A refused connect is the backend's own failure.
-        checker.apply(&watched, Err(no_socket(libc::ECONNREFUSED)));
+        checker.apply(watched, Err(no_socket(libc::ECONNREFUSED)));
         assert!(!b.is_up());
     }
 

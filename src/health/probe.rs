@@ -183,6 +183,19 @@ pub fn probe_state(
     timeout: Duration,
     statements: &[&str],
 ) -> Result<(Alive, Vec<Reply>), ProbeError> {
+    let statements = |_: &str| statements.iter().map(|s| s.to_string()).collect();
+    probe_with(kind, target, user, timeout, &statements)
+}
+
+/// [`probe_state`] with the statements chosen once the greeting has named the server's version
+/// (the replica status statement differs between MariaDB and MySQL versions).
+pub fn probe_with(
+    kind: CheckKind,
+    target: impl Into<Target>,
+    user: &str,
+    timeout: Duration,
+    statements: &dyn Fn(&str) -> Vec<String>,
+) -> Result<(Alive, Vec<Reply>), ProbeError> {
     let target = target.into();
     let deadline = Instant::now() + timeout;
     let timeout_ms = timeout.as_millis() as u64;
@@ -193,7 +206,7 @@ pub fn probe_state(
             // Resets the server's count of connection errors for our host (module docs); its
             // own outcome changes nothing.
             let plain = Target::from(target.addr);
-            let _ = probe_until(kind, plain, user, deadline, timeout_ms, &[]);
+            let _ = probe_until(kind, plain, user, deadline, timeout_ms, &|_| Vec::new());
             Err(ProbeError::ProxyHeaderRefused(error))
         }
         result => result,
@@ -207,7 +220,7 @@ fn probe_until(
     user: &str,
     deadline: Instant,
     timeout_ms: u64,
-    statements: &[&str],
+    statements: &dyn Fn(&str) -> Vec<String>,
 ) -> Result<(Alive, Vec<Reply>), ProbeError> {
     let mut conn = Conn {
         stream: None,
@@ -228,7 +241,11 @@ fn probe_until(
     }
 }
 
-fn mysql_check(conn: &mut Conn, user: &str, statements: &[&str]) -> Result<(Alive, Vec<Reply>), ProbeError> {
+fn mysql_check(
+    conn: &mut Conn,
+    user: &str,
+    statements: &dyn Fn(&str) -> Vec<String>,
+) -> Result<(Alive, Vec<Reply>), ProbeError> {
     let (sequence, payload) = conn.read_packet(Stage::Greeting)?;
     let greeting = match mysql::parse_initial(&payload).map_err(protocol(Stage::Greeting))? {
         InitialPacket::Greeting(g) => g,
@@ -282,7 +299,7 @@ fn mysql_check(conn: &mut Conn, user: &str, statements: &[&str]) -> Result<(Aliv
             }
         }
     }
-    let replies = read_state(conn, statements)?;
+    let replies = read_state(conn, &statements(&server_version))?;
     // As the mysql client does: COM_QUIT, then close. The server ends the session as a normal
     // disconnect.
     conn.write_all(&mysql::com_quit(), Stage::Quit)?;
@@ -292,7 +309,7 @@ fn mysql_check(conn: &mut Conn, user: &str, statements: &[&str]) -> Result<(Aliv
 
 /// Sends `statements` in one write (each its own `COM_QUERY`, sequence 0: the server reads them
 /// one after the other) and reads one reply for each, in order.
-fn read_state(conn: &mut Conn, statements: &[&str]) -> Result<Vec<Reply>, ProbeError> {
+fn read_state(conn: &mut Conn, statements: &[String]) -> Result<Vec<Reply>, ProbeError> {
     if statements.is_empty() {
         return Ok(Vec::new());
     }

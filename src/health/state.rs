@@ -184,6 +184,16 @@ impl ServerState {
         self.galera_ok(donor_ok)
     }
 
+    /// Whether the server may serve a reader pool as a replica: a replica with both threads
+    /// running, or a Galera node in sync (which replicates synchronously: lag 0). `Ok(lag)`.
+    pub fn reader(&self, donor_ok: bool) -> Result<Option<u64>, Reason> {
+        self.galera_ok(donor_ok)?;
+        match self.replication {
+            Replication::NotReplica | Replication::NotRead if self.galera.is_some() => Ok(Some(0)),
+            _ => self.replicating(),
+        }
+    }
+
     /// Whether a replica replicates: both threads running on every source. `Ok(lag)` with its lag
     /// (`None`: not reported); a server that is no replica, or was not asked, is an error here.
     pub fn replicating(&self) -> Result<Option<u64>, Reason> {
@@ -278,6 +288,14 @@ impl LagGate {
             max_lag_s,
             return_s: return_s.unwrap_or(max_lag_s / 2).min(max_lag_s),
             in_pool: true,
+        }
+    }
+
+    /// A gate that is `in_pool` now (its state kept elsewhere, in an atomic of the pool).
+    pub fn resume(max_lag_s: u64, return_s: u64, in_pool: bool) -> LagGate {
+        LagGate {
+            in_pool,
+            ..LagGate::new(max_lag_s, Some(return_s))
         }
     }
 

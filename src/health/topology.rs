@@ -44,6 +44,11 @@ impl WriterElection {
         }
     }
 
+    /// An election whose writer is already `writer` (the role carried across a reload).
+    pub fn starting_with(failback: bool, writer: Option<usize>) -> WriterElection {
+        WriterElection { writer, failback }
+    }
+
     /// The writer now, by position.
     pub fn writer(&self) -> Option<usize> {
         self.writer

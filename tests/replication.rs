@@ -1,0 +1,303 @@
+//! Replication-aware pools against real MariaDB replication started by the tests: GTID
+//! replication between `mariadbd` processes on loopback ports.
+//!
+//! The article's master-master pair: each server a replica of the other, with
+//! `auto_increment_increment = 2` and offsets 1 and 2 as the article sets them; a writer listener
+//! and a reader listener over both. Role changes are awaited by polling `/stats`, never by
+//! sleeping.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mysql::prelude::Queryable;
+use mysql::Conn;
+use support::{
+    free_port, tcp_opts, wait_until, MariaDb, Ringlb, APP_PASSWORD, APP_USER, CHECK_USER, TEST_SCHEMA,
+};
+
+/// Health timing of these tests: a server that dies is out after `FALL` checks `INTERVAL_MS`
+/// apart.
+const INTERVAL_MS: u64 = 200;
+const FALL: u64 = 2;
+const TIMEOUT_MS: u64 = 500;
+/// How long a role change may take: `fall × interval` plus one check, plus a generous margin for
+/// a loaded machine (a check that times out, the poll's own interval).
+const ROLE_CHANGE: Duration = Duration::from_millis(FALL * INTERVAL_MS + INTERVAL_MS + TIMEOUT_MS + 3000);
+
+/// A server ready to replicate: binary log with GTIDs, the article's auto-increment settings
+/// (`increment` servers, this one at `offset`), the replication user and the check user's
+/// privilege to read replica status.
+fn replicating_server(server_id: u32, increment: u32, offset: u32) -> MariaDb {
+    let server = MariaDb::start_with_options(&[
+        &format!("--server-id={server_id}"),
+        "--log-bin=binlog",
+        "--log-slave-updates",
+        "--binlog-format=ROW",
+        &format!("--auto-increment-increment={increment}"),
+        &format!("--auto-increment-offset={offset}"),
+        // A replica reconnects at once when its source comes back.
+        "--slave-net-timeout=5",
+    ]);
+    root(
+        &server,
+        &[
+            // Not replicated: every server gets the same accounts from its own setup.
+            "SET sql_log_bin = 0",
+            "CREATE USER IF NOT EXISTS 'repl'@'%' IDENTIFIED BY 'repl'",
+            "GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%'",
+            &format!("GRANT SLAVE MONITOR ON *.* TO '{CHECK_USER}'@'%'"),
+            "CREATE TABLE IF NOT EXISTS ringlb_test.writes \
+             (id INT AUTO_INCREMENT PRIMARY KEY, server_id INT NOT NULL)",
+        ],
+    );
+    server
+}
+
+/// Makes `replica` replicate from `source` (GTID, reconnecting every second).
+fn replicate(replica: &MariaDb, source: &MariaDb) {
+    root(
+        replica,
+        &[
+            &format!(
+                "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'repl', \
+             MASTER_PASSWORD = 'repl', MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
+                source.port()
+            ),
+            "START SLAVE",
+        ],
+    );
+}
+
+/// Runs `statements` as root on one connection.
+fn root(server: &MariaDb, statements: &[&str]) {
+    let mut conn = server.root_conn().expect("root connection");
+    for sql in statements {
+        conn.query_drop(*sql)
+            .unwrap_or_else(|e| panic!("{sql} on {}: {e}", server.addr()));
+    }
+}
+
+/// The article's pair: two masters, each replicating from the other.
+fn master_master_pair() -> (MariaDb, MariaDb) {
+    let db1 = replicating_server(1, 2, 1);
+    let db2 = replicating_server(2, 2, 2);
+    replicate(&db1, &db2);
+    replicate(&db2, &db1);
+    (db1, db2)
+}
+
+/// A configuration with a writer listener `rw` on `listen` and a reader listener `ro` on
+/// `read_port`, both over `servers`; `writer_keys` are added to the writer listener.
+fn role_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    read_port: u16,
+    servers: &[SocketAddr],
+    writer_keys: &str,
+) -> String {
+    let backends: String = servers
+        .iter()
+        .map(|s| format!("[[listener.backend]]\naddress = \"{s}\"\n"))
+        .collect();
+    format!(
+        "[global]\nadmin = \"{admin}\"\n\n\
+         [health]\ninterval_ms = {INTERVAL_MS}\nrise = 2\nfall = {FALL}\ntimeout_ms = {TIMEOUT_MS}\n\n\
+         [[listener]]\nname = \"rw\"\nbind = \"{listen}\"\nrole = \"writer\"\n{writer_keys}\n{backends}\n\
+         [[listener]]\nname = \"ro\"\nbind = \"127.0.0.1:{read_port}\"\nrole = \"reader\"\n{backends}"
+    )
+}
+
+/// A ringlb in front of `servers` with the listeners of [`role_config`]; returns it and the
+/// reader listener's port.
+fn start_roles(servers: &[SocketAddr], writer_keys: &str) -> (Ringlb, u16) {
+    let read_port = free_port();
+    let servers = servers.to_vec();
+    let writer_keys = writer_keys.to_string();
+    let ringlb = Ringlb::start_with_file(move |listen, admin| {
+        role_config(listen, admin, read_port, &servers, &writer_keys)
+    });
+    (ringlb, read_port)
+}
+
+/// The writer of listener `listener` as `/stats` shows it.
+fn writer(ringlb: &Ringlb, listener: &str) -> Option<String> {
+    let stats = ringlb.stats_json();
+    let found = stats["listeners"]
+        .as_array()
+        .expect("listeners in /stats")
+        .iter()
+        .find(|l| l["listener"] == listener)
+        .unwrap_or_else(|| panic!("no listener {listener} in /stats: {stats}"))["writer"]
+        .as_str()
+        .map(String::from);
+    found
+}
+
+/// The role `/stats` gives `backend` in `listener`, and why it qualifies for less.
+fn role(ringlb: &Ringlb, listener: &str, backend: SocketAddr) -> (String, String) {
+    let stats = ringlb.stats_json();
+    let b = stats["backends"]
+        .as_array()
+        .expect("backends in /stats")
+        .iter()
+        .find(|b| b["listener"] == listener && b["backend"] == backend.to_string())
+        .unwrap_or_else(|| panic!("no backend {backend} in {listener}: {stats}"))
+        .clone();
+    (
+        b["role"].as_str().unwrap_or_default().to_string(),
+        b["why_not"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+fn await_writer(ringlb: &Ringlb, expected: SocketAddr, within: Duration, after: &str) -> Duration {
+    let start = Instant::now();
+    let expected = expected.to_string();
+    wait_until(within, &format!("writer {expected} {after}"), || {
+        writer(ringlb, "rw").as_deref() == Some(expected.as_str())
+    });
+    start.elapsed()
+}
+
+/// A login through ringlb's listener on `port`.
+fn through(port: u16) -> mysql::Result<Conn> {
+    Conn::new(tcp_opts(port, APP_USER, APP_PASSWORD, Some(TEST_SCHEMA)))
+}
+
+/// Inserts one row through the writer listener and returns the server that took it.
+fn write_through(ringlb: &Ringlb) -> mysql::Result<u32> {
+    let mut conn = through(ringlb.addr().port())?;
+    conn.query_drop("INSERT INTO writes (server_id) VALUES (@@server_id)")?;
+    Ok(conn.query_first("SELECT @@server_id")?.expect("a server id"))
+}
+
+/// The number of checks `server` has seen: each is one connection.
+fn connections(server: &MariaDb) -> u64 {
+    server.status("Connections")
+}
+
+#[test]
+fn master_master_writes_go_to_one_server_and_move_when_it_fails_or_turns_read_only() {
+    let (mut db1, db2) = master_master_pair();
+    let (ringlb, read_port) = start_roles(&[db1.addr(), db2.addr()], "");
+    await_writer(
+        &ringlb,
+        db1.addr(),
+        ROLE_CHANGE,
+        "at start-up: the first listed qualifying server",
+    );
+
+    // Every write goes to the writer.
+    for _ in 0..20 {
+        assert_eq!(write_through(&ringlb).expect("write through rw"), 1);
+    }
+    // Both servers replicate, with no lag: reads go to both.
+    wait_until(ROLE_CHANGE, "both servers readers", || {
+        role(&ringlb, "ro", db1.addr()).0 == "reader" && role(&ringlb, "ro", db2.addr()).0 == "reader"
+    });
+    let mut readers = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let mut conn = through(read_port).expect("read through ro");
+        let id: u32 = conn.query_first("SELECT @@server_id").unwrap().unwrap();
+        readers.insert(id);
+    }
+    assert_eq!(readers, [1, 2].into(), "reads spread over both servers");
+    assert_eq!(role(&ringlb, "rw", db2.addr()).0, "none");
+
+    // The writer dies: new writes succeed on the other within fall × interval plus one check.
+    db1.kill();
+    let killed = Instant::now();
+    let moved = loop {
+        match write_through(&ringlb) {
+            Ok(2) => break killed.elapsed(),
+            Ok(other) => panic!("a write went to server {other} after server 1 died"),
+            Err(_) => {
+                assert!(
+                    killed.elapsed() < ROLE_CHANGE,
+                    "no write succeeded within {ROLE_CHANGE:?} of the writer's death"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    eprintln!("writes resumed on server 2 {moved:?} after server 1 died");
+    assert_eq!(
+        writer(&ringlb, "rw").as_deref(),
+        Some(db2.addr().to_string().as_str())
+    );
+    // Reads go on too: the survivor's replication from the dead server has stopped, so it is
+    // no replica in good standing, and the reader pool falls back to it as a writable server.
+    let mut conn = through(read_port).expect("a read through ro with one master dead");
+    assert_eq!(conn.query_first::<u32, _>("SELECT @@server_id").unwrap(), Some(2));
+    drop(conn);
+
+    // It comes back: the role stays where it is (failback = false).
+    db1.restart();
+    wait_until(ROLE_CHANGE * 4, "server 1 back and qualifying", || {
+        let stats = ringlb.stats_json();
+        let up = stats["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["listener"] == "rw" && b["backend"] == db1.addr().to_string() && b["up"] == true);
+        up && role(&ringlb, "rw", db1.addr()).1.starts_with("qualifies")
+    });
+    // Two more checks of server 1, each followed by an election, and the writer has not moved.
+    let seen = connections(&db1);
+    wait_until(ROLE_CHANGE, "two more checks of server 1", || {
+        connections(&db1) >= seen + 2
+    });
+    assert_eq!(
+        writer(&ringlb, "rw").as_deref(),
+        Some(db2.addr().to_string().as_str())
+    );
+    assert_eq!(write_through(&ringlb).unwrap(), 2);
+
+    // An idle connection to the writer, then the writer turns read-only: the role moves, and
+    // the idle connection (on_writer_change = "close", the default) is closed.
+    let mut idle = through(ringlb.addr().port()).unwrap();
+    assert_eq!(idle.query_first::<u32, _>("SELECT @@server_id").unwrap(), Some(2));
+    root(&db2, &["SET GLOBAL read_only = 1"]);
+    await_writer(
+        &ringlb,
+        db1.addr(),
+        ROLE_CHANGE,
+        "after server 2 turned read-only",
+    );
+    let (_, why) = role(&ringlb, "rw", db2.addr());
+    assert!(why.contains("read_only is ON"), "{why}");
+    wait_until(
+        ROLE_CHANGE,
+        "the idle connection to the former writer closed",
+        || idle.query_drop("SELECT 1").is_err(),
+    );
+    assert_eq!(write_through(&ringlb).unwrap(), 1);
+    let changes = ringlb.metric("ringlb_writer_changes_total", &[("listener", "rw")]);
+    assert_eq!(changes, Some(3.0), "elected, moved on death, moved on read_only");
+    root(&db2, &["SET GLOBAL read_only = 0"]);
+}
+
+#[test]
+fn with_failback_the_first_listed_server_takes_the_role_back_and_keep_leaves_connections_open() {
+    let (mut db1, db2) = master_master_pair();
+    let (ringlb, _) = start_roles(
+        &[db1.addr(), db2.addr()],
+        "failback = true\non_writer_change = \"keep\"",
+    );
+    await_writer(&ringlb, db1.addr(), ROLE_CHANGE, "at start-up");
+    db1.kill();
+    await_writer(&ringlb, db2.addr(), ROLE_CHANGE, "after server 1 died");
+    let mut kept = through(ringlb.addr().port()).unwrap();
+    assert_eq!(kept.query_first::<u32, _>("SELECT @@server_id").unwrap(), Some(2));
+    db1.restart();
+    await_writer(
+        &ringlb,
+        db1.addr(),
+        ROLE_CHANGE * 4,
+        "after server 1 came back (failback)",
+    );
+    assert_eq!(write_through(&ringlb).unwrap(), 1);
+    // on_writer_change = "keep": the connection to the former writer is still served.
+    assert_eq!(kept.query_first::<u32, _>("SELECT @@server_id").unwrap(), Some(2));
+}
