@@ -97,8 +97,9 @@ enum HistogramFormatArg {
 #[derive(Debug, Args)]
 struct BackendArgs {
     /// drain: no new connections, open ones finish; disable: the same, for maintenance;
-    /// enable: back in service.
-    #[arg(value_parser = ["drain", "disable", "enable"])]
+    /// enable: back in service; promote: make it the writer of its writer pools (refused unless
+    /// it is up and writable).
+    #[arg(value_parser = ["drain", "disable", "enable", "promote"])]
     action: String,
     /// The backend as configured (HOST:PORT, as `ringlb stats` shows it).
     backend: String,
@@ -224,6 +225,9 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             let answer: serde_json::Value =
                 crate::admin::table::post_json(admin, &format!("/backend/{}/{}", args.backend, args.action))
                     .map_err(CliError::Stats)?;
+            if let Some(summary) = answer["summary"].as_str() {
+                return print_stdout(&format!("{summary}\n"));
+            }
             let listeners = answer["listeners"].as_u64().unwrap_or(0);
             print_stdout(&format!(
                 "backend {}: {} ({listeners} listener{})\n",

@@ -139,7 +139,15 @@ pub fn run(config: Config, source: Option<Source>) -> Result<(), RunError> {
         let reloader = reloader.clone();
         Arc::new(move || reloader.reload())
     };
-    admin::spawn(admin_socket, shared.clone(), Some(reload_hook)).map_err(RunError::Thread)?;
+    let promote_hook: admin::PromoteHook = {
+        let (shared, health) = (shared.clone(), reloader.config().health);
+        Arc::new(move |name: &str| crate::health::roles::promote_named(&shared, name, &health))
+    };
+    let hooks = admin::Hooks {
+        reload: Some(reload_hook),
+        promote: Some(promote_hook),
+    };
+    admin::spawn(admin_socket, shared.clone(), hooks).map_err(RunError::Thread)?;
     tracing::info!(workers, admin = %admin, "ringlb started");
 
     let signal = loop {

@@ -89,13 +89,14 @@ fn master_master_pair() -> (MariaDb, MariaDb) {
 }
 
 /// A configuration with a writer listener `rw` on `listen` and a reader listener `ro` on
-/// `read_port`, both over `servers`; `writer_keys` are added to the writer listener.
+/// `read_port`, both over `servers`; `keys` are added to the writer listener and the reader
+/// listener.
 fn role_config(
     listen: SocketAddr,
     admin: SocketAddr,
     read_port: u16,
     servers: &[SocketAddr],
-    writer_keys: &str,
+    (writer_keys, reader_keys): (&str, &str),
 ) -> String {
     let backends: String = servers
         .iter()
@@ -105,18 +106,23 @@ fn role_config(
         "[global]\nadmin = \"{admin}\"\n\n\
          [health]\ninterval_ms = {INTERVAL_MS}\nrise = 2\nfall = {FALL}\ntimeout_ms = {TIMEOUT_MS}\n\n\
          [[listener]]\nname = \"rw\"\nbind = \"{listen}\"\nrole = \"writer\"\n{writer_keys}\n{backends}\n\
-         [[listener]]\nname = \"ro\"\nbind = \"127.0.0.1:{read_port}\"\nrole = \"reader\"\n{backends}"
+         [[listener]]\nname = \"ro\"\nbind = \"127.0.0.1:{read_port}\"\nrole = \"reader\"\n{reader_keys}\n{backends}"
     )
 }
 
 /// A ringlb in front of `servers` with the listeners of [`role_config`]; returns it and the
 /// reader listener's port.
 fn start_roles(servers: &[SocketAddr], writer_keys: &str) -> (Ringlb, u16) {
+    start_with_keys(servers, writer_keys, "")
+}
+
+/// [`start_roles`] with keys for each listener.
+fn start_with_keys(servers: &[SocketAddr], writer_keys: &str, reader_keys: &str) -> (Ringlb, u16) {
     let read_port = free_port();
     let servers = servers.to_vec();
-    let writer_keys = writer_keys.to_string();
+    let keys = (writer_keys.to_string(), reader_keys.to_string());
     let ringlb = Ringlb::start_with_file(move |listen, admin| {
-        role_config(listen, admin, read_port, &servers, &writer_keys)
+        role_config(listen, admin, read_port, &servers, (&keys.0, &keys.1))
     });
     (ringlb, read_port)
 }
@@ -275,7 +281,32 @@ fn master_master_writes_go_to_one_server_and_move_when_it_fails_or_turns_read_on
     assert_eq!(write_through(&ringlb).unwrap(), 1);
     let changes = ringlb.metric("ringlb_writer_changes_total", &[("listener", "rw")]);
     assert_eq!(changes, Some(3.0), "elected, moved on death, moved on read_only");
+
+    // The operator's switchover: refused while server 2 is read-only, done once it is writable.
+    let promote = |server: SocketAddr| {
+        let out = ringlb.command(&["backend", "promote", &server.to_string()]);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), said)
+    };
+    let (ok, said) = promote(db2.addr());
+    assert!(!ok && said.contains("read_only is ON"), "{said}");
     root(&db2, &["SET GLOBAL read_only = 0"]);
+    wait_until(ROLE_CHANGE, "server 2 writable again", || {
+        role(&ringlb, "rw", db2.addr()).1.starts_with("qualifies")
+    });
+    let (ok, said) = promote(db2.addr());
+    assert!(ok, "{said}");
+    assert_eq!(
+        writer(&ringlb, "rw").as_deref(),
+        Some(db2.addr().to_string().as_str())
+    );
+    assert_eq!(write_through(&ringlb).unwrap(), 2);
+    let (ok, said) = promote(SocketAddr::from(([127, 0, 0, 1], free_port())));
+    assert!(!ok && said.contains("no backend"), "{said}");
 }
 
 #[test]
@@ -300,4 +331,114 @@ fn with_failback_the_first_listed_server_takes_the_role_back_and_keep_leaves_con
     assert_eq!(write_through(&ringlb).unwrap(), 1);
     // on_writer_change = "keep": the connection to the former writer is still served.
     assert_eq!(kept.query_first::<u32, _>("SELECT @@server_id").unwrap(), Some(2));
+}
+
+/// The server ids that `reads` logins through the reader listener landed on.
+fn read_ids(read_port: u16, reads: usize) -> std::collections::BTreeSet<u32> {
+    (0..reads)
+        .map(|_| {
+            let mut conn = through(read_port).expect("read through ro");
+            conn.query_first("SELECT @@server_id")
+                .unwrap()
+                .expect("a server id")
+        })
+        .collect()
+}
+
+fn await_role(ringlb: &Ringlb, listener: &str, backend: SocketAddr, expected: &str, after: &str) -> String {
+    let mut last = (String::new(), String::new());
+    let found = support::poll_until(ROLE_CHANGE * 2, || {
+        last = role(ringlb, listener, backend);
+        last.0 == expected
+    });
+    assert!(
+        found,
+        "{backend} in {listener} is {:?} ({}), not {expected}, {after}",
+        last.0, last.1
+    );
+    last.1
+}
+
+#[test]
+fn a_replica_that_stops_or_lags_leaves_the_reader_pool_and_comes_back_once() {
+    let primary = replicating_server(10, 1, 1);
+    let r1 = replicating_server(11, 1, 1);
+    let r2 = replicating_server(12, 1, 1);
+    for replica in [&r1, &r2] {
+        root(replica, &["SET GLOBAL read_only = 1"]);
+        replicate(replica, &primary);
+    }
+    let servers = [primary.addr(), r1.addr(), r2.addr()];
+    let (ringlb, read_port) = start_with_keys(&servers, "", "max_lag_s = 2");
+    await_writer(
+        &ringlb,
+        primary.addr(),
+        ROLE_CHANGE,
+        "at start-up: the only writable server",
+    );
+    await_role(&ringlb, "ro", r1.addr(), "reader", "at start-up");
+    await_role(&ringlb, "ro", r2.addr(), "reader", "at start-up");
+    assert_eq!(role(&ringlb, "ro", primary.addr()).0, "primary");
+    // The primary takes no reads while a replica qualifies (reader_uses_writer = false).
+    assert_eq!(read_ids(read_port, 12), [11, 12].into());
+
+    // r2's SQL thread stops: it leaves the pool, and comes back when it runs again.
+    root(&r2, &["STOP SLAVE SQL_THREAD"]);
+    let why = await_role(&ringlb, "ro", r2.addr(), "none", "after its SQL thread stopped");
+    assert!(why.contains("SQL thread not running"), "{why}");
+    assert_eq!(read_ids(read_port, 6), [11].into());
+    root(&r2, &["START SLAVE SQL_THREAD"]);
+    await_role(
+        &ringlb,
+        "ro",
+        r2.addr(),
+        "reader",
+        "after its SQL thread ran again",
+    );
+
+    // r1 falls behind (MASTER_DELAY holds every event back): out above max_lag_s = 2 ...
+    root(
+        &r1,
+        &[
+            "STOP SLAVE",
+            "CHANGE MASTER TO MASTER_DELAY = 3600",
+            "START SLAVE",
+        ],
+    );
+    root(
+        &primary,
+        &["INSERT INTO ringlb_test.writes (server_id) VALUES (@@server_id)"],
+    );
+    let why = await_role(&ringlb, "ro", r1.addr(), "none", "while it lags");
+    assert!(why.contains("over max_lag_s 2"), "{why}");
+    let lag = ringlb
+        .metric(
+            "ringlb_backend_replication_lag_seconds",
+            &[("backend", &r1.addr().to_string()), ("listener", "ro")],
+        )
+        .expect("r1's lag exported");
+    assert!(lag > 2.0, "{lag}");
+    assert_eq!(read_ids(read_port, 6), [12].into());
+    // ... and back once it has caught up (lag 0, within lag_return_s = 1).
+    root(
+        &r1,
+        &["STOP SLAVE", "CHANGE MASTER TO MASTER_DELAY = 0", "START SLAVE"],
+    );
+    await_role(&ringlb, "ro", r1.addr(), "reader", "after it caught up");
+    let log = std::fs::read_to_string(ringlb.log_path()).expect("ringlb's log");
+    let r1_name = r1.addr().to_string();
+    let count = |what: &str| {
+        log.lines()
+            .filter(|l| l.contains(what) && l.contains(&r1_name))
+            .count()
+    };
+    assert_eq!(count("replica leaves the reader pool"), 1, "{log}");
+    assert_eq!(count("replica back in the reader pool"), 1, "{log}");
+
+    // No replica qualifies: the reads fall back to the primary rather than fail.
+    root(&r1, &["STOP SLAVE SQL_THREAD"]);
+    root(&r2, &["STOP SLAVE SQL_THREAD"]);
+    await_role(&ringlb, "ro", r1.addr(), "none", "with its SQL thread stopped");
+    await_role(&ringlb, "ro", r2.addr(), "none", "with its SQL thread stopped");
+    assert_eq!(read_ids(read_port, 4), [10].into());
 }

@@ -40,17 +40,25 @@ const BUSY_LINGER: Duration = Duration::from_millis(50);
 /// What `POST /reload` runs: reloads the configuration, answering one line either way.
 pub type ReloadHook = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
+/// What `POST /backend/HOST:PORT/promote` runs: makes the named backend the writer of its
+/// writer pools, answering one line either way.
+pub type PromoteHook = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
+/// What the endpoint can change beyond the backend table: each absent in tests that do not
+/// need it.
+#[derive(Default, Clone)]
+pub struct Hooks {
+    pub reload: Option<ReloadHook>,
+    pub promote: Option<PromoteHook>,
+}
+
 /// Starts the `admin` thread serving HTTP on an already bound listener.
-pub fn spawn(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    reload: Option<ReloadHook>,
-) -> io::Result<JoinHandle<()>> {
+pub fn spawn(listener: TcpListener, shared: Arc<Shared>, hooks: Hooks) -> io::Result<JoinHandle<()>> {
     // The accept loop blocks: make sure the socket does, whatever the caller set on it.
     listener.set_nonblocking(false)?;
     let context = Arc::new(Context {
         shared,
-        reload,
+        hooks,
         busy: AtomicUsize::new(0),
     });
     std::thread::Builder::new()
@@ -64,7 +72,7 @@ pub const MAX_HANDLERS: usize = 4;
 /// What the endpoint serves from.
 struct Context {
     shared: Arc<Shared>,
-    reload: Option<ReloadHook>,
+    hooks: Hooks,
     /// Connections being served now.
     busy: AtomicUsize,
 }
@@ -246,10 +254,10 @@ fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> (usize, Incoming) {
 fn route(method: &str, path: &str, query: &str, context: &Context) -> Vec<u8> {
     let shared = &*context.shared;
     if let Some(rest) = path.strip_prefix("/backend/") {
-        return backend_action(method, rest, shared);
+        return backend_action(method, rest, shared, context.hooks.promote.as_ref());
     }
     if path == "/reload" {
-        return reload(method, context.reload.as_ref());
+        return reload(method, context.hooks.reload.as_ref());
     }
     match path {
         "/metrics" | "/stats" | "/ha" | "/histogram" if method != "GET" => http::response(
@@ -376,18 +384,37 @@ fn reload(method: &str, hook: Option<&ReloadHook>) -> Vec<u8> {
 
 /// `POST /backend/HOST:PORT/drain|disable|enable`: the operator's say over a backend, in every
 /// listener that has it. New connections follow at once; open ones finish as they would.
-fn backend_action(method: &str, rest: &str, shared: &Shared) -> Vec<u8> {
+/// `POST /backend/HOST:PORT/promote`: a switchover of the writer role to it.
+fn backend_action(method: &str, rest: &str, shared: &Shared, promote: Option<&PromoteHook>) -> Vec<u8> {
     if method != "POST" {
         return http::response(
             405,
             "text/plain; charset=utf-8",
             &["Allow: POST"],
-            b"method not allowed: POST /backend/HOST:PORT/drain|disable|enable\n",
+            b"method not allowed: POST /backend/HOST:PORT/drain|disable|enable|promote\n",
         );
     }
     let Some((name, action)) = rest.rsplit_once('/') else {
-        return error_response(404, "not found: POST /backend/HOST:PORT/drain|disable|enable");
+        return error_response(
+            404,
+            "not found: POST /backend/HOST:PORT/drain|disable|enable|promote",
+        );
     };
+    if action == "promote" {
+        let Some(promote) = promote else {
+            return error_response(409, "promote is not available in this process");
+        };
+        return match promote(name) {
+            Ok(summary) => {
+                tracing::info!(backend = %name, "writer promoted by the operator");
+                let body = serde_json::json!({ "backend": name, "state": "writer", "summary": summary });
+                let mut body = body.to_string().into_bytes();
+                body.push(b'\n');
+                http::response(200, "application/json", &[], &body)
+            }
+            Err(why) => error_response(409, &why),
+        };
+    }
     let Some(state) = crate::balance::AdminState::parse(action) else {
         return error_response(400, &format!("{action:?}: expected drain, disable or enable"));
     };

@@ -310,6 +310,37 @@ pub fn promote(
     Ok(change)
 }
 
+/// `ringlb backend promote NAME`: makes the server of the backends named `name` the writer of
+/// every writer pool that has it; the answer, either way, is one line.
+pub fn promote_named(shared: &Shared, name: &str, config: &HealthConfig) -> Result<String, String> {
+    let table = shared.table();
+    let named: Vec<_> = table.all.iter().filter(|b| b.name == name).collect();
+    if named.is_empty() {
+        return Err(format!("no backend {name:?} (names as in ringlb stats)"));
+    }
+    let mut groups: Vec<&Arc<WriterGroup>> = Vec::new();
+    for b in &named {
+        if let Some((group, _)) = &b.writer {
+            if !groups.iter().any(|g| Arc::ptr_eq(g, group)) {
+                groups.push(group);
+            }
+        }
+    }
+    if groups.is_empty() {
+        return Err(format!("{name} is in no listener with role = \"writer\""));
+    }
+    for group in &groups {
+        let server = named
+            .iter()
+            .find(|b| b.writer.as_ref().is_some_and(|(g, _)| Arc::ptr_eq(g, group)))
+            .map(|b| &b.server)
+            .expect("a group found through a backend of this name");
+        promote(group, server, &table, shared, config)
+            .map_err(|why| format!("cannot promote {name}: {why}"))?;
+    }
+    Ok(format!("{name} is the writer"))
+}
+
 /// Logs, counts and runs the notify command for a change of `group`'s writer; tells the
 /// workers to close connections to a former writer where a pool asks for that.
 fn announce(group: &WriterGroup, change: &Change, table: &Backends, shared: &Shared, config: &HealthConfig) {

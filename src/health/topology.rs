@@ -34,6 +34,10 @@ pub struct WriterElection {
     writer: Option<usize>,
     /// A qualifying server listed before the writer takes the role back.
     failback: bool,
+    /// The server the operator promoted last: with `failback`, the one the role returns to
+    /// (instead of the first listed) whenever it qualifies, so that a promotion is not undone
+    /// by the next check.
+    promoted: Option<usize>,
 }
 
 impl WriterElection {
@@ -41,12 +45,17 @@ impl WriterElection {
         WriterElection {
             writer: None,
             failback,
+            promoted: None,
         }
     }
 
     /// An election whose writer is already `writer` (the role carried across a reload).
     pub fn starting_with(failback: bool, writer: Option<usize>) -> WriterElection {
-        WriterElection { writer, failback }
+        WriterElection {
+            writer,
+            failback,
+            promoted: None,
+        }
     }
 
     /// The writer now, by position.
@@ -70,17 +79,26 @@ impl WriterElection {
             };
         };
         match verdicts.get(writer) {
-            Some(Ok(())) => match first {
-                Some(to) if self.failback && to < writer => {
-                    self.writer = Some(to);
-                    Change::Moved {
-                        from: writer,
-                        to,
-                        reason: "failback: it qualifies again and is listed first".into(),
-                    }
+            Some(Ok(())) if self.failback => {
+                let promoted = self
+                    .promoted
+                    .filter(|&p| verdicts.get(p).is_some_and(Result::is_ok));
+                let (to, reason) = match (promoted, first) {
+                    (Some(p), _) => (p, "failback: the promoted server qualifies again"),
+                    (None, Some(f)) if f < writer => (f, "failback: it qualifies again and is listed first"),
+                    _ => return Change::None,
+                };
+                if to == writer {
+                    return Change::None;
                 }
-                _ => Change::None,
-            },
+                self.writer = Some(to);
+                Change::Moved {
+                    from: writer,
+                    to,
+                    reason: reason.into(),
+                }
+            }
+            Some(Ok(())) => Change::None,
             lost => {
                 let reason = match lost {
                     Some(Err(why)) => why.clone(),
@@ -104,8 +122,12 @@ impl WriterElection {
         match verdicts.get(to) {
             None => Err(format!("no server at position {to} in this pool")),
             Some(Err(why)) => Err(format!("it does not qualify as the writer: {why}")),
-            Some(Ok(())) if self.writer == Some(to) => Ok(Change::None),
+            Some(Ok(())) if self.writer == Some(to) => {
+                self.promoted = Some(to);
+                Ok(Change::None)
+            }
             Some(Ok(())) => {
+                self.promoted = Some(to);
                 let reason = "promoted by the operator".to_string();
                 let change = match self.writer.replace(to) {
                     Some(from) => Change::Moved { from, to, reason },
@@ -208,6 +230,17 @@ mod tests {
         // Promoted, the role is as sticky as ever.
         assert_eq!(election.update(&[OK, OK]), Change::None);
         assert_eq!(election.writer(), Some(1));
+    }
+
+    #[test]
+    fn with_failback_a_promotion_holds_and_the_role_returns_to_the_promoted_server() {
+        let mut election = WriterElection::new(true);
+        election.update(&[OK, OK]);
+        assert!(moved(0, 1)(&election.promote(1, &[OK, OK]).unwrap()));
+        // The first listed server qualifies, but the operator chose the second.
+        assert_eq!(election.update(&[OK, OK]), Change::None);
+        assert!(moved(1, 0)(&election.update(&[OK, no("down")])));
+        assert!(moved(0, 1)(&election.update(&[OK, OK])));
     }
 
     #[test]
