@@ -8,8 +8,8 @@
 //! | [`config`] | TOML file plus flags, parsed then validated into a typed [`config::Config`] |
 //! | [`runtime`] | binds sockets, starts the threads below, waits for a signal |
 //! | [`dataplane`] | the workers: io_uring, multishot accept, connect, splice / buffered relay |
-//! | [`balance`] | the shared backend table (atomics only) and the least-connections choice |
-//! | [`health`] | the checker thread: MySQL greeting and login, or TCP; rise/fall hysteresis |
+//! | [`balance`] | the shared backend table (atomics only), its servers and writer groups, and the least-connections choice narrowed by the listener's role |
+//! | [`health`] | the checker threads: MySQL greeting and login, or TCP; rise/fall hysteresis; server state (read_only, replica status, Galera) and the writer elections of role pools |
 //! | [`proxy_protocol`] | PROXY protocol v1/v2 headers sent to backends ahead of a client's bytes (`send_proxy`) |
 //! | [`ha`] | the HA sidecar: signed heartbeats with the peer node, the state machine that moves the floating IP, netlink for the address, gratuitous ARP |
 //! | [`admin`] | HTTP on loopback: `/metrics` (Prometheus), `/stats` (JSON), `/histogram`; the `stats` and `histogram` clients |
@@ -23,13 +23,13 @@
 //! |---|---|---|
 //! | main | config, binding, signals | joins the rest |
 //! | `worker-N` × cores, pinned | one io_uring, one SO_REUSEPORT listener per listener, its connections and pipes | the backend table's atomics; its own counters |
-//! | `health` | one probe per backend per interval | each backend's `up` atomic |
+//! | `health-N`, one per server | one probe per interval, with the state reads its pools need | the server's atomics (`up`, what it qualifies as, lag); a writer group's election under its mutex, published in one atomic; wakes the workers when a former writer's connections must close |
 //! | `ha` (with `[ha]`) | the heartbeat UDP socket, the VIP, gratuitous ARP | reads backend health; writes the status `GET /ha` shows |
 //! | `admin` | the admin HTTP socket | reads atomics and the HA status; locks each worker's latency histograms briefly to merge them |
 //!
 //! No contended lock is taken on the data path: a worker's connections never leave it, and what
 //! workers share is a table of cache-padded atomics. The one mutex a worker takes is its own
-//! latency histograms' ([`stats::BackendTraffic::latency`]), which only the admin thread also
+//! latency histograms' ([`balance::BackendStats::latency`]), which only the admin thread also
 //! takes, for a merge of a few microseconds per scrape.
 
 pub mod admin;
