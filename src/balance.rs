@@ -124,9 +124,30 @@ pub struct WriterGroup {
     /// Changes of the writer (elected, moved, lost) since start-up.
     pub changes: AtomicU64,
     pub election: Mutex<WriterElection>,
+    /// The groups of earlier tables this one replaced (a reload changed the servers or
+    /// `failback`): connections opened under those tables, and clients still queued there, read
+    /// their writer from them, so every change here is copied to them.
+    predecessors: Mutex<Vec<std::sync::Weak<WriterGroup>>>,
 }
 
 impl WriterGroup {
+    /// Makes the server at `writer` (or none) the writer, here and in every group this one
+    /// replaced, so that every table in use agrees. Called by the election, under its lock.
+    pub fn publish(&self, writer: Option<usize>) {
+        self.writer.store(writer.unwrap_or(NO_WRITER), Ordering::Relaxed);
+        self.forward(writer.map(|w| &self.servers[w]));
+    }
+
+    fn forward(&self, server: Option<&Arc<CachePadded<ServerLive>>>) {
+        let mut predecessors = self.predecessors.lock().unwrap_or_else(|e| e.into_inner());
+        predecessors.retain(|p| p.strong_count() > 0);
+        for p in predecessors.iter().filter_map(std::sync::Weak::upgrade) {
+            let position = server.and_then(|s| p.holds(s));
+            p.writer.store(position.unwrap_or(NO_WRITER), Ordering::Relaxed);
+            p.forward(server);
+        }
+    }
+
     /// The writer's position in [`WriterGroup::servers`].
     pub fn writer(&self) -> Option<usize> {
         Some(self.writer.load(Ordering::Relaxed)).filter(|&w| w != NO_WRITER)
@@ -409,6 +430,8 @@ pub struct Backends {
     pub listeners: Box<[Listener]>,
     /// Every server the backends point at, once each: one health checker per server.
     pub servers: Box<[Arc<CachePadded<ServerLive>>]>,
+    /// Per server: what its pools need read ([`Backends::publish_needs`]).
+    needs: Box<[u8]>,
     /// One per set of servers that writer pools name.
     pub groups: Box<[Arc<WriterGroup>]>,
 }
@@ -423,8 +446,23 @@ fn writer_group(
     members: Vec<Arc<CachePadded<ServerLive>>>,
     failback: bool,
 ) -> Arc<WriterGroup> {
-    let same_set =
-        |g: &WriterGroup| g.servers.len() == members.len() && members.iter().all(|m| g.holds(m).is_some());
+    // Each server once (two names can resolve to one address), and the same set both ways.
+    let mut members = members;
+    let mut seen = 0;
+    while seen < members.len() {
+        if members[..seen].iter().any(|m| Arc::ptr_eq(m, &members[seen])) {
+            members.remove(seen);
+        } else {
+            seen += 1;
+        }
+    }
+    let same_set = |g: &WriterGroup| {
+        g.servers.len() == members.len()
+            && members.iter().all(|m| g.holds(m).is_some())
+            && g.servers
+                .iter()
+                .all(|s| members.iter().any(|m| Arc::ptr_eq(m, s)))
+    };
     if let Some(g) = groups.iter().find(|g| same_set(g)) {
         return g.clone();
     }
@@ -432,16 +470,31 @@ fn writer_group(
     let group = match old_groups.iter().find(|g| same_set(g) && g.failback == failback) {
         Some(g) => g.clone(),
         None => {
-            let carried = old_groups.iter().find_map(|g| {
-                let writer = &g.servers[g.writer()?];
-                members.iter().position(|m| Arc::ptr_eq(m, writer))
-            });
+            let position =
+                |server: &Arc<CachePadded<ServerLive>>| members.iter().position(|m| Arc::ptr_eq(m, server));
+            // The old groups over any of these servers: their writer (read under their lock, so
+            // that an election running now is not half seen) carries over, and their connections
+            // still open keep following this group's writer ([`WriterGroup::publish`]).
+            let overlapping: Vec<&Arc<WriterGroup>> = old_groups
+                .iter()
+                .filter(|g| g.servers.iter().any(|s| position(s).is_some()))
+                .collect();
+            let mut carried = None;
+            let mut promoted = None;
+            let mut changes = 0;
+            for g in &overlapping {
+                let election = g.election.lock().unwrap_or_else(|e| e.into_inner());
+                carried = carried.or_else(|| position(&g.servers[election.writer()?]));
+                promoted = promoted.or_else(|| position(&g.servers[election.promoted()?]));
+                changes = changes.max(g.changes.load(Ordering::Relaxed));
+            }
             Arc::new(WriterGroup {
                 servers: members.into_boxed_slice(),
                 failback,
                 writer: AtomicUsize::new(carried.unwrap_or(NO_WRITER)),
-                changes: AtomicU64::new(0),
-                election: Mutex::new(WriterElection::starting_with(failback, carried)),
+                changes: AtomicU64::new(changes),
+                election: Mutex::new(WriterElection::starting_with(failback, carried, promoted)),
+                predecessors: Mutex::new(overlapping.iter().map(|g| Arc::downgrade(g)).collect()),
             })
         }
     };
@@ -452,7 +505,9 @@ fn writer_group(
 impl Backends {
     /// Builds the table; every backend starts up (the first failed check takes it down at once).
     pub fn from_config(config: &Config) -> Self {
-        Self::build(config, None)
+        let table = Self::build(config, None);
+        table.publish_needs();
+        table
     }
 
     /// The table for a reloaded `config`: what stays shares its state with `self`.
@@ -545,18 +600,19 @@ impl Backends {
                 state,
             });
         }
-        for server in &servers {
-            let needs = all
-                .iter()
-                .filter(|b| Arc::ptr_eq(&b.server, server))
-                .map(|b| match config.listeners[b.listener].role {
-                    Role::Any => 0,
-                    Role::Writer => NEEDS_STATE,
-                    Role::Reader => NEEDS_STATE | NEEDS_REPLICAS,
-                })
-                .fold(0, |a, b| a | b);
-            server.needs.store(needs, Ordering::Relaxed);
-        }
+        let needs = servers
+            .iter()
+            .map(|server| {
+                all.iter()
+                    .filter(|b| Arc::ptr_eq(&b.server, server))
+                    .map(|b| match config.listeners[b.listener].role {
+                        Role::Any => 0,
+                        Role::Writer => NEEDS_STATE,
+                        Role::Reader => NEEDS_STATE | NEEDS_REPLICAS,
+                    })
+                    .fold(0, |a, b| a | b)
+            })
+            .collect();
         Backends {
             all: all.into_boxed_slice(),
             rotors: pools
@@ -567,7 +623,17 @@ impl Backends {
             pools: pools.into_boxed_slice(),
             listeners: listeners.into_boxed_slice(),
             servers: servers.into_boxed_slice(),
+            needs,
             groups: groups.into_boxed_slice(),
+        }
+    }
+
+    /// Tells each server's checker what this table's pools need read of it. Apart from the
+    /// build, because a reload's table shares its servers with the running one and may still be
+    /// refused: only a table in force may change what the checkers read.
+    pub fn publish_needs(&self) {
+        for (server, needs) in self.servers.iter().zip(self.needs.iter()) {
+            server.needs.store(*needs, Ordering::Relaxed);
         }
     }
 
@@ -1072,13 +1138,20 @@ mod tests {
     #[test]
     fn a_rebuilt_table_keeps_its_servers_and_writer_and_a_new_group_inherits_the_writer() {
         let table = role_table(2, false);
-        table.groups[0].writer.store(1, Ordering::Relaxed);
+        *table.groups[0].election.lock().unwrap() = WriterElection::starting_with(false, Some(1), None);
+        table.groups[0].publish(Some(1));
         let mut config = Config::with_listener(
             "127.0.0.1:4040".parse().unwrap(),
             table.listeners[0].config.backends.clone(),
         );
         config.listeners[0].role = Role::Writer;
         let same = table.rebuild(&config);
+        assert_eq!(
+            same.servers[1].needs.load(Ordering::Relaxed),
+            NEEDS_STATE | NEEDS_REPLICAS,
+            "a table not yet in force changes nothing the checkers read"
+        );
+        same.publish_needs();
         assert!(Arc::ptr_eq(&same.groups[0], &table.groups[0]));
         assert!(Arc::ptr_eq(&same.servers[1], &table.servers[1]));
         assert_eq!(
@@ -1095,6 +1168,15 @@ mod tests {
         let grown = table.rebuild(&config);
         assert!(!Arc::ptr_eq(&grown.groups[0], &table.groups[0]));
         assert_eq!(grown.groups[0].writer(), Some(1));
+        // The new group's changes reach the table it replaced, whose connections still read it.
+        grown.groups[0].publish(Some(2));
+        assert_eq!(
+            table.groups[0].writer(),
+            None,
+            "the new writer is not in the old pool"
+        );
+        grown.groups[0].publish(Some(0));
+        assert_eq!(table.groups[0].writer(), Some(0));
         assert_eq!(table.servers_removed_in(&grown).count(), 0);
         assert_eq!(grown.servers_removed_in(&table).count(), 1);
     }

@@ -1266,17 +1266,30 @@ fn check_roles(origin: &Origin<'_>, drafts: &[Draft], health: &HealthConfig) -> 
     let writers: Vec<&Draft> = drafts.iter().filter(|d| d.config.role == Role::Writer).collect();
     for (i, a) in writers.iter().enumerate() {
         for b in &writers[i + 1..] {
-            if crate::balance::same_servers(&a.config, &b.config) && a.config.failback != b.config.failback {
-                let site = b.role_site.as_ref().unwrap_or(&b.name_site);
-                return Err(site.error(
-                    origin,
-                    format!(
-                        "listener {:?} elects one writer over the same servers as listener {:?}, so \
-                         both must set the same failback",
-                        b.config.name, a.config.name
-                    ),
-                ));
+            let shares = a
+                .config
+                .backends
+                .iter()
+                .any(|x| b.config.backends.iter().any(|y| x.addr == y.addr));
+            if !shares {
+                continue;
             }
+            let differs = if !crate::balance::same_servers(&a.config, &b.config) {
+                "name the same servers with the same send_proxy"
+            } else if a.config.failback != b.config.failback {
+                "set the same failback"
+            } else {
+                continue;
+            };
+            let site = b.role_site.as_ref().unwrap_or(&b.name_site);
+            return Err(site.error(
+                origin,
+                format!(
+                    "listener {:?} shares servers with writer listener {:?}: writer pools that share \
+                     a server elect one writer together, so both must {differs}",
+                    b.config.name, a.config.name
+                ),
+            ));
         }
     }
     Ok(())

@@ -191,6 +191,21 @@ impl Reloader {
         let mut state = self.lock();
         let loaded = config::load(Some(&source.path), &source.overrides).map_err(|e| e.to_string())?;
         let old = &state.config;
+        // A role pool reads state over the check's login; the running [health] is what checks.
+        let reads_state = old.health.check == config::CheckKind::Mysql && !old.health.user.is_empty();
+        if let Some(l) = loaded
+            .listeners
+            .iter()
+            .find(|l| l.role != config::Role::Any && !reads_state)
+        {
+            return Err(format!(
+                "{}: listener {:?} has role = \"{}\", which needs the running [health] check = \"mysql\" \
+                 with a user; [health] changes need a restart",
+                source.path.display(),
+                l.name,
+                l.role.as_str()
+            ));
+        }
 
         // What only a restart changes keeps its running value.
         let mut restart = Vec::new();
@@ -293,6 +308,7 @@ impl Reloader {
             per_worker,
             WORKER_ANSWER,
         )?;
+        table.publish_needs();
         self.shared.set_table(table.clone());
         for b in &removed_backends {
             b.live.retired.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -238,6 +238,9 @@ fn why_not(table: &Backends, b: &crate::balance::Backend) -> String {
     match listener.role {
         Role::Any => String::new(),
         Role::Writer if b.is_writer() => String::new(),
+        Role::Writer if b.admin_state() != crate::balance::AdminState::Enabled => {
+            format!("set to {} by the operator", b.admin_state().as_str())
+        }
         Role::Writer => match read(&b.server.not_writer) {
             why if why.is_empty() => "qualifies; another server holds the role".to_string(),
             why => why,

@@ -401,6 +401,9 @@ fn backend_action(method: &str, rest: &str, shared: &Shared, promote: Option<&Pr
         );
     };
     if action == "promote" {
+        if !shared.table().all.iter().any(|b| b.name == name) {
+            return error_response(404, &format!("no backend {name:?} (names as in /stats)"));
+        }
         let Some(promote) = promote else {
             return error_response(409, "promote is not available in this process");
         };
@@ -416,7 +419,10 @@ fn backend_action(method: &str, rest: &str, shared: &Shared, promote: Option<&Pr
         };
     }
     let Some(state) = crate::balance::AdminState::parse(action) else {
-        return error_response(400, &format!("{action:?}: expected drain, disable or enable"));
+        return error_response(
+            400,
+            &format!("{action:?}: expected drain, disable, enable or promote"),
+        );
     };
     let matched = shared.table().set_admin_state(name, state);
     if matched == 0 {

@@ -22,7 +22,7 @@ use super::probe::Alive;
 use super::resultset::Reply;
 use super::state::{self, LagGate, Reason, ServerState};
 use super::topology::{Change, Verdict};
-use crate::balance::{AdminState, Backends, ServerLive, WriterGroup, NEEDS_REPLICAS, NO_LAG, NO_WRITER};
+use crate::balance::{AdminState, Backends, ServerLive, WriterGroup, NEEDS_REPLICAS, NO_LAG};
 use crate::config::{HealthConfig, OnWriterChange, Role};
 use crate::stats::Shared;
 
@@ -102,6 +102,7 @@ pub struct Judge {
     /// Why the last sample did not qualify it as a writer, and as a reader.
     last: (Option<Reason>, Option<Reason>),
     rise: u32,
+    fall: u32,
 }
 
 impl Judge {
@@ -113,6 +114,7 @@ impl Judge {
             sampled: false,
             last: (None, None),
             rise: config.rise.max(1),
+            fall: config.fall.max(1),
         }
     }
 
@@ -157,9 +159,19 @@ impl Judge {
             self.last = (writer.err(), reader.err());
         }
         let up = server.is_up();
+        if !up {
+            // A server that comes back is judged afresh: what it was before it went down says
+            // nothing about it now (it may be back read-only, or with its replication stopped),
+            // so its first sample decides, as a backend's first check does.
+            self.writer = Hysteresis::new(self.rise, self.fall);
+            self.reader = Hysteresis::new(self.rise, self.fall);
+            self.sampled = false;
+            self.last = (None, None);
+        }
         let writable = up && self.sampled && self.writer.is_up();
         server.writable.store(writable, Ordering::Relaxed);
-        let replicating = up && self.sampled && self.reader.is_up();
+        // Only a server that a reader pool names has its replica status read.
+        let replicating = up && self.sampled && needs & NEEDS_REPLICAS != 0 && self.reader.is_up();
         server.replicating.store(replicating, Ordering::Relaxed);
         let why = |qualifies: bool, last: &Option<Reason>, hysteresis: &Hysteresis| match last {
             _ if qualifies => String::new(),
@@ -263,6 +275,7 @@ pub fn elect(group: &Arc<WriterGroup>, table: &Backends, shared: &Shared, config
     // The first election waits until every server that is up has been judged once, so that the
     // first writer is the first qualifying server in the list, not the first one checked.
     if election.writer().is_none()
+        && group.changes.load(Ordering::Relaxed) == 0
         && group
             .servers
             .iter()
@@ -276,9 +289,7 @@ pub fn elect(group: &Arc<WriterGroup>, table: &Backends, shared: &Shared, config
         .map(|s| writer_verdict(s, group, table))
         .collect();
     let change = election.update(&verdicts);
-    group
-        .writer
-        .store(election.writer().unwrap_or(NO_WRITER), Ordering::Relaxed);
+    group.publish(election.writer());
     announce(group, &change, table, shared, config);
 }
 
@@ -303,9 +314,7 @@ pub fn promote(
         .map(|s| writer_verdict(s, group, table))
         .collect();
     let change = election.promote(position, &verdicts)?;
-    group
-        .writer
-        .store(election.writer().unwrap_or(NO_WRITER), Ordering::Relaxed);
+    group.publish(election.writer());
     announce(group, &change, table, shared, config);
     Ok(change)
 }
@@ -403,5 +412,68 @@ fn announce(group: &WriterGroup, change: &Change, table: &Backends, shared: &Sha
         .any(|l| l.config.role == Role::Writer && l.config.on_writer_change == OnWriterChange::Close);
     if from.is_some() && closes {
         shared.writer_changed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendConfig, Config};
+    use state::Replication;
+
+    /// A writer listener over two servers; the health settings of `Config::with_listener`
+    /// (rise 2, fall 3).
+    fn writer_table() -> (Backends, HealthConfig) {
+        let backends = ["127.0.0.1:3306", "127.0.0.1:3307"]
+            .map(|a| BackendConfig::at(a.parse().unwrap()))
+            .to_vec();
+        let mut config = Config::with_listener("127.0.0.1:4040".parse().unwrap(), backends);
+        config.listeners[0].role = Role::Writer;
+        (Backends::from_config(&config), config.health)
+    }
+
+    fn sample(read_only: bool) -> Option<Sample> {
+        Some(Sample {
+            state: Ok(ServerState {
+                read_only,
+                galera: None,
+                replication: Replication::NotRead,
+            }),
+            replicas_refused: None,
+            server_version: "10.11.19-MariaDB".into(),
+        })
+    }
+
+    #[test]
+    fn a_server_back_from_down_is_judged_on_its_first_sample_not_on_what_it_was() {
+        let (table, health) = writer_table();
+        let server = &table.servers[0];
+        let mut judge = Judge::new(&health);
+        judge.judge(server, sample(false), &table);
+        assert!(server.writable.load(Ordering::Relaxed));
+        server.up.store(false, Ordering::Relaxed);
+        judge.judge(server, None, &table);
+        assert!(!server.writable.load(Ordering::Relaxed));
+        // Back, but read-only now: one sample is enough, as for a backend's first check.
+        server.up.store(true, Ordering::Relaxed);
+        judge.judge(server, sample(true), &table);
+        assert!(!server.writable.load(Ordering::Relaxed));
+        let why = server.not_writer.lock().unwrap().clone();
+        assert!(why.contains("read_only is ON"), "{why}");
+        // While up, one read-only sample among writable ones moves nothing (fall = 3).
+        judge.judge(server, sample(false), &table);
+        judge.judge(server, sample(false), &table);
+        assert!(server.writable.load(Ordering::Relaxed));
+        judge.judge(server, sample(true), &table);
+        assert!(server.writable.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_server_no_reader_pool_names_is_never_published_as_a_replica() {
+        let (table, health) = writer_table();
+        let server = &table.servers[0];
+        let mut judge = Judge::new(&health);
+        judge.judge(server, sample(false), &table);
+        assert!(!server.replicating.load(Ordering::Relaxed));
     }
 }

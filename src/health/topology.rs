@@ -49,13 +49,19 @@ impl WriterElection {
         }
     }
 
-    /// An election whose writer is already `writer` (the role carried across a reload).
-    pub fn starting_with(failback: bool, writer: Option<usize>) -> WriterElection {
+    /// An election whose writer is already `writer`, and whose last promoted server is
+    /// `promoted` (both carried across a reload).
+    pub fn starting_with(failback: bool, writer: Option<usize>, promoted: Option<usize>) -> WriterElection {
         WriterElection {
             writer,
             failback,
-            promoted: None,
+            promoted,
         }
+    }
+
+    /// The server the operator promoted last, by position.
+    pub fn promoted(&self) -> Option<usize> {
+        self.promoted
     }
 
     /// The writer now, by position.
