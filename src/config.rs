@@ -55,6 +55,9 @@ pub struct HealthConfig {
     /// A Galera node that is a donor (`wsrep_local_state` 2) still takes traffic in writer and
     /// reader pools (it serves while it sends a state transfer, slower).
     pub galera_donor_ok: bool,
+    /// A statement run after the login on every check; the first column of its first row decides
+    /// (NULL, empty or zero: the check fails).
+    pub check_query: Option<String>,
     /// Run on every change of a writer pool's writer, with the arguments `writer HOST:PORT
     /// REASON` (`none` for HOST:PORT when no server qualifies).
     pub notify: Option<PathBuf>,
@@ -229,6 +232,7 @@ impl Config {
                 timeout_ms: 1000,
                 user: String::new(),
                 galera_donor_ok: false,
+                check_query: None,
                 notify: None,
             },
             listeners: vec![ListenerConfig::new("default", bind, backends)],
@@ -714,6 +718,9 @@ pub fn to_toml(config: &Config) -> String {
     if health.galera_donor_ok {
         out.push_str("galera_donor_ok = true\n");
     }
+    if let Some(query) = &health.check_query {
+        out.push_str(&format!("check_query = {}\n", toml_string(query)));
+    }
     if let Some(notify) = &health.notify {
         out.push_str(&format!("notify = {}\n", toml_string(&notify.to_string_lossy())));
     }
@@ -881,6 +888,7 @@ struct RawHealth {
     timeout_ms: Option<Spanned<i64>>,
     user: Option<Spanned<String>>,
     galera_donor_ok: Option<bool>,
+    check_query: Option<Spanned<String>>,
     notify: Option<Spanned<String>>,
 }
 
@@ -1691,6 +1699,7 @@ fn build_health(origin: &Origin<'_>, raw: Option<RawHealth>) -> Result<HealthCon
             timeout_ms: DEFAULT_TIMEOUT_MS,
             user: DEFAULT_CHECK_USER.to_string(),
             galera_donor_ok: false,
+            check_query: None,
             notify: None,
         });
     };
@@ -1732,6 +1741,24 @@ fn build_health(origin: &Origin<'_>, raw: Option<RawHealth>) -> Result<HealthCon
         }
         Some(u) => u.into_inner(),
     };
+    let check_query = match &raw.check_query {
+        None => None,
+        Some(q) if q.get_ref().trim().is_empty() => {
+            return Err(origin.at(
+                q.span().start,
+                "health.check_query",
+                "must not be empty (leave the key out)",
+            ))
+        }
+        Some(q) if check != CheckKind::Mysql || user.is_empty() => {
+            return Err(origin.at(
+                q.span().start,
+                "health.check_query",
+                "runs after the check's login: needs check = \"mysql\" with a user",
+            ))
+        }
+        Some(q) => Some(q.get_ref().clone()),
+    };
     Ok(HealthConfig {
         check,
         interval_ms,
@@ -1740,6 +1767,7 @@ fn build_health(origin: &Origin<'_>, raw: Option<RawHealth>) -> Result<HealthCon
         timeout_ms,
         user,
         galera_donor_ok: raw.galera_donor_ok.unwrap_or(false),
+        check_query,
         notify: match &raw.notify {
             Some(n) if n.get_ref().is_empty() => {
                 return Err(origin.at(
@@ -2165,6 +2193,7 @@ address = "db-02:3306"
                 timeout_ms: 1000,
                 user: "ringlb_check".into(),
                 galera_donor_ok: false,
+                check_query: None,
                 notify: None,
             }
         );
@@ -2214,6 +2243,7 @@ address = "[::1]:3307"
                 timeout_ms: 100,
                 user: String::new(),
                 galera_donor_ok: true,
+                check_query: None,
                 notify: Some(PathBuf::from("/usr/local/bin/on-writer")),
             }
         );

@@ -79,3 +79,46 @@ fn a_check_reads_read_only_and_replica_status_from_a_real_server() {
     assert_eq!(read_only.replicating(), Err("not a replica".into()));
     root_exec(&server, "SET GLOBAL read_only = 0");
 }
+
+#[test]
+fn a_check_query_that_answers_zero_takes_the_server_down_until_it_answers_again() {
+    let servers = [MariaDb::start(), MariaDb::start()];
+    for server in &servers {
+        root_exec(server, "CREATE TABLE ringlb_test.health (ok INT NOT NULL)");
+        root_exec(server, "INSERT INTO ringlb_test.health VALUES (1)");
+        root_exec(
+            server,
+            &format!("GRANT SELECT ON ringlb_test.health TO '{CHECK_USER}'@'%'"),
+        );
+    }
+    let ringlb = support::Ringlb::start(
+        &[&servers[0], &servers[1]],
+        "[health]\ninterval_ms = 100\nrise = 2\nfall = 2\ncheck_query = \"SELECT ok FROM ringlb_test.health\"\n",
+    );
+    let up = |server: &MariaDb| ringlb.backend_metric("ringlb_backend_up", server.addr()) == Some(1.0);
+    support::wait_until(Duration::from_secs(10), "both servers up", || {
+        up(&servers[0]) && up(&servers[1])
+    });
+    root_exec(&servers[0], "UPDATE ringlb_test.health SET ok = 0");
+    support::wait_until(
+        Duration::from_secs(10),
+        "server 0 down on its check_query",
+        || !up(&servers[0]),
+    );
+    assert!(up(&servers[1]));
+    assert!(
+        ringlb.log_tail().contains("check_query returned \"0\""),
+        "{}",
+        ringlb.log_tail()
+    );
+    // Every new connection goes to server 1 now.
+    for _ in 0..6 {
+        let mut conn = ringlb.conn();
+        let port: u16 = mysql::prelude::Queryable::query_first(&mut conn, "SELECT @@port")
+            .unwrap()
+            .unwrap();
+        assert_eq!(port, servers[1].port());
+    }
+    root_exec(&servers[0], "UPDATE ringlb_test.health SET ok = 1");
+    support::wait_until(Duration::from_secs(10), "server 0 back up", || up(&servers[0]));
+}

@@ -110,6 +110,33 @@ fn state_statements(needs: u8, version: &str) -> Vec<String> {
     statements
 }
 
+/// Whether `[health] check_query` passed: the first column of its first row is neither NULL,
+/// empty nor zero.
+fn check_query_verdict(alive: &Alive, reply: Option<&resultset::Reply>) -> Result<(), String> {
+    use resultset::Reply;
+    if !matches!(alive, Alive::LoggedIn { .. }) {
+        return Err("check_query could not run: the check user did not log in".into());
+    }
+    let set = match reply {
+        Some(Reply::Rows(set)) => set,
+        Some(Reply::Err(e)) => return Err(format!("check_query failed: {e}")),
+        Some(Reply::Ok) | None => return Err("check_query returned no result set".into()),
+    };
+    match set.rows.first().map(|row| row.first().cloned().flatten()) {
+        None => Err("check_query returned no row".into()),
+        Some(None) => Err("check_query returned NULL".into()),
+        Some(Some(value)) => {
+            let value = value.trim();
+            let zero = value.parse::<f64>().is_ok_and(|n| n == 0.0);
+            if value.is_empty() || zero {
+                Err(format!("check_query returned {value:?}"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Probes one server until `stop` or until a reload retires it, one probe per interval.
 fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &Shared, stop: &Stop) {
     let interval = Duration::from_millis(config.interval_ms.max(1));
@@ -127,12 +154,23 @@ fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &Shared, stop:
             return;
         }
         let needs = server.needs.load(Ordering::Relaxed);
-        let statements = |version: &str| state_statements(needs, version);
+        let statements = |version: &str| {
+            let mut statements = state_statements(needs, version);
+            statements.extend(config.check_query.iter().cloned());
+            statements
+        };
         let result = probe::probe_with(config.check, target, &config.user, timeout, &statements);
         let (alive, sample) = match result {
             Ok((alive, replies)) => {
                 let sample = roles::sample(&alive, &replies, needs);
-                (Ok(alive), Some(sample))
+                let alive = match &config.check_query {
+                    // Its reply is the last one; none came when the check did not log in.
+                    Some(_) => check_query_verdict(&alive, replies.last())
+                        .map(|()| alive)
+                        .map_err(ProbeError::CheckQuery),
+                    None => Ok(alive),
+                };
+                (alive, Some(sample))
             }
             Err(e) => (Err(e), None),
         };
@@ -316,6 +354,7 @@ mod tests {
             timeout_ms,
             user: "ringlb_check".into(),
             galera_donor_ok: false,
+            check_query: None,
             notify: None,
         }
     }
@@ -547,6 +586,42 @@ mod tests {
         // A refused connect is the backend's own failure.
         checker.apply(watched, Err(no_socket(libc::ECONNREFUSED)));
         assert!(!b.is_up());
+    }
+
+    #[test]
+    fn a_check_query_passes_only_on_a_first_value_that_is_neither_null_empty_nor_zero() {
+        use resultset::{Reply, ResultSet};
+        let logged_in = Alive::LoggedIn {
+            server_version: "10.11.19-MariaDB".into(),
+        };
+        let one = |value: Option<&str>| {
+            Reply::Rows(ResultSet {
+                columns: vec!["ok".into(), "other".into()],
+                rows: vec![vec![value.map(String::from), Some("0".into())]],
+            })
+        };
+        for good in ["1", "yes", "0.5", " 2 "] {
+            assert_eq!(
+                check_query_verdict(&logged_in, Some(&one(Some(good)))),
+                Ok(()),
+                "{good}"
+            );
+        }
+        for (bad, why) in [
+            (one(Some("0")), "returned \"0\""),
+            (one(Some("0.0")), "returned \"0.0\""),
+            (one(Some("")), "returned \"\""),
+            (one(None), "returned NULL"),
+            (Reply::Rows(ResultSet::default()), "no row"),
+            (Reply::Ok, "no result set"),
+        ] {
+            let verdict = check_query_verdict(&logged_in, Some(&bad));
+            assert!(verdict.as_ref().is_err_and(|e| e.contains(why)), "{verdict:?}");
+        }
+        let denied = Alive::Greeted {
+            server_version: String::new(),
+        };
+        assert!(check_query_verdict(&denied, None).is_err());
     }
 
     #[test]

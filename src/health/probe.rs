@@ -124,6 +124,9 @@ pub enum ProbeError {
     ProxyHeaderRefused(ErrPacket),
     #[error("{stage}: {error}")]
     Protocol { stage: Stage, error: ProtocolError },
+    /// `[health] check_query` said no, or could not run.
+    #[error("{0}")]
+    CheckQuery(String),
 }
 
 impl ProbeError {
