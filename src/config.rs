@@ -55,6 +55,10 @@ pub struct HealthConfig {
     /// A Galera node that is a donor (`wsrep_local_state` 2) still takes traffic in writer and
     /// reader pools (it serves while it sends a state transfer, slower).
     pub galera_donor_ok: bool,
+    /// The check user's password, from `password_file` (mode 0600; never logged). `None`: the
+    /// user has no password, which needs no privilege to be safe.
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
     /// A statement run after the login on every check; the first column of its first row decides
     /// (NULL, empty or zero: the check fails).
     pub check_query: Option<String>,
@@ -232,6 +236,8 @@ impl Config {
                 timeout_ms: 1000,
                 user: String::new(),
                 galera_donor_ok: false,
+                password: None,
+                password_file: None,
                 check_query: None,
                 notify: None,
             },
@@ -367,16 +373,17 @@ impl std::fmt::Display for Vip {
     }
 }
 
-/// The shared secret that signs heartbeats: the key file's bytes less one trailing newline.
+/// A secret read from a file of mode 0600 (`[ha] authkey_file`: the key that signs heartbeats;
+/// `[health] password_file`: the check user's password): the bytes less one trailing newline.
 /// Never printed: `Debug` and `Serialize` write `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct AuthKey(Vec<u8>);
+pub struct Secret(Vec<u8>);
 
-impl AuthKey {
+impl Secret {
     /// A key from bytes already in memory (tests, or a caller with its own source). Unlike
-    /// [`load_authkey`] it does not refuse an empty key.
-    pub fn from_bytes(bytes: &[u8]) -> AuthKey {
-        AuthKey(bytes.to_vec())
+    /// [`load_secret`] it does not refuse an empty key.
+    pub fn from_bytes(bytes: &[u8]) -> Secret {
+        Secret(bytes.to_vec())
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -384,13 +391,13 @@ impl AuthKey {
     }
 }
 
-impl std::fmt::Debug for AuthKey {
+impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AuthKey(<redacted>)")
+        f.write_str("Secret(<redacted>)")
     }
 }
 
-impl serde::Serialize for AuthKey {
+impl serde::Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str("<redacted>")
     }
@@ -423,7 +430,7 @@ pub struct HaConfig {
     /// Where the key came from, relative paths taken from the configuration file's folder.
     pub authkey_file: PathBuf,
     /// The key itself, read at load time so that a bad key file stops ringlb at start-up.
-    pub authkey: AuthKey,
+    pub authkey: Secret,
     /// A command run (without a shell) on each transition; relative to the configuration
     /// file's folder like `authkey_file`.
     pub notify: Option<PathBuf>,
@@ -549,7 +556,7 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
             RawFile::default(),
             overrides,
             &resolve_system,
-            &load_authkey,
+            &load_secret,
         ),
     }
 }
@@ -557,7 +564,7 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
 /// Reads the HA key file: refuses one that group or others may read or write (as Heartbeat does
 /// with its authkeys) and an empty one, and drops one trailing newline so that `echo secret >
 /// FILE` and an editor's final newline give the same key. Errors name the file, never the key.
-pub fn load_authkey(path: &Path) -> Result<AuthKey, ConfigError> {
+pub fn load_secret(path: &Path) -> Result<Secret, ConfigError> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
 
@@ -592,11 +599,11 @@ pub fn load_authkey(path: &Path) -> Result<AuthKey, ConfigError> {
             message: "key file is empty; write a long random secret into it".to_string(),
         });
     }
-    Ok(AuthKey(bytes))
+    Ok(Secret(bytes))
 }
 
 /// Reads a key file; a parameter of `build` so that validation is unit-tested without files.
-pub type KeyReader<'r> = &'r dyn Fn(&Path) -> Result<AuthKey, ConfigError>;
+pub type KeyReader<'r> = &'r dyn Fn(&Path) -> Result<Secret, ConfigError>;
 
 /// Resolves a host (a name or an IP literal) and port to one address.
 pub type Resolver<'r> = &'r dyn Fn(&str, u16) -> Result<SocketAddr, String>;
@@ -609,7 +616,7 @@ pub fn load_str(
     overrides: &Overrides,
     resolve: Resolver<'_>,
 ) -> Result<Config, ConfigError> {
-    load_str_with(path, text, overrides, resolve, &load_authkey)
+    load_str_with(path, text, overrides, resolve, &load_secret)
 }
 
 /// [`load_str`] with the key file read by `read_key` too: the unit tests and the config fuzz
@@ -717,6 +724,12 @@ pub fn to_toml(config: &Config) -> String {
     out.push_str(&format!("user = {}\n", toml_string(&health.user)));
     if health.galera_donor_ok {
         out.push_str("galera_donor_ok = true\n");
+    }
+    if let Some(path) = &health.password_file {
+        out.push_str(&format!(
+            "password_file = {}\n",
+            toml_string(&path.to_string_lossy())
+        ));
     }
     if let Some(query) = &health.check_query {
         out.push_str(&format!("check_query = {}\n", toml_string(query)));
@@ -888,6 +901,7 @@ struct RawHealth {
     timeout_ms: Option<Spanned<i64>>,
     user: Option<Spanned<String>>,
     galera_donor_ok: Option<bool>,
+    password_file: Option<Spanned<String>>,
     check_query: Option<Spanned<String>>,
     notify: Option<Spanned<String>>,
 }
@@ -1359,7 +1373,7 @@ fn build(
     };
     let admin = parse_ip_port(admin_text).map_err(|m| admin_site.error(origin, m))?;
 
-    let health = build_health(origin, raw.health)?;
+    let health = build_health(origin, raw.health, read_key)?;
     let tuning = build_tuning(origin, raw.tuning)?;
     let ha = match &raw.ha {
         Some(ha) => Some(build_ha(origin, ha, read_key)?),
@@ -1689,7 +1703,11 @@ pub fn parse_vip(text: &str) -> Result<Vip, String> {
     Ok(Vip { addr, prefix_len })
 }
 
-fn build_health(origin: &Origin<'_>, raw: Option<RawHealth>) -> Result<HealthConfig, ConfigError> {
+fn build_health(
+    origin: &Origin<'_>,
+    raw: Option<RawHealth>,
+    read_key: KeyReader<'_>,
+) -> Result<HealthConfig, ConfigError> {
     let Some(raw) = raw else {
         return Ok(HealthConfig {
             check: CheckKind::Mysql,
@@ -1699,6 +1717,8 @@ fn build_health(origin: &Origin<'_>, raw: Option<RawHealth>) -> Result<HealthCon
             timeout_ms: DEFAULT_TIMEOUT_MS,
             user: DEFAULT_CHECK_USER.to_string(),
             galera_donor_ok: false,
+            password: None,
+            password_file: None,
             check_query: None,
             notify: None,
         });
@@ -1741,6 +1761,29 @@ fn build_health(origin: &Origin<'_>, raw: Option<RawHealth>) -> Result<HealthCon
         }
         Some(u) => u.into_inner(),
     };
+    let (password, password_file) = match &raw.password_file {
+        None => (None, None),
+        Some(p) if p.get_ref().is_empty() => {
+            return Err(origin.at(
+                p.span().start,
+                "health.password_file",
+                "must not be empty (leave the key out)",
+            ))
+        }
+        Some(p) if check != CheckKind::Mysql || user.is_empty() => {
+            return Err(origin.at(
+                p.span().start,
+                "health.password_file",
+                "is the check user's password: needs check = \"mysql\" with a user",
+            ))
+        }
+        Some(p) => {
+            let path = relative_to_file(origin, p.get_ref());
+            let secret = read_key(&path)
+                .map_err(|e| origin.at(p.span().start, "health.password_file", e.to_string()))?;
+            (Some(secret), Some(path))
+        }
+    };
     let check_query = match &raw.check_query {
         None => None,
         Some(q) if q.get_ref().trim().is_empty() => {
@@ -1767,6 +1810,8 @@ fn build_health(origin: &Origin<'_>, raw: Option<RawHealth>) -> Result<HealthCon
         timeout_ms,
         user,
         galera_donor_ok: raw.galera_donor_ok.unwrap_or(false),
+        password,
+        password_file,
         check_query,
         notify: match &raw.notify {
             Some(n) if n.get_ref().is_empty() => {
@@ -2123,14 +2168,14 @@ mod tests {
     }
 
     /// Stands in for key files: any path holds "test key" except one named `missing`.
-    fn fake_key(path: &Path) -> Result<AuthKey, ConfigError> {
+    fn fake_key(path: &Path) -> Result<Secret, ConfigError> {
         if path.ends_with("missing") {
             return Err(ConfigError::Read {
                 path: path.to_path_buf(),
                 source: std::io::ErrorKind::NotFound.into(),
             });
         }
-        Ok(AuthKey::from_bytes(b"test key"))
+        Ok(Secret::from_bytes(b"test key"))
     }
 
     fn load_text(text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
@@ -2193,6 +2238,8 @@ address = "db-02:3306"
                 timeout_ms: 1000,
                 user: "ringlb_check".into(),
                 galera_donor_ok: false,
+                password: None,
+                password_file: None,
                 check_query: None,
                 notify: None,
             }
@@ -2243,6 +2290,8 @@ address = "[::1]:3307"
                 timeout_ms: 100,
                 user: String::new(),
                 galera_donor_ok: true,
+                password: None,
+                password_file: None,
                 check_query: None,
                 notify: Some(PathBuf::from("/usr/local/bin/on-writer")),
             }
@@ -2808,7 +2857,7 @@ authkey_file = "/etc/ringlb/authkey"
                 deadtime_ms: 400,
                 initdead_ms: 2000,
                 authkey_file: "/etc/ringlb/authkey".into(),
-                authkey: AuthKey::from_bytes(b"test key"),
+                authkey: Secret::from_bytes(b"test key"),
                 notify: Some("/usr/local/bin/ha-notify".into()),
             })
         );
@@ -3033,8 +3082,8 @@ authkey_file = "/etc/ringlb/authkey"
 
     #[test]
     fn auth_key_never_shows_in_debug_or_serialized_output() {
-        let key = AuthKey::from_bytes(b"hunter2");
-        assert_eq!(format!("{key:?}"), "AuthKey(<redacted>)");
+        let key = Secret::from_bytes(b"hunter2");
+        assert_eq!(format!("{key:?}"), "Secret(<redacted>)");
         let config = load_text(HA, &Overrides::default()).unwrap();
         assert!(!format!("{config:?}").contains("test key"));
         let json = serde_json::to_string(&config).unwrap();
@@ -3061,11 +3110,11 @@ authkey_file = "/etc/ringlb/authkey"
     #[test]
     fn key_file_private_to_its_owner_loads_without_its_trailing_newline() {
         let dir = key_dir("private");
-        let key = load_authkey(&key_file(&dir, "a", b"s3cret \n", 0o600)).unwrap();
+        let key = load_secret(&key_file(&dir, "a", b"s3cret \n", 0o600)).unwrap();
         assert_eq!(key.as_bytes(), b"s3cret ", "only the newline goes");
-        let key = load_authkey(&key_file(&dir, "b", b"s3cret\r\n", 0o400)).unwrap();
+        let key = load_secret(&key_file(&dir, "b", b"s3cret\r\n", 0o400)).unwrap();
         assert_eq!(key.as_bytes(), b"s3cret");
-        let key = load_authkey(&key_file(&dir, "c", b"\x00binary\xff\n\n", 0o600)).unwrap();
+        let key = load_secret(&key_file(&dir, "c", b"\x00binary\xff\n\n", 0o600)).unwrap();
         assert_eq!(key.as_bytes(), b"\x00binary\xff\n", "one newline only");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -3080,7 +3129,7 @@ authkey_file = "/etc/ringlb/authkey"
             ("all", 0o777),
         ] {
             let path = key_file(&dir, name, b"s3cret\n", mode);
-            let e = load_authkey(&path).unwrap_err().to_string();
+            let e = load_secret(&path).unwrap_err().to_string();
             let expected = format!(
                 "{}: key file mode {:04o} lets group or others in; run `chmod 600 {}`",
                 path.display(),
@@ -3097,7 +3146,7 @@ authkey_file = "/etc/ringlb/authkey"
     fn missing_or_empty_key_file_is_refused() {
         let dir = key_dir("empty");
         let missing = dir.join("nowhere");
-        let e = load_authkey(&missing).unwrap_err();
+        let e = load_secret(&missing).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }), "{e}");
         assert!(e
             .to_string()
@@ -3105,7 +3154,7 @@ authkey_file = "/etc/ringlb/authkey"
         for (name, contents) in [("empty", &b""[..]), ("newline", b"\n")] {
             let path = key_file(&dir, name, contents, 0o600);
             assert_eq!(
-                load_authkey(&path).unwrap_err().to_string(),
+                load_secret(&path).unwrap_err().to_string(),
                 format!(
                     "{}: key file is empty; write a long random secret into it",
                     path.display()

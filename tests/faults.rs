@@ -596,7 +596,7 @@ fn raw_login(lb: &Ringlb) -> TcpStream {
         protocol::InitialPacket::Greeting(g) => g,
         protocol::InitialPacket::Error(e) => panic!("the server refused the connection: {e:?}"),
     };
-    let login = protocol::handshake_response(&greeting, support::CHECK_USER).expect("a login");
+    let login = protocol::handshake_response(&greeting, support::CHECK_USER, b"").expect("a login");
     stream
         .write_all(&protocol::packet(sequence + 1, &login).expect("a login packet"))
         .expect("send the login");
@@ -605,7 +605,7 @@ fn raw_login(lb: &Ringlb) -> TcpStream {
         match protocol::parse_auth_reply(&payload).expect("an auth reply") {
             protocol::AuthReply::Ok => return stream,
             protocol::AuthReply::AuthSwitch { .. } => stream
-                .write_all(&protocol::empty_auth_packet(sequence + 1))
+                .write_all(&protocol::packet(sequence + 1, &[]).expect("an empty auth packet"))
                 .expect("answer the auth switch"),
             other => panic!("login as {} failed: {other:?}", support::CHECK_USER),
         }

@@ -292,7 +292,7 @@ fn forged_heartbeat(node: &str) -> Vec<u8> {
             preferred: true,
             healthy: true,
         },
-        &ringlb::config::AuthKey::from_bytes(b"not the key"),
+        &ringlb::config::Secret::from_bytes(b"not the key"),
     )
 }
 

@@ -122,3 +122,65 @@ fn a_check_query_that_answers_zero_takes_the_server_down_until_it_answers_again(
     root_exec(&servers[0], "UPDATE ringlb_test.health SET ok = 1");
     support::wait_until(Duration::from_secs(10), "server 0 back up", || up(&servers[0]));
 }
+
+#[test]
+fn a_check_user_with_a_password_logs_in_and_the_password_stays_out_of_the_log() {
+    let server = MariaDb::start();
+    root_exec(&server, "CREATE USER 'pwcheck'@'%' IDENTIFIED BY 'Sup3r-s3cret'");
+    let dir = support::TempDir::new("rlb-pw");
+    let password_file = dir.path().join("check.password");
+    std::fs::write(&password_file, "Sup3r-s3cret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = |listen: std::net::SocketAddr, admin: std::net::SocketAddr| {
+        format!(
+            "[global]\nadmin = \"{admin}\"\n[health]\ninterval_ms = 100\nuser = \"pwcheck\"\n\
+             password_file = \"{}\"\n[[listener]]\nname = \"rw\"\nbind = \"{listen}\"\nrole = \"writer\"\n\
+             [[listener.backend]]\naddress = \"{}\"\n",
+            password_file.display(),
+            server.addr()
+        )
+    };
+    let ringlb = support::Ringlb::start_with_file(config);
+    // The writer role needs the state read after a login: it is elected only if the password
+    // was right.
+    support::wait_until(Duration::from_secs(10), "the server elected writer", || {
+        ringlb.metric(
+            "ringlb_backend_role",
+            &[
+                ("backend", &server.addr().to_string()),
+                ("listener", "rw"),
+                ("role", "writer"),
+            ],
+        ) == Some(1.0)
+    });
+    let mut conn = ringlb.conn();
+    let one: Option<u32> = mysql::prelude::Queryable::query_first(&mut conn, "SELECT 1").unwrap();
+    assert_eq!(one, Some(1));
+    let log = std::fs::read_to_string(ringlb.log_path()).unwrap();
+    assert!(!log.contains("Sup3r-s3cret"), "{log}");
+    assert!(!log.contains("cannot log in"), "{log}");
+    let checked = ringlb.command(&["stats"]);
+    assert!(!String::from_utf8_lossy(&checked.stdout).contains("Sup3r"));
+
+    // The same file readable by others is refused at start, naming the file and the fix.
+    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let path = dir.path().join("ringlb.toml");
+    std::fs::write(
+        &path,
+        config("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("health.password_file") && said.contains("chmod 600"),
+        "{said}"
+    );
+    assert!(!said.contains("Sup3r"), "{said}");
+}

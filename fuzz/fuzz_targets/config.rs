@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use ringlb::config::{load_str_with, to_toml, AuthKey, ConfigError, Overrides};
+use ringlb::config::{load_str_with, to_toml, Secret, ConfigError, Overrides};
 
 const CONFIG_PATH: &str = "/fuzz/ringlb.toml";
 
@@ -30,14 +30,14 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
 }
 
 /// A key file named `missing` does not exist; any other holds a key derived from its path.
-fn read_key(path: &Path) -> Result<AuthKey, ConfigError> {
+fn read_key(path: &Path) -> Result<Secret, ConfigError> {
     if path.ends_with("missing") {
         return Err(ConfigError::Read {
             path: path.to_path_buf(),
             source: std::io::ErrorKind::NotFound.into(),
         });
     }
-    Ok(AuthKey::from_bytes(path.as_os_str().as_encoded_bytes()))
+    Ok(Secret::from_bytes(path.as_os_str().as_encoded_bytes()))
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -11,19 +11,19 @@ use std::collections::HashMap;
 use arbitrary::{Arbitrary, Unstructured};
 use hmac::{Hmac, Mac};
 use libfuzzer_sys::fuzz_target;
-use ringlb::config::{AuthKey, MAX_NODE_NAME_BYTES};
+use ringlb::config::{Secret, MAX_NODE_NAME_BYTES};
 use ringlb::ha::message::{self, decode, encode, Drop, Message, PeerTracker, Role};
 use sha2::Sha256;
 
 const TAG_BYTES: usize = 32;
 
-fn key() -> AuthKey {
-    AuthKey::from_bytes(b"the fuzzer's shared secret")
+fn key() -> Secret {
+    Secret::from_bytes(b"the fuzzer's shared secret")
 }
 
 /// `datagram` with its last 32 bytes replaced by the HMAC-SHA256 of the others: what a sender
 /// holding the key (but perhaps with a bug) would send.
-fn resign(datagram: &[u8], key: &AuthKey) -> Option<Vec<u8>> {
+fn resign(datagram: &[u8], key: &Secret) -> Option<Vec<u8>> {
     let signed = datagram.len().checked_sub(TAG_BYTES).map(|n| &datagram[..n])?;
     let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).ok()?;
     mac.update(signed);
@@ -33,7 +33,7 @@ fn resign(datagram: &[u8], key: &AuthKey) -> Option<Vec<u8>> {
 }
 
 /// Checks one decode and returns what it refused, if anything.
-fn check_decode(datagram: &[u8], key: &AuthKey) -> Option<Drop> {
+fn check_decode(datagram: &[u8], key: &Secret) -> Option<Drop> {
     match decode(datagram, key) {
         Ok(m) => {
             assert_eq!(
@@ -83,7 +83,7 @@ fn role(byte: u8) -> Role {
     [Role::Starting, Role::Standby, Role::Active, Role::Leaving][usize::from(byte % 4)]
 }
 
-fn check_round_trip(fields: Fields, key: &AuthKey) {
+fn check_round_trip(fields: Fields, key: &Secret) {
     let m = Message {
         node: fields.node,
         incarnation: fields.incarnation,
@@ -113,7 +113,7 @@ fn check_round_trip(fields: Fields, key: &AuthKey) {
     assert_eq!(decode(&bytes, key), Ok(want));
     // Any other key refuses it.
     assert_eq!(
-        decode(&bytes, &AuthKey::from_bytes(b"another key")),
+        decode(&bytes, &Secret::from_bytes(b"another key")),
         Err(Drop::BadTag)
     );
 }

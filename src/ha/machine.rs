@@ -458,7 +458,7 @@ fn sent(actions: &[Action]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AuthKey;
+    use crate::config::Secret;
     use crate::ha::message::{decode, encode, PeerTracker};
 
     const KEEPALIVE: u64 = 100;
@@ -499,7 +499,7 @@ mod tests {
     struct Sim {
         now: u64,
         nodes: [Node; 2],
-        key: AuthKey,
+        key: Secret,
         /// (delivery time, destination, datagram)
         in_flight: Vec<(u64, usize, Vec<u8>)>,
         partitioned: bool,
@@ -523,7 +523,7 @@ mod tests {
             Sim {
                 now: 0,
                 nodes: [node(a), node(b)],
-                key: AuthKey::from_bytes(b"simulated key"),
+                key: Secret::from_bytes(b"simulated key"),
                 in_flight: Vec::new(),
                 partitioned: false,
                 lose: |_| false,
@@ -1098,7 +1098,7 @@ mod tests {
             deadtime_ms: 400,
             initdead_ms: 2000,
             authkey_file: "/k".into(),
-            authkey: AuthKey::from_bytes(b"k"),
+            authkey: Secret::from_bytes(b"k"),
             notify: None,
         };
         let p = Params::from_config(&ha, 77);

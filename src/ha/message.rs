@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::{AuthKey, MAX_NODE_NAME_BYTES};
+use crate::config::{Secret, MAX_NODE_NAME_BYTES};
 
 pub const MAGIC: [u8; 4] = *b"RLHA";
 pub const VERSION: u8 = 1;
@@ -165,7 +165,7 @@ impl std::fmt::Display for Drop {
     }
 }
 
-fn mac(key: &AuthKey) -> HmacSha256 {
+fn mac(key: &Secret) -> HmacSha256 {
     // HMAC takes a key of any length (longer ones are hashed), so this cannot fail.
     <HmacSha256 as Mac>::new_from_slice(key.as_bytes()).expect("HMAC accepts any key length")
 }
@@ -180,7 +180,7 @@ fn wire_name(name: &str) -> &str {
 }
 
 /// The datagram for `message`, signed with `key`.
-pub fn encode(message: &Message, key: &AuthKey) -> Vec<u8> {
+pub fn encode(message: &Message, key: &Secret) -> Vec<u8> {
     let name = wire_name(&message.node);
     let mut out = Vec::with_capacity(HEADER_BYTES + name.len() + COUNTERS_BYTES + TAG_BYTES);
     out.extend_from_slice(&MAGIC);
@@ -205,7 +205,7 @@ pub fn encode(message: &Message, key: &AuthKey) -> Vec<u8> {
 }
 
 /// The message in `datagram`, if it is a well-formed heartbeat signed with `key`.
-pub fn decode(datagram: &[u8], key: &AuthKey) -> Result<Message, Drop> {
+pub fn decode(datagram: &[u8], key: &Secret) -> Result<Message, Drop> {
     if datagram.len() < MIN_BYTES {
         return Err(Drop::Truncated);
     }
@@ -292,8 +292,8 @@ impl PeerTracker {
 mod tests {
     use super::*;
 
-    fn key() -> AuthKey {
-        AuthKey::from_bytes(b"the shared secret")
+    fn key() -> Secret {
+        Secret::from_bytes(b"the shared secret")
     }
 
     fn message() -> Message {
@@ -308,7 +308,7 @@ mod tests {
     }
 
     /// Re-signs a datagram after a test changed its fields, to reach the checks behind the tag.
-    fn resign(mut datagram: Vec<u8>, key: &AuthKey) -> Vec<u8> {
+    fn resign(mut datagram: Vec<u8>, key: &Secret) -> Vec<u8> {
         datagram.truncate(datagram.len() - TAG_BYTES);
         let mut mac = mac(key);
         mac.update(&datagram);
@@ -416,7 +416,7 @@ mod tests {
             b"the shared secret\n",
             &[0u8; 200],
         ] {
-            assert_eq!(decode(&bytes, &AuthKey::from_bytes(other)), Err(Drop::BadTag));
+            assert_eq!(decode(&bytes, &Secret::from_bytes(other)), Err(Drop::BadTag));
         }
     }
 

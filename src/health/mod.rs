@@ -159,7 +159,9 @@ fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &Shared, stop:
             statements.extend(config.check_query.iter().cloned());
             statements
         };
-        let result = probe::probe_with(config.check, target, &config.user, timeout, &statements);
+        let password = config.password.as_ref().map_or(&[][..], |p| p.as_bytes());
+        let login = (config.user.as_str(), password);
+        let result = probe::probe_with(config.check, target, login, timeout, &statements);
         let (alive, sample) = match result {
             Ok((alive, replies)) => {
                 let sample = roles::sample(&alive, &replies, needs);
@@ -354,6 +356,8 @@ mod tests {
             timeout_ms,
             user: "ringlb_check".into(),
             galera_donor_ok: false,
+            password: None,
+            password_file: None,
             check_query: None,
             notify: None,
         }

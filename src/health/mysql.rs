@@ -257,9 +257,60 @@ pub(super) fn printable(bytes: &[u8]) -> String {
     out
 }
 
-/// Builds the payload of a `HandshakeResponse41` logging in as `user` with an empty password,
-/// echoing the server's auth plugin so that no auth switch is needed in the common case.
-pub fn handshake_response(greeting: &Greeting, user: &str) -> Result<Vec<u8>, ProtocolError> {
+/// Auth plugins the check answers with a password: the scramble is all that crosses the wire.
+const NATIVE_PASSWORD: &str = "mysql_native_password";
+const CACHING_SHA2_PASSWORD: &str = "caching_sha2_password";
+
+/// Why the check cannot answer the server's authentication.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "the check user authenticates with {0:?}, which the check does not speak: give it \
+         mysql_native_password or caching_sha2_password"
+    )]
+    UnsupportedPlugin(String),
+    #[error("{0} needs the password in clear text, which the check sends only over TLS")]
+    NeedsTls(&'static str),
+}
+
+/// The auth response of `plugin` for `password` and the server's `nonce`; empty for an empty
+/// password, whatever the plugin.
+pub fn auth_response(plugin: &str, nonce: &[u8], password: &[u8]) -> Result<Vec<u8>, AuthError> {
+    use sha1::Sha1;
+    use sha2::{Digest, Sha256};
+    if password.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The scramble covers the first 20 bytes of the nonce; servers send exactly 20.
+    let nonce = &nonce[..nonce.len().min(20)];
+    match plugin {
+        // SHA1(password) XOR SHA1(nonce, SHA1(SHA1(password))).
+        NATIVE_PASSWORD => {
+            let stage1 = Sha1::digest(password);
+            let stage2 = Sha1::digest(stage1);
+            let mixed = Sha1::new().chain_update(nonce).chain_update(stage2).finalize();
+            Ok(stage1.iter().zip(mixed.iter()).map(|(a, b)| a ^ b).collect())
+        }
+        // SHA256(password) XOR SHA256(SHA256(SHA256(password)), nonce).
+        CACHING_SHA2_PASSWORD => {
+            let stage1 = Sha256::digest(password);
+            let stage2 = Sha256::digest(stage1);
+            let mixed = Sha256::new().chain_update(stage2).chain_update(nonce).finalize();
+            Ok(stage1.iter().zip(mixed.iter()).map(|(a, b)| a ^ b).collect())
+        }
+        "mysql_clear_password" => Err(AuthError::NeedsTls("mysql_clear_password")),
+        other => Err(AuthError::UnsupportedPlugin(other.to_string())),
+    }
+}
+
+/// Builds the payload of a `HandshakeResponse41` logging in as `user` with `password` (empty:
+/// none). It answers with the server's default plugin when the check speaks it, else with
+/// mysql_native_password; a user of another plugin gets an auth switch, answered then.
+pub fn handshake_response(
+    greeting: &Greeting,
+    user: &str,
+    password: &[u8],
+) -> Result<Vec<u8>, ProtocolError> {
     if greeting.capabilities & CLIENT_PROTOCOL_41 == 0 {
         return Err(ProtocolError::NoProtocol41);
     }
@@ -274,16 +325,30 @@ pub fn handshake_response(greeting: &Greeting, user: &str) -> Result<Vec<u8>, Pr
     out.extend_from_slice(&[0; 23]);
     out.extend_from_slice(user.as_bytes());
     out.push(0);
-    // Empty auth response: a zero length byte with CLIENT_SECURE_CONNECTION, an empty
-    // NUL-terminated string without it; the same single byte either way.
-    out.push(0);
+    let plugin = greeting
+        .auth_plugin_name
+        .as_deref()
+        .unwrap_or(DEFAULT_AUTH_PLUGIN);
+    // A name parsed from the greeting cannot hold a NUL; one from elsewhere is cut at it.
+    let plugin = plugin.split('\0').next().unwrap_or_default();
+    let (plugin, response) = match auth_response(plugin, &greeting.auth_plugin_data, password) {
+        Ok(response) => (plugin, response),
+        Err(_) => (
+            NATIVE_PASSWORD,
+            auth_response(NATIVE_PASSWORD, &greeting.auth_plugin_data, password)
+                .expect("the check speaks mysql_native_password"),
+        ),
+    };
+    // With CLIENT_SECURE_CONNECTION a length byte, then the scramble (20 or 32 bytes); an empty
+    // response is the single zero byte either way.
+    if capabilities & CLIENT_SECURE_CONNECTION != 0 {
+        out.push(response.len() as u8);
+        out.extend_from_slice(&response);
+    } else {
+        out.extend_from_slice(&response);
+        out.push(0);
+    }
     if capabilities & CLIENT_PLUGIN_AUTH != 0 {
-        let plugin = greeting
-            .auth_plugin_name
-            .as_deref()
-            .unwrap_or(DEFAULT_AUTH_PLUGIN);
-        // A name parsed from the greeting cannot hold a NUL; one from elsewhere is cut at it.
-        let plugin = plugin.split('\0').next().unwrap_or_default();
         out.extend_from_slice(plugin.as_bytes());
         out.push(0);
     }
@@ -332,10 +397,9 @@ pub fn parse_auth_reply(payload: &[u8]) -> Result<AuthReply, ProtocolError> {
     }
 }
 
-/// The answer to an auth switch for an empty password: an empty packet.
-pub fn empty_auth_packet(sequence: u8) -> [u8; 4] {
-    [0, 0, 0, sequence]
-}
+/// `AuthMoreData` payload of caching_sha2_password meaning "the scramble is not cached: send
+/// the password in full", which needs TLS.
+pub const FULL_AUTH_NEEDED: &[u8] = &[4];
 
 /// A cursor over a payload whose reads fail with the name of the missing field.
 pub(super) struct Reader<'a> {
@@ -701,7 +765,7 @@ mod tests {
     #[test]
     fn handshake_response_logs_in_with_empty_password_and_echoes_plugin() {
         let g = greeting(&mariadb_greeting());
-        let p = handshake_response(&g, "ringlb_check").unwrap();
+        let p = handshake_response(&g, "ringlb_check", b"").unwrap();
         let caps = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
         // MariaDB clears bit 0 (CLIENT_MYSQL / CLIENT_LONG_PASSWORD), so it is not echoed.
         assert_eq!(
@@ -722,7 +786,7 @@ mod tests {
         let mut g = greeting(&mariadb_greeting());
         g.capabilities = CLIENT_PROTOCOL_41;
         g.character_set = None;
-        let p = handshake_response(&g, "u").unwrap();
+        let p = handshake_response(&g, "u", b"").unwrap();
         assert_eq!(u32::from_le_bytes([p[0], p[1], p[2], p[3]]), CLIENT_PROTOCOL_41);
         assert_eq!(p[8], DEFAULT_CHARACTER_SET);
         // No plugin name without CLIENT_PLUGIN_AUTH: user, NUL, empty auth response.
@@ -733,16 +797,16 @@ mod tests {
     fn handshake_response_names_default_plugin_when_greeting_has_none() {
         let mut g = greeting(&mariadb_greeting());
         g.auth_plugin_name = None;
-        let p = handshake_response(&g, "u").unwrap();
+        let p = handshake_response(&g, "u", b"").unwrap();
         assert!(p.ends_with(b"u\0\0mysql_native_password\0"));
     }
 
     #[test]
     fn handshake_response_refuses_pre_41_server_and_nul_in_user() {
         let mut g = greeting(&mariadb_greeting());
-        assert_eq!(handshake_response(&g, "a\0b"), Err(ProtocolError::NulInUser));
+        assert_eq!(handshake_response(&g, "a\0b", b""), Err(ProtocolError::NulInUser));
         g.capabilities &= !CLIENT_PROTOCOL_41;
-        assert_eq!(handshake_response(&g, "u"), Err(ProtocolError::NoProtocol41));
+        assert_eq!(handshake_response(&g, "u", b""), Err(ProtocolError::NoProtocol41));
     }
 
     #[test]
@@ -821,8 +885,36 @@ mod tests {
     }
 
     #[test]
-    fn empty_auth_packet_has_zero_length() {
-        assert_eq!(empty_auth_packet(3), [0, 0, 0, 3]);
+    fn password_scrambles_match_the_servers_formulas() {
+        // Computed independently: SHA1(pw) ^ SHA1(nonce + SHA1(SHA1(pw))), and
+        // SHA256(pw) ^ SHA256(SHA256(SHA256(pw)) + nonce), for nonce 1..=20 and "secret".
+        let nonce: Vec<u8> = (1..=20).collect();
+        let hex = |bytes: Vec<u8>| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let native = auth_response("mysql_native_password", &nonce, b"secret").unwrap();
+        assert_eq!(hex(native), "b32bb3a583e1340c0a1108d58b1be49781ad8c2f");
+        let sha2 = auth_response("caching_sha2_password", &nonce, b"secret").unwrap();
+        assert_eq!(
+            hex(sha2),
+            "746ebe205d56a0707acb3e796e834e0dd7b1d61743b26bd5202c7a623230c7c9"
+        );
+        // No password: an empty response whatever the plugin; the clear and unknown ones refused.
+        assert_eq!(auth_response("client_ed25519", &nonce, b""), Ok(Vec::new()));
+        assert_eq!(
+            auth_response("mysql_clear_password", &nonce, b"x"),
+            Err(AuthError::NeedsTls("mysql_clear_password"))
+        );
+        assert!(matches!(
+            auth_response("client_ed25519", &nonce, b"x"),
+            Err(AuthError::UnsupportedPlugin(p)) if p == "client_ed25519"
+        ));
+        // A handshake for a plugin the check does not speak answers with mysql_native_password.
+        let mut g = greeting(&mariadb_greeting());
+        g.auth_plugin_name = Some("client_ed25519".into());
+        g.auth_plugin_data = nonce.clone();
+        let p = handshake_response(&g, "u", b"secret").unwrap();
+        let tail = b"mysql_native_password\0";
+        assert!(p.ends_with(tail), "{p:?}");
+        assert_eq!(p[p.len() - tail.len() - 21], 20, "a 20-byte scramble");
     }
 
     /// A tiny deterministic generator, so the garbage test needs no dependency.
@@ -853,7 +945,7 @@ mod tests {
             let _ = parse_header(&input);
             let _ = parse_auth_reply(&input);
             if let Ok(InitialPacket::Greeting(g)) = parse_initial(&input) {
-                let _ = handshake_response(&g, "ringlb_check");
+                let _ = handshake_response(&g, "ringlb_check", b"");
             }
         }
     }

@@ -124,6 +124,9 @@ pub enum ProbeError {
     ProxyHeaderRefused(ErrPacket),
     #[error("{stage}: {error}")]
     Protocol { stage: Stage, error: ProtocolError },
+    /// The check cannot answer the server's authentication (its plugin, or it needs TLS).
+    #[error("login: {0}")]
+    Auth(String),
     /// `[health] check_query` said no, or could not run.
     #[error("{0}")]
     CheckQuery(String),
@@ -146,6 +149,9 @@ impl ProbeError {
         }
     }
 }
+
+/// Who the check logs in as: the user and its password (empty: none).
+pub type Login<'a> = (&'a str, &'a [u8]);
 
 /// Where a probe goes: the backend's address and whether its listener sends the PROXY protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +193,7 @@ pub fn probe_state(
     statements: &[&str],
 ) -> Result<(Alive, Vec<Reply>), ProbeError> {
     let statements = |_: &str| statements.iter().map(|s| s.to_string()).collect();
-    probe_with(kind, target, user, timeout, &statements)
+    probe_with(kind, target, (user, b""), timeout, &statements)
 }
 
 /// [`probe_state`] with the statements chosen once the greeting has named the server's version
@@ -195,21 +201,21 @@ pub fn probe_state(
 pub fn probe_with(
     kind: CheckKind,
     target: impl Into<Target>,
-    user: &str,
+    login: Login<'_>,
     timeout: Duration,
     statements: &dyn Fn(&str) -> Vec<String>,
 ) -> Result<(Alive, Vec<Reply>), ProbeError> {
     let target = target.into();
     let deadline = Instant::now() + timeout;
     let timeout_ms = timeout.as_millis() as u64;
-    match probe_until(kind, target, user, deadline, timeout_ms, statements) {
+    match probe_until(kind, target, login, deadline, timeout_ms, statements) {
         Err(ProbeError::LoginFailed(error))
             if target.send_proxy.is_some() && error.code == mysql::ER_HOST_NOT_PRIVILEGED =>
         {
             // Resets the server's count of connection errors for our host (module docs); its
             // own outcome changes nothing.
             let plain = Target::from(target.addr);
-            let _ = probe_until(kind, plain, user, deadline, timeout_ms, &|_| Vec::new());
+            let _ = probe_until(kind, plain, login, deadline, timeout_ms, &|_| Vec::new());
             Err(ProbeError::ProxyHeaderRefused(error))
         }
         result => result,
@@ -220,7 +226,7 @@ pub fn probe_with(
 fn probe_until(
     kind: CheckKind,
     target: Target,
-    user: &str,
+    login: Login<'_>,
     deadline: Instant,
     timeout_ms: u64,
     statements: &dyn Fn(&str) -> Vec<String>,
@@ -239,14 +245,14 @@ fn probe_until(
                 // retry a short one (see proxy_protocol).
                 conn.write_all(&proxy_protocol::local_header(version), Stage::ProxyHeader)?;
             }
-            mysql_check(&mut conn, user, statements)
+            mysql_check(&mut conn, login, statements)
         }
     }
 }
 
 fn mysql_check(
     conn: &mut Conn,
-    user: &str,
+    (user, password): Login<'_>,
     statements: &dyn Fn(&str) -> Vec<String>,
 ) -> Result<(Alive, Vec<Reply>), ProbeError> {
     let (sequence, payload) = conn.read_packet(Stage::Greeting)?;
@@ -259,7 +265,7 @@ fn mysql_check(
         return Ok((Alive::Greeted { server_version }, Vec::new()));
     }
 
-    let response = mysql::handshake_response(&greeting, user).map_err(protocol(Stage::Login))?;
+    let response = mysql::handshake_response(&greeting, user, password).map_err(protocol(Stage::Login))?;
     let mut next = sequence.wrapping_add(1);
     let login = mysql::packet(next, &response).map_err(protocol(Stage::Login))?;
     if let Err(failed) = conn.write_all(&login, Stage::Login) {
@@ -282,9 +288,12 @@ fn mysql_check(
                 return Ok((alive, Vec::new()));
             }
             AuthReply::Err(error) => return Err(ProbeError::LoginFailed(error)),
-            AuthReply::AuthSwitch { .. } if switches < MAX_AUTH_SWITCHES => {
+            AuthReply::AuthSwitch { plugin, data } if switches < MAX_AUTH_SWITCHES => {
                 switches += 1;
-                conn.write_all(&mysql::empty_auth_packet(next), Stage::Login)?;
+                let response = mysql::auth_response(&plugin, &data, password)
+                    .map_err(|e| ProbeError::Auth(e.to_string()))?;
+                let packet = mysql::packet(next, &response).map_err(protocol(Stage::Login))?;
+                conn.write_all(&packet, Stage::Login)?;
             }
             AuthReply::AuthSwitch { .. } => {
                 return Err(ProbeError::Protocol {
@@ -294,6 +303,11 @@ fn mysql_check(
             }
             // caching_sha2_password's "fast auth succeeded": the OK follows.
             AuthReply::MoreData(data) if data == mysql::FAST_AUTH_SUCCESS => {}
+            AuthReply::MoreData(data) if data == mysql::FULL_AUTH_NEEDED => {
+                return Err(ProbeError::Auth(
+                    mysql::AuthError::NeedsTls("caching_sha2_password's full authentication").to_string(),
+                ))
+            }
             AuthReply::MoreData(_) => {
                 return Err(ProbeError::Protocol {
                     stage: Stage::LoginReply,
