@@ -37,6 +37,30 @@ pub enum CheckKind {
     Tcp,
 }
 
+/// Whether the `mysql` check uses TLS (`[health] tls`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Never: a server that requires TLS refuses the check.
+    Off,
+    /// When the greeting offers it and the login without it is refused (a server with
+    /// `require_secure_transport = ON`); from then on for that server.
+    #[default]
+    Auto,
+    /// Always; a server that does not offer TLS fails the check.
+    Required,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Off => "off",
+            TlsMode::Auto => "auto",
+            TlsMode::Required => "required",
+        }
+    }
+}
+
 /// Health-check settings shared by every backend.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HealthConfig {
@@ -59,6 +83,13 @@ pub struct HealthConfig {
     /// user has no password, which needs no privilege to be safe.
     pub password: Option<Secret>,
     pub password_file: Option<PathBuf>,
+    /// Whether the check speaks TLS to the server (client traffic is relayed as it is, TLS
+    /// included).
+    pub tls: TlsMode,
+    /// The CA certificates (DER) that a server's certificate must chain to, from `tls_ca_file`;
+    /// `None`: the check encrypts without verifying the server.
+    pub tls_ca: Option<Vec<Vec<u8>>>,
+    pub tls_ca_file: Option<PathBuf>,
     /// A statement run after the login on every check; the first column of its first row decides
     /// (NULL, empty or zero: the check fails).
     pub check_query: Option<String>,
@@ -238,6 +269,9 @@ impl Config {
                 galera_donor_ok: false,
                 password: None,
                 password_file: None,
+                tls: TlsMode::Auto,
+                tls_ca: None,
+                tls_ca_file: None,
                 check_query: None,
                 notify: None,
             },
@@ -602,6 +636,21 @@ pub fn load_secret(path: &Path) -> Result<Secret, ConfigError> {
     Ok(Secret(bytes))
 }
 
+/// The certificates of a PEM file, as DER; an error names what is wrong with the file.
+fn read_pem_certificates(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certificates)
+}
+
 /// Reads a key file; a parameter of `build` so that validation is unit-tested without files.
 pub type KeyReader<'r> = &'r dyn Fn(&Path) -> Result<Secret, ConfigError>;
 
@@ -728,6 +777,15 @@ pub fn to_toml(config: &Config) -> String {
     if let Some(path) = &health.password_file {
         out.push_str(&format!(
             "password_file = {}\n",
+            toml_string(&path.to_string_lossy())
+        ));
+    }
+    if health.tls != TlsMode::Auto {
+        out.push_str(&format!("tls = {}\n", toml_string(health.tls.as_str())));
+    }
+    if let Some(path) = &health.tls_ca_file {
+        out.push_str(&format!(
+            "tls_ca_file = {}\n",
             toml_string(&path.to_string_lossy())
         ));
     }
@@ -902,6 +960,8 @@ struct RawHealth {
     user: Option<Spanned<String>>,
     galera_donor_ok: Option<bool>,
     password_file: Option<Spanned<String>>,
+    tls: Option<Spanned<String>>,
+    tls_ca_file: Option<Spanned<String>>,
     check_query: Option<Spanned<String>>,
     notify: Option<Spanned<String>>,
 }
@@ -1719,6 +1779,9 @@ fn build_health(
             galera_donor_ok: false,
             password: None,
             password_file: None,
+            tls: TlsMode::Auto,
+            tls_ca: None,
+            tls_ca_file: None,
             check_query: None,
             notify: None,
         });
@@ -1784,6 +1847,37 @@ fn build_health(
             (Some(secret), Some(path))
         }
     };
+    let tls = match &raw.tls {
+        None => TlsMode::Auto,
+        Some(t) => match t.get_ref().as_str() {
+            "off" => TlsMode::Off,
+            "auto" => TlsMode::Auto,
+            "required" => TlsMode::Required,
+            other => {
+                return Err(origin.at(
+                    t.span().start,
+                    "health.tls",
+                    format!("unknown value {other:?}, expected \"off\", \"auto\" or \"required\""),
+                ))
+            }
+        },
+    };
+    let (tls_ca, tls_ca_file) = match &raw.tls_ca_file {
+        None => (None, None),
+        Some(f) if tls == TlsMode::Off => {
+            return Err(origin.at(
+                f.span().start,
+                "health.tls_ca_file",
+                "has no use with tls = \"off\"",
+            ))
+        }
+        Some(f) => {
+            let path = relative_to_file(origin, f.get_ref());
+            let certificates = read_pem_certificates(&path)
+                .map_err(|m| origin.at(f.span().start, "health.tls_ca_file", m))?;
+            (Some(certificates), Some(path))
+        }
+    };
     let check_query = match &raw.check_query {
         None => None,
         Some(q) if q.get_ref().trim().is_empty() => {
@@ -1812,6 +1906,9 @@ fn build_health(
         galera_donor_ok: raw.galera_donor_ok.unwrap_or(false),
         password,
         password_file,
+        tls,
+        tls_ca,
+        tls_ca_file,
         check_query,
         notify: match &raw.notify {
             Some(n) if n.get_ref().is_empty() => {
@@ -2240,6 +2337,9 @@ address = "db-02:3306"
                 galera_donor_ok: false,
                 password: None,
                 password_file: None,
+                tls: TlsMode::Auto,
+                tls_ca: None,
+                tls_ca_file: None,
                 check_query: None,
                 notify: None,
             }
@@ -2292,6 +2392,9 @@ address = "[::1]:3307"
                 galera_donor_ok: true,
                 password: None,
                 password_file: None,
+                tls: TlsMode::Auto,
+                tls_ca: None,
+                tls_ca_file: None,
                 check_query: None,
                 notify: Some(PathBuf::from("/usr/local/bin/on-writer")),
             }

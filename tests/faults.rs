@@ -596,7 +596,7 @@ fn raw_login(lb: &Ringlb) -> TcpStream {
         protocol::InitialPacket::Greeting(g) => g,
         protocol::InitialPacket::Error(e) => panic!("the server refused the connection: {e:?}"),
     };
-    let login = protocol::handshake_response(&greeting, support::CHECK_USER, b"").expect("a login");
+    let login = protocol::handshake_response(&greeting, support::CHECK_USER, b"", false).expect("a login");
     stream
         .write_all(&protocol::packet(sequence + 1, &login).expect("a login packet"))
         .expect("send the login");

@@ -246,11 +246,12 @@ fn health_probe_with_send_proxy_logs_in_cleanly_through_the_local_header() {
     let aborted_before = server.status("Aborted_connects");
     for version in VERSIONS {
         let target = Target {
+            name: "",
             addr: server.addr(),
             send_proxy: Some(version),
         };
         match probe::probe(CheckKind::Mysql, target, CHECK_USER, Duration::from_secs(10)) {
-            Ok(Alive::LoggedIn { server_version }) => {
+            Ok(Alive::LoggedIn { server_version, .. }) => {
                 assert!(server_version.contains("MariaDB"), "{server_version}")
             }
             other => panic!("{version}: {other:?}"),
@@ -265,6 +266,7 @@ fn health_probe_with_send_proxy_takes_down_a_server_that_refuses_headers() {
     let server = MariaDb::start();
     for version in VERSIONS {
         let target = Target {
+            name: "",
             addr: server.addr(),
             send_proxy: Some(version),
         };
@@ -346,6 +348,7 @@ fn refused_header_checks_never_get_ringlb_blocked() {
         .unwrap();
 
     let with_header = Target {
+        name: "",
         addr: target,
         send_proxy: Some(ProxyVersion::V2),
     };

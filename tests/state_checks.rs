@@ -184,3 +184,158 @@ fn a_check_user_with_a_password_logs_in_and_the_password_stays_out_of_the_log() 
     );
     assert!(!said.contains("Sup3r"), "{said}");
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, written into `dir` with openssl;
+/// and a second CA that signed nothing. Returns (ca.pem, server.pem, server.key, other-ca.pem).
+fn tls_files(dir: &std::path::Path) -> [std::path::PathBuf; 4] {
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new(support::find_program("openssl"))
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for ca in ["ca", "other-ca"] {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=ringlb test {ca}"),
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.pem"),
+        ]);
+    }
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ]);
+    ["ca.pem", "server.pem", "server.key", "other-ca.pem"].map(|f| dir.join(f))
+}
+
+#[test]
+fn a_server_that_requires_tls_is_checked_over_tls_and_up_only_when_the_login_succeeds() {
+    let dir = support::TempDir::new("rlb-tls");
+    let [ca, cert, key, other_ca] = tls_files(dir.path());
+    let server = MariaDb::start_with_options(&[
+        &format!("--ssl-ca={}", ca.display()),
+        &format!("--ssl-cert={}", cert.display()),
+        &format!("--ssl-key={}", key.display()),
+    ]);
+    // At run time, after the harness's own plain login has seen the server ready.
+    root_exec(&server, "SET GLOBAL require_secure_transport = ON");
+    // One ringlb per [health] setting, each with a writer listener over the one server: the
+    // writer role needs a login that read the server's state.
+    let start = |health: &str| {
+        let addr = server.addr();
+        let health = health.to_string();
+        support::Ringlb::start_with_file(move |listen, admin| {
+            format!(
+                "[global]\nadmin = \"{admin}\"\n[health]\ninterval_ms = 100\nfall = 1\n{health}\n\
+                 [[listener]]\nname = \"rw\"\nbind = \"{listen}\"\nrole = \"writer\"\n\
+                 [[listener.backend]]\naddress = \"{addr}\"\n"
+            )
+        })
+    };
+    let role = |ringlb: &support::Ringlb, role: &str| {
+        ringlb.metric(
+            "ringlb_backend_role",
+            &[
+                ("backend", &server.addr().to_string()),
+                ("listener", "rw"),
+                ("role", role),
+            ],
+        ) == Some(1.0)
+    };
+    let writer_within =
+        |ringlb: &support::Ringlb| support::poll_until(Duration::from_secs(5), || role(ringlb, "writer"));
+
+    // tls = "auto" (the default): refused without TLS, then logged in over it.
+    let auto = start("");
+    assert!(writer_within(&auto), "{}", auto.log_tail());
+    assert!(
+        auto.log_tail().contains("checks use TLS from now on"),
+        "{}",
+        auto.log_tail()
+    );
+    // Clients reach the server through ringlb as they are: its greeting offers them TLS.
+    let mut client = auto.tcp_connect().expect("connect through ringlb");
+    client.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut greeting = vec![0u8; 512];
+    let n = std::io::Read::read(&mut client, &mut greeting).expect("the server's greeting");
+    match ringlb::health::mysql::parse_initial(&greeting[4..n]).expect("a greeting") {
+        ringlb::health::mysql::InitialPacket::Greeting(g) => {
+            assert_ne!(g.capabilities & ringlb::health::mysql::CLIENT_SSL, 0)
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Verified against the CA that signed the server's certificate.
+    let verified = start(&format!("tls = \"required\"\ntls_ca_file = \"{}\"", ca.display()));
+    assert!(writer_within(&verified), "{}", verified.log_tail());
+
+    // A CA that did not sign it: the TLS handshake fails, the check fails, the server is down.
+    let wrong = start(&format!(
+        "tls = \"required\"\ntls_ca_file = \"{}\"",
+        other_ca.display()
+    ));
+    support::wait_until(
+        Duration::from_secs(5),
+        "the server down on a bad certificate",
+        || {
+            wrong.metric(
+                "ringlb_backend_up",
+                &[("backend", &server.addr().to_string()), ("listener", "rw")],
+            ) == Some(0.0)
+        },
+    );
+    assert!(wrong.log_tail().contains("TLS"), "{}", wrong.log_tail());
+
+    // tls = "off": the login is refused; the server answers, but is never the writer.
+    let off = start("tls = \"off\"");
+    support::wait_until(Duration::from_secs(5), "a refused login logged", || {
+        off.log_tail().contains("cannot log in")
+    });
+    assert!(role(&off, "none"), "{}", off.log_tail());
+}

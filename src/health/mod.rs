@@ -35,6 +35,7 @@ pub mod probe;
 pub mod resultset;
 pub mod roles;
 pub mod state;
+pub mod tls;
 pub mod topology;
 
 use std::io;
@@ -47,9 +48,11 @@ use crossbeam_utils::CachePadded;
 
 use crate::balance::{ServerLive, NEEDS_REPLICAS, NEEDS_STATE};
 use crate::config::HealthConfig;
+use crate::config::TlsMode;
 use crate::stats::Shared;
 use hysteresis::{Hysteresis, Transition};
-use probe::{Alive, ProbeError, Target};
+use probe::{Alive, Login, ProbeError, Target, TlsUse};
+use tls::TlsClient;
 
 /// The health checkers: one thread per server, probing every `interval_ms`, writing the server's
 /// `up` atomic with rise/fall hysteresis and, for servers in role pools, what its state
@@ -142,11 +145,23 @@ fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &Shared, stop:
     let interval = Duration::from_millis(config.interval_ms.max(1));
     let timeout = Duration::from_millis(config.timeout_ms.max(1));
     let target = Target {
+        name: &server.name,
         addr: server.addr,
         send_proxy: server.send_proxy,
     };
     let mut checker = Checker::new(config);
     let mut judge = roles::Judge::new(config);
+    let tls_client = match config.tls {
+        TlsMode::Off => None,
+        _ => match TlsClient::new(config.tls_ca.as_deref()) {
+            Ok(client) => Some(client),
+            Err(e) => {
+                tracing::error!(backend = %server.name, "checks go without TLS: {e}");
+                None
+            }
+        },
+    };
+    let mut tls_needed = false;
     let mut next = Instant::now();
     loop {
         if server.retired.load(Ordering::Relaxed) {
@@ -159,9 +174,26 @@ fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &Shared, stop:
             statements.extend(config.check_query.iter().cloned());
             statements
         };
-        let password = config.password.as_ref().map_or(&[][..], |p| p.as_bytes());
-        let login = (config.user.as_str(), password);
+        let tls = match (&tls_client, config.tls) {
+            (Some(client), TlsMode::Required) => TlsUse::Always(client),
+            (Some(client), TlsMode::Auto) if tls_needed => TlsUse::Always(client),
+            (Some(client), TlsMode::Auto) => TlsUse::Fallback(client),
+            _ => TlsUse::Never,
+        };
+        let login = Login {
+            user: &config.user,
+            password: config.password.as_ref().map_or(&[][..], |p| p.as_bytes()),
+            tls,
+        };
         let result = probe::probe_with(config.check, target, login, timeout, &statements);
+        if let Ok((Alive::LoggedIn { tls: true, .. }, _)) = &result {
+            if !tls_needed && config.tls == TlsMode::Auto {
+                tracing::info!(backend = %server.name, "the server refused a login without TLS: checks use TLS from now on");
+            }
+            // `auto`: a server that needed TLS once is checked with TLS from then on, so that
+            // the checks do not add a refused login to its Aborted_connects every interval.
+            tls_needed = true;
+        }
         let (alive, sample) = match result {
             Ok((alive, replies)) => {
                 let sample = roles::sample(&alive, &replies, needs);
@@ -358,6 +390,9 @@ mod tests {
             galera_donor_ok: false,
             password: None,
             password_file: None,
+            tls: crate::config::TlsMode::Auto,
+            tls_ca: None,
+            tls_ca_file: None,
             check_query: None,
             notify: None,
         }
@@ -597,6 +632,7 @@ mod tests {
         use resultset::{Reply, ResultSet};
         let logged_in = Alive::LoggedIn {
             server_version: "10.11.19-MariaDB".into(),
+            tls: false,
         };
         let one = |value: Option<&str>| {
             Reply::Rows(ResultSet {

@@ -22,6 +22,7 @@ pub const MAX_PAYLOAD_LEN: usize = 0xFF_FFFF;
 /// Capability flags (the subset the check reads or sends).
 pub const CLIENT_LONG_PASSWORD: u32 = 0x0000_0001;
 pub const CLIENT_PROTOCOL_41: u32 = 0x0000_0200;
+pub const CLIENT_SSL: u32 = 0x0000_0800;
 pub const CLIENT_SECURE_CONNECTION: u32 = 0x0000_8000;
 pub const CLIENT_PLUGIN_AUTH: u32 = 0x0008_0000;
 
@@ -306,23 +307,18 @@ pub fn auth_response(plugin: &str, nonce: &[u8], password: &[u8]) -> Result<Vec<
 /// Builds the payload of a `HandshakeResponse41` logging in as `user` with `password` (empty:
 /// none). It answers with the server's default plugin when the check speaks it, else with
 /// mysql_native_password; a user of another plugin gets an auth switch, answered then.
+/// With `tls`, the response follows an [`ssl_request`] and the TLS handshake, and says so.
 pub fn handshake_response(
     greeting: &Greeting,
     user: &str,
     password: &[u8],
+    tls: bool,
 ) -> Result<Vec<u8>, ProtocolError> {
-    if greeting.capabilities & CLIENT_PROTOCOL_41 == 0 {
-        return Err(ProtocolError::NoProtocol41);
-    }
     if user.as_bytes().contains(&0) {
         return Err(ProtocolError::NulInUser);
     }
-    let capabilities = CLIENT_CAPABILITIES & greeting.capabilities;
-    let mut out = Vec::with_capacity(64 + user.len());
-    out.extend_from_slice(&capabilities.to_le_bytes());
-    out.extend_from_slice(&CLIENT_MAX_PACKET_SIZE.to_le_bytes());
-    out.push(greeting.character_set.unwrap_or(DEFAULT_CHARACTER_SET));
-    out.extend_from_slice(&[0; 23]);
+    let mut out = response_head(greeting, tls)?;
+    let capabilities = u32::from_le_bytes([out[0], out[1], out[2], out[3]]);
     out.extend_from_slice(user.as_bytes());
     out.push(0);
     let plugin = greeting
@@ -352,6 +348,30 @@ pub fn handshake_response(
         out.extend_from_slice(plugin.as_bytes());
         out.push(0);
     }
+    Ok(out)
+}
+
+/// The `SSLRequest` packet's payload: the head of a handshake response, with `CLIENT_SSL`; the
+/// TLS handshake follows it, then the whole response.
+pub fn ssl_request(greeting: &Greeting) -> Result<Vec<u8>, ProtocolError> {
+    response_head(greeting, true)
+}
+
+/// The 32 bytes a handshake response and an `SSLRequest` begin with: capabilities, packet
+/// size, collation, filler.
+fn response_head(greeting: &Greeting, tls: bool) -> Result<Vec<u8>, ProtocolError> {
+    if greeting.capabilities & CLIENT_PROTOCOL_41 == 0 {
+        return Err(ProtocolError::NoProtocol41);
+    }
+    let mut capabilities = CLIENT_CAPABILITIES & greeting.capabilities;
+    if tls {
+        capabilities |= CLIENT_SSL;
+    }
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(&capabilities.to_le_bytes());
+    out.extend_from_slice(&CLIENT_MAX_PACKET_SIZE.to_le_bytes());
+    out.push(greeting.character_set.unwrap_or(DEFAULT_CHARACTER_SET));
+    out.extend_from_slice(&[0; 23]);
     Ok(out)
 }
 
@@ -765,7 +785,7 @@ mod tests {
     #[test]
     fn handshake_response_logs_in_with_empty_password_and_echoes_plugin() {
         let g = greeting(&mariadb_greeting());
-        let p = handshake_response(&g, "ringlb_check", b"").unwrap();
+        let p = handshake_response(&g, "ringlb_check", b"", false).unwrap();
         let caps = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
         // MariaDB clears bit 0 (CLIENT_MYSQL / CLIENT_LONG_PASSWORD), so it is not echoed.
         assert_eq!(
@@ -786,7 +806,7 @@ mod tests {
         let mut g = greeting(&mariadb_greeting());
         g.capabilities = CLIENT_PROTOCOL_41;
         g.character_set = None;
-        let p = handshake_response(&g, "u", b"").unwrap();
+        let p = handshake_response(&g, "u", b"", false).unwrap();
         assert_eq!(u32::from_le_bytes([p[0], p[1], p[2], p[3]]), CLIENT_PROTOCOL_41);
         assert_eq!(p[8], DEFAULT_CHARACTER_SET);
         // No plugin name without CLIENT_PLUGIN_AUTH: user, NUL, empty auth response.
@@ -797,16 +817,22 @@ mod tests {
     fn handshake_response_names_default_plugin_when_greeting_has_none() {
         let mut g = greeting(&mariadb_greeting());
         g.auth_plugin_name = None;
-        let p = handshake_response(&g, "u", b"").unwrap();
+        let p = handshake_response(&g, "u", b"", false).unwrap();
         assert!(p.ends_with(b"u\0\0mysql_native_password\0"));
     }
 
     #[test]
     fn handshake_response_refuses_pre_41_server_and_nul_in_user() {
         let mut g = greeting(&mariadb_greeting());
-        assert_eq!(handshake_response(&g, "a\0b", b""), Err(ProtocolError::NulInUser));
+        assert_eq!(
+            handshake_response(&g, "a\0b", b"", false),
+            Err(ProtocolError::NulInUser)
+        );
         g.capabilities &= !CLIENT_PROTOCOL_41;
-        assert_eq!(handshake_response(&g, "u", b""), Err(ProtocolError::NoProtocol41));
+        assert_eq!(
+            handshake_response(&g, "u", b"", false),
+            Err(ProtocolError::NoProtocol41)
+        );
     }
 
     #[test]
@@ -911,7 +937,7 @@ mod tests {
         let mut g = greeting(&mariadb_greeting());
         g.auth_plugin_name = Some("client_ed25519".into());
         g.auth_plugin_data = nonce.clone();
-        let p = handshake_response(&g, "u", b"secret").unwrap();
+        let p = handshake_response(&g, "u", b"secret", false).unwrap();
         let tail = b"mysql_native_password\0";
         assert!(p.ends_with(tail), "{p:?}");
         assert_eq!(p[p.len() - tail.len() - 21], 20, "a 20-byte scramble");
@@ -945,7 +971,7 @@ mod tests {
             let _ = parse_header(&input);
             let _ = parse_auth_reply(&input);
             if let Ok(InitialPacket::Greeting(g)) = parse_initial(&input) {
-                let _ = handshake_response(&g, "ringlb_check", b"");
+                let _ = handshake_response(&g, "ringlb_check", b"", false);
             }
         }
     }

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use super::mysql::{self, AuthReply, ErrPacket, InitialPacket, ProtocolError};
 use super::resultset::{self, Reply, ReplyReader};
+use super::tls::TlsClient;
 use crate::config::CheckKind;
 use crate::proxy_protocol::{self, ProxyVersion};
 
@@ -50,7 +51,11 @@ pub enum Alive {
     /// `mysql` check without a user: the greeting arrived.
     Greeted { server_version: String },
     /// Logged in and quit cleanly.
-    LoggedIn { server_version: String },
+    LoggedIn {
+        server_version: String,
+        /// Over TLS.
+        tls: bool,
+    },
     /// The server greeted us but refused the check user (1044, 1045, 1698): alive, but each such
     /// check counts as an aborted connect on the server.
     AccessDenied {
@@ -64,7 +69,14 @@ impl fmt::Display for Alive {
         match self {
             Alive::Connected => f.write_str("TCP connect succeeded"),
             Alive::Greeted { server_version } => write!(f, "greeting from {server_version}"),
-            Alive::LoggedIn { server_version } => write!(f, "logged in to {server_version}"),
+            Alive::LoggedIn {
+                server_version,
+                tls: false,
+            } => write!(f, "logged in to {server_version}"),
+            Alive::LoggedIn {
+                server_version,
+                tls: true,
+            } => write!(f, "logged in to {server_version} over TLS"),
             Alive::AccessDenied {
                 server_version,
                 error,
@@ -86,6 +98,7 @@ pub enum Stage {
     /// Sending the state statements, or reading their replies.
     Query,
     Quit,
+    Tls,
 }
 
 impl fmt::Display for Stage {
@@ -98,6 +111,7 @@ impl fmt::Display for Stage {
             Stage::LoginReply => "reading the login reply",
             Stage::Query => "reading the server's state",
             Stage::Quit => "sending COM_QUIT",
+            Stage::Tls => "in the TLS handshake",
         })
     }
 }
@@ -124,6 +138,9 @@ pub enum ProbeError {
     ProxyHeaderRefused(ErrPacket),
     #[error("{stage}: {error}")]
     Protocol { stage: Stage, error: ProtocolError },
+    /// TLS could not be set up: the server offers none, or its handshake or certificate failed.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The check cannot answer the server's authentication (its plugin, or it needs TLS).
     #[error("login: {0}")]
     Auth(String),
@@ -150,21 +167,51 @@ impl ProbeError {
     }
 }
 
-/// Who the check logs in as: the user and its password (empty: none).
-pub type Login<'a> = (&'a str, &'a [u8]);
+/// Who the check logs in as, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Login<'a> {
+    pub user: &'a str,
+    /// Empty: no password.
+    pub password: &'a [u8],
+    pub tls: TlsUse<'a>,
+}
+
+impl<'a> Login<'a> {
+    /// `user` with no password, without TLS.
+    pub fn user(user: &'a str) -> Login<'a> {
+        Login {
+            user,
+            password: b"",
+            tls: TlsUse::Never,
+        }
+    }
+}
+
+/// When a check speaks TLS.
+#[derive(Debug, Clone, Copy)]
+pub enum TlsUse<'a> {
+    Never,
+    /// From the start; a server that offers no TLS fails the check.
+    Always(&'a TlsClient),
+    /// Only when a login without it is refused and the server offers it (`tls = "auto"`).
+    Fallback(&'a TlsClient),
+}
 
 /// Where a probe goes: the backend's address and whether its listener sends the PROXY protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Target {
+pub struct Target<'a> {
+    /// As configured ("db-01:3306"): the name a TLS certificate is checked against.
+    pub name: &'a str,
     pub addr: SocketAddr,
     /// The `mysql` probe sends this version's LOCAL header right after connecting.
     pub send_proxy: Option<ProxyVersion>,
 }
 
-impl From<SocketAddr> for Target {
-    /// A backend without the PROXY protocol.
-    fn from(addr: SocketAddr) -> Target {
+impl From<SocketAddr> for Target<'_> {
+    /// A backend without the PROXY protocol, named by its address.
+    fn from(addr: SocketAddr) -> Self {
         Target {
+            name: "",
             addr,
             send_proxy: None,
         }
@@ -172,9 +219,9 @@ impl From<SocketAddr> for Target {
 }
 
 /// Probes `target` once; the whole probe is bounded by `timeout`.
-pub fn probe(
+pub fn probe<'a>(
     kind: CheckKind,
-    target: impl Into<Target>,
+    target: impl Into<Target<'a>>,
     user: &str,
     timeout: Duration,
 ) -> Result<Alive, ProbeError> {
@@ -185,22 +232,22 @@ pub fn probe(
 /// and reads their replies, in order, before it quits. No reply comes back when the check did not
 /// log in (a `tcp` check, a greeting-only check, a refused check user). The whole probe is
 /// bounded by `timeout`.
-pub fn probe_state(
+pub fn probe_state<'a>(
     kind: CheckKind,
-    target: impl Into<Target>,
+    target: impl Into<Target<'a>>,
     user: &str,
     timeout: Duration,
     statements: &[&str],
 ) -> Result<(Alive, Vec<Reply>), ProbeError> {
     let statements = |_: &str| statements.iter().map(|s| s.to_string()).collect();
-    probe_with(kind, target, (user, b""), timeout, &statements)
+    probe_with(kind, target, Login::user(user), timeout, &statements)
 }
 
 /// [`probe_state`] with the statements chosen once the greeting has named the server's version
 /// (the replica status statement differs between MariaDB and MySQL versions).
-pub fn probe_with(
+pub fn probe_with<'a>(
     kind: CheckKind,
-    target: impl Into<Target>,
+    target: impl Into<Target<'a>>,
     login: Login<'_>,
     timeout: Duration,
     statements: &dyn Fn(&str) -> Vec<String>,
@@ -208,13 +255,44 @@ pub fn probe_with(
     let target = target.into();
     let deadline = Instant::now() + timeout;
     let timeout_ms = timeout.as_millis() as u64;
-    match probe_until(kind, target, login, deadline, timeout_ms, statements) {
+    let first = match login.tls {
+        TlsUse::Fallback(_) => Login {
+            tls: TlsUse::Never,
+            ..login
+        },
+        _ => login,
+    };
+    let result = match (
+        probe_until(kind, target, first, deadline, timeout_ms, statements),
+        login.tls,
+    ) {
+        // Refused without TLS: the server may require it (`require_secure_transport`).
+        (Ok((Alive::AccessDenied { .. }, _)) | Err(ProbeError::LoginFailed(_)), TlsUse::Fallback(client))
+            if kind == CheckKind::Mysql =>
+        {
+            let with_tls = Login {
+                tls: TlsUse::Always(client),
+                ..login
+            };
+            let plain = probe_until(kind, target, first, deadline, timeout_ms, &|_| Vec::new());
+            match probe_until(kind, target, with_tls, deadline, timeout_ms, statements) {
+                Ok(logged_in @ (Alive::LoggedIn { .. }, _)) => Ok(logged_in),
+                // TLS did no better: the plain answer says why.
+                _ => plain,
+            }
+        }
+        (result, _) => result,
+    };
+    match result {
         Err(ProbeError::LoginFailed(error))
             if target.send_proxy.is_some() && error.code == mysql::ER_HOST_NOT_PRIVILEGED =>
         {
             // Resets the server's count of connection errors for our host (module docs); its
             // own outcome changes nothing.
-            let plain = Target::from(target.addr);
+            let plain = Target {
+                send_proxy: None,
+                ..target
+            };
             let _ = probe_until(kind, plain, login, deadline, timeout_ms, &|_| Vec::new());
             Err(ProbeError::ProxyHeaderRefused(error))
         }
@@ -225,7 +303,7 @@ pub fn probe_with(
 /// One probe of `target` that ends by `deadline`.
 fn probe_until(
     kind: CheckKind,
-    target: Target,
+    target: Target<'_>,
     login: Login<'_>,
     deadline: Instant,
     timeout_ms: u64,
@@ -245,16 +323,18 @@ fn probe_until(
                 // retry a short one (see proxy_protocol).
                 conn.write_all(&proxy_protocol::local_header(version), Stage::ProxyHeader)?;
             }
-            mysql_check(&mut conn, login, statements)
+            mysql_check(&mut conn, login, target, statements)
         }
     }
 }
 
 fn mysql_check(
     conn: &mut Conn,
-    (user, password): Login<'_>,
+    login: Login<'_>,
+    target: Target<'_>,
     statements: &dyn Fn(&str) -> Vec<String>,
 ) -> Result<(Alive, Vec<Reply>), ProbeError> {
+    let (user, password) = (login.user, login.password);
     let (sequence, payload) = conn.read_packet(Stage::Greeting)?;
     let greeting = match mysql::parse_initial(&payload).map_err(protocol(Stage::Greeting))? {
         InitialPacket::Greeting(g) => g,
@@ -265,8 +345,26 @@ fn mysql_check(
         return Ok((Alive::Greeted { server_version }, Vec::new()));
     }
 
-    let response = mysql::handshake_response(&greeting, user, password).map_err(protocol(Stage::Login))?;
     let mut next = sequence.wrapping_add(1);
+    let tls = match login.tls {
+        TlsUse::Always(client) => {
+            if greeting.capabilities & mysql::CLIENT_SSL == 0 {
+                return Err(ProbeError::Tls("the server offers no TLS ([health] tls)".into()));
+            }
+            let request = mysql::ssl_request(&greeting).map_err(protocol(Stage::Login))?;
+            conn.write_all(
+                &mysql::packet(next, &request).map_err(protocol(Stage::Login))?,
+                Stage::Login,
+            )?;
+            next = next.wrapping_add(1);
+            let name = client.server_name(target.name, target.addr.ip());
+            conn.start_tls(client, name)?;
+            true
+        }
+        TlsUse::Never | TlsUse::Fallback(_) => false,
+    };
+    let response =
+        mysql::handshake_response(&greeting, user, password, tls).map_err(protocol(Stage::Login))?;
     let login = mysql::packet(next, &response).map_err(protocol(Stage::Login))?;
     if let Err(failed) = conn.write_all(&login, Stage::Login) {
         return Err(match err_left_behind(conn) {
@@ -321,7 +419,7 @@ fn mysql_check(
     // disconnect.
     conn.write_all(&mysql::com_quit(), Stage::Quit)?;
     conn.shutdown_write();
-    Ok((Alive::LoggedIn { server_version }, replies))
+    Ok((Alive::LoggedIn { server_version, tls }, replies))
 }
 
 /// Sends `statements` in one write (each its own `COM_QUERY`, sequence 0: the server reads them
@@ -368,9 +466,49 @@ fn protocol(stage: Stage) -> impl Fn(ProtocolError) -> ProbeError {
 
 /// A connection with a deadline applied to every operation.
 struct Conn {
-    stream: Option<TcpStream>,
+    stream: Option<Transport>,
     deadline: Instant,
     timeout_ms: u64,
+}
+
+/// The check's connection: plain, or TLS over it once an `SSLRequest` was answered.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(tcp) => tcp,
+            Transport::Tls(tls) => &tls.sock,
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => tcp.read(buf),
+            Transport::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => tcp.write(buf),
+            Transport::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(tcp) => tcp.flush(),
+            Transport::Tls(tls) => tls.flush(),
+        }
+    }
 }
 
 impl Conn {
@@ -401,12 +539,41 @@ impl Conn {
         let stream = TcpStream::connect_timeout(&addr, left).map_err(|e| self.io_error(Stage::Connect, e))?;
         // Login packets are tiny and each waits for an answer: do not let Nagle hold them.
         let _ = stream.set_nodelay(true);
-        self.stream = Some(stream);
+        self.stream = Some(Transport::Plain(stream));
         Ok(())
     }
 
-    fn stream(&mut self, stage: Stage) -> Result<&mut TcpStream, ProbeError> {
+    fn stream(&mut self, stage: Stage) -> Result<&mut Transport, ProbeError> {
         self.stream.as_mut().ok_or(ProbeError::Closed { stage })
+    }
+
+    /// Turns the plain connection into TLS, and completes the handshake by the deadline.
+    fn start_tls(
+        &mut self,
+        client: &TlsClient,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<(), ProbeError> {
+        let stage = Stage::Tls;
+        let Some(Transport::Plain(tcp)) = self.stream.take() else {
+            return Err(ProbeError::Closed { stage });
+        };
+        let session = rustls::ClientConnection::new(client.config.clone(), name)
+            .map_err(|e| ProbeError::Tls(e.to_string()))?;
+        let mut tls = rustls::StreamOwned::new(session, tcp);
+        while tls.conn.is_handshaking() {
+            let left = self.remaining(stage)?;
+            let _ = tls.sock.set_read_timeout(Some(left));
+            let _ = tls.sock.set_write_timeout(Some(left));
+            match tls.conn.complete_io(&mut tls.sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Err(ProbeError::Tls(e.to_string()))
+                }
+                Err(e) => return Err(self.io_error(stage, e)),
+            }
+        }
+        self.stream = Some(Transport::Tls(Box::new(tls)));
+        Ok(())
     }
 
     fn read_exact(&mut self, mut buf: &mut [u8], stage: Stage) -> Result<(), ProbeError> {
@@ -414,6 +581,7 @@ impl Conn {
             let left = self.remaining(stage)?;
             let stream = self.stream(stage)?;
             stream
+                .tcp()
                 .set_read_timeout(Some(left))
                 .map_err(|source| ProbeError::Io { stage, source })?;
             match stream.read(buf) {
@@ -446,15 +614,21 @@ impl Conn {
         let left = self.remaining(stage)?;
         let stream = self.stream(stage)?;
         stream
+            .tcp()
             .set_write_timeout(Some(left))
             .map_err(|source| ProbeError::Io { stage, source })?;
-        let result = stream.write_all(bytes);
+        let result = stream.write_all(bytes).and_then(|()| stream.flush());
         result.map_err(|e| self.io_error(stage, e))
     }
 
     fn shutdown_write(&mut self) {
-        if let Some(stream) = &self.stream {
-            let _ = stream.shutdown(Shutdown::Write);
+        if let Some(stream) = &mut self.stream {
+            if let Transport::Tls(tls) = stream {
+                // close_notify first, so that the server sees a clean end of the session.
+                tls.conn.send_close_notify();
+                let _ = tls.conn.complete_io(&mut tls.sock);
+            }
+            let _ = stream.tcp().shutdown(Shutdown::Write);
         }
     }
 }
@@ -563,7 +737,8 @@ pub(crate) mod tests {
         assert_eq!(
             alive,
             Alive::LoggedIn {
-                server_version: "10.11.6-MariaDB".into()
+                server_version: "10.11.6-MariaDB".into(),
+                tls: false,
             }
         );
         let seen = server.join().unwrap();
@@ -624,6 +799,7 @@ pub(crate) mod tests {
             let ok = mysql::packet(2, &[0, 0, 0, 2, 0, 0, 0]).unwrap();
             let (addr, server) = scripted_proxy_server(header.len(), greeting_packet(), vec![ok]);
             let target = Target {
+                name: "",
                 addr,
                 send_proxy: Some(version),
             };
@@ -656,6 +832,7 @@ pub(crate) mod tests {
             (refused, plain)
         });
         let target = Target {
+            name: "",
             addr,
             send_proxy: Some(ProxyVersion::V2),
         };
@@ -700,6 +877,7 @@ pub(crate) mod tests {
             s.write_all(&[greeting_packet(), refusal].concat()).unwrap();
         });
         let target = Target {
+            name: "",
             addr,
             send_proxy: Some(ProxyVersion::V1),
         };
@@ -715,6 +893,7 @@ pub(crate) mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let target = Target {
+            name: "",
             addr,
             send_proxy: Some(ProxyVersion::V1),
         };

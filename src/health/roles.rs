@@ -39,7 +39,7 @@ pub struct Sample {
 /// the state statements for `needs`.
 pub fn sample(alive: &Alive, replies: &[Reply], needs: u8) -> Sample {
     let (server_version, refused) = match alive {
-        Alive::LoggedIn { server_version } => (server_version.clone(), None),
+        Alive::LoggedIn { server_version, .. } => (server_version.clone(), None),
         Alive::AccessDenied {
             server_version,
             error,
