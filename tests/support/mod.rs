@@ -330,11 +330,30 @@ impl MariaDb {
     /// override them (the benchmark raises `--max-connections`; the PROXY protocol tests set
     /// `--proxy-protocol-networks`).
     pub fn start_with_options(extra_options: &[&str]) -> MariaDb {
-        let mut server = MariaDb::unstarted(0, extra_options, None);
+        MariaDb::unstarted(0, extra_options, None).start_on_a_free_port()
+    }
+
+    /// [`MariaDb::start_with_options`] for a Galera node: its data directory is open to every
+    /// user, because a joining node receives its state through an rsync daemon that runs as
+    /// `nobody` (`wsrep_sst_method = rsync`).
+    pub fn start_galera_node(extra_options: &[&str]) -> MariaDb {
+        let server = MariaDb::unstarted(0, extra_options, None);
+        let data = server.dir.path().join("data");
+        let status = Command::new("chmod")
+            .args(["-R", "a+rwX"])
+            .arg(server.dir.path())
+            .status()
+            .expect("run chmod");
+        assert!(status.success(), "chmod -R a+rwX {}", data.display());
+        server.start_on_a_free_port()
+    }
+
+    fn start_on_a_free_port(mut self) -> MariaDb {
+        let server = &mut self;
         for _attempt in 0..5 {
             server.port = free_port();
             match server.spawn_and_wait() {
-                Ok(()) => return server,
+                Ok(()) => return self,
                 // Another process took the port between free_port() and the server's bind.
                 Err(StartFailure::PortTaken) => continue,
                 Err(StartFailure::Other(message)) => panic!("{message}"),
