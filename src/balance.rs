@@ -47,6 +47,11 @@ pub struct ServerLive {
     /// so other connections, in any pool, skip it at once instead of each waiting for its own
     /// failure. A check that reaches the server clears it.
     pub suspect_until_ms: AtomicU64,
+    /// When `up` last turned true (ms on [`crate::clock`]; 0: up since start-up): where
+    /// `slowstart_ms` ramps from.
+    pub up_since_ms: AtomicU64,
+    /// When `replicating` last turned true: a reader pool's ramp starts there too.
+    pub replicating_since_ms: AtomicU64,
     /// Set when a reload removed every backend at this server: its checker stops.
     pub retired: AtomicBool,
     /// What the pools naming it need read after the login: [`NEEDS_STATE`] and
@@ -87,6 +92,8 @@ impl ServerLive {
             send_proxy,
             up: AtomicBool::new(true),
             suspect_until_ms: AtomicU64::new(0),
+            up_since_ms: AtomicU64::new(0),
+            replicating_since_ms: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             needs: AtomicU8::new(0),
             judged: AtomicBool::new(false),
@@ -180,6 +187,10 @@ pub struct BackendLive {
     /// In a reader pool: the replica's lag is within the pool's limit, with the pool's
     /// hysteresis ([`crate::health::state::LagGate`]); written by the server's checker.
     pub lag_in: AtomicBool,
+    /// When `lag_in` last turned true, ms ([`crate::clock`]).
+    pub lag_in_since_ms: AtomicU64,
+    /// When the operator last enabled it after a drain or disable, ms.
+    pub enabled_since_ms: AtomicU64,
     /// Connections open to this backend right now, over all workers: the least-connections key.
     pub active_connections: AtomicU32,
     /// What the operator set: [`AdminState`] as a byte. Anything but enabled takes no new
@@ -193,6 +204,8 @@ impl Default for BackendLive {
     fn default() -> Self {
         BackendLive {
             lag_in: AtomicBool::new(true),
+            lag_in_since_ms: AtomicU64::new(0),
+            enabled_since_ms: AtomicU64::new(0),
             active_connections: AtomicU32::new(0),
             admin_state: AtomicU8::new(AdminState::Enabled as u8),
             retired: AtomicBool::new(false),
@@ -333,6 +346,22 @@ impl Backend {
         }
     }
 
+    /// When it last came back into its pool (ms on [`crate::clock`]; 0: in since start-up): up
+    /// again, enabled again and, in a reader pool, replicating and within the lag again. A writer
+    /// pool has one server at a time: nothing to ramp against.
+    fn back_since_ms(&self, pool: Role) -> u64 {
+        let up = self.server.up_since_ms.load(Ordering::Relaxed);
+        let enabled = self.live.enabled_since_ms.load(Ordering::Relaxed);
+        match pool {
+            Role::Any => up.max(enabled),
+            Role::Writer => 0,
+            Role::Reader => up
+                .max(enabled)
+                .max(self.server.replicating_since_ms.load(Ordering::Relaxed))
+                .max(self.live.lag_in_since_ms.load(Ordering::Relaxed)),
+        }
+    }
+
     /// In a writer pool: whether its server holds the role now.
     pub fn is_writer(&self) -> bool {
         self.writer
@@ -403,6 +432,24 @@ enum Pass {
     Primary,
     /// Either (`reader_uses_writer = true`).
     ReplicaOrPrimary,
+}
+
+/// Weights are scaled by this in a listener with `slowstart_ms`, so that a backend early in its
+/// ramp holds a fraction of one unit of weight.
+const RAMP_SCALE: u32 = 64;
+
+/// A backend's weight `elapsed_ms` after it came back into a pool with `slowstart_ms`: from
+/// almost nothing up to its full weight over the ramp (HAProxy's `slowstart`), on a scale of
+/// [`RAMP_SCALE`] per unit. Without `slowstart_ms`, the configured weight.
+fn ramped_weight(weight: u32, slowstart_ms: u64, elapsed_ms: u64) -> u32 {
+    if slowstart_ms == 0 {
+        return weight;
+    }
+    let full = weight * RAMP_SCALE;
+    if elapsed_ms >= slowstart_ms {
+        return full;
+    }
+    ((u64::from(full) * elapsed_ms / slowstart_ms) as u32).max(1)
 }
 
 /// What [`Backends::acquire`] found for a new connection.
@@ -711,6 +758,8 @@ impl Backends {
             Balance::Leastconn => choose,
             Balance::Roundrobin => choose_round_robin,
         };
+        let config = &self.listeners[listener].config;
+        let (slowstart_ms, role) = (config.slowstart_ms, config.role);
         // Backends that filled up between the choice and the count, passed over on the next try.
         let mut excluded = tried.clone();
         for _ in 0..=backends.len() {
@@ -726,7 +775,11 @@ impl Backends {
                         && b.backup == backup
                         && !b.full(),
                     active: b.active_connections(),
-                    weight: b.weight,
+                    weight: ramped_weight(
+                        b.weight,
+                        slowstart_ms,
+                        now_ms.saturating_sub(b.back_since_ms(role)),
+                    ),
                 }
             };
             let pick = [(true, false), (false, false), (true, true), (false, true)]
@@ -770,7 +823,12 @@ impl Backends {
         let matching = self.all.iter().filter(|b| b.name == name);
         let mut count = 0;
         for b in matching {
-            b.live.admin_state.store(state as u8, Ordering::Relaxed);
+            let was = b.live.admin_state.swap(state as u8, Ordering::Relaxed);
+            if was != AdminState::Enabled as u8 && state == AdminState::Enabled {
+                b.live
+                    .enabled_since_ms
+                    .store(crate::clock::now_ms(), Ordering::Relaxed);
+            }
             count += 1;
         }
         count
@@ -871,9 +929,12 @@ pub struct Candidate {
     pub weight: u32,
 }
 
-/// Least connections: among eligible candidates (up, not yet tried) the smallest
-/// `active / weight` (`candidate(pos)` for positions `0..n`), compared exactly by cross-multiplication; ties go to the first one at or
-/// after position `rotor % n`, so equal backends take turns. Returns the position in the pool.
+/// Least connections: among eligible candidates (up, not yet tried; `candidate(pos)` for
+/// positions `0..n`) the smallest `(active + 1) / weight`, the load each would have with this
+/// connection (as HAProxy's leastconn): with equal weights the fewest connections, and a backend
+/// of small weight (early in its slow start) is not picked merely because it holds none yet.
+/// Compared exactly by cross-multiplication; ties go to the first one at or after position
+/// `rotor % n`, so equal backends take turns. Returns the position in the pool.
 pub fn choose(
     n: usize,
     tried: &Tried,
@@ -894,7 +955,8 @@ pub fn choose(
         let better = match best {
             None => true,
             Some((_, b)) => {
-                u64::from(c.active) * u64::from(b.weight) < u64::from(b.active) * u64::from(c.weight)
+                (u64::from(c.active) + 1) * u64::from(b.weight)
+                    < (u64::from(b.active) + 1) * u64::from(c.weight)
             }
         };
         if better {
@@ -1014,16 +1076,65 @@ mod tests {
 
     #[test]
     fn weights_scale_the_share() {
-        // 4 active on weight 3 (1.33 each) beats 2 active on weight 1.
+        // With this connection: 5 on weight 3 (1.67 each) beats 3 on weight 1.
         let heavy = Candidate {
             up: true,
             active: 4,
             weight: 3,
         };
         assert_eq!(pick(&[up(2), heavy], 0, 0), Some(1));
-        // 7 on weight 3 (2.33) loses to 2 on weight 1.
-        let busier = Candidate { active: 7, ..heavy };
+        // 10 on weight 3 (3.33) loses to 3 on weight 1.
+        let busier = Candidate { active: 9, ..heavy };
         assert_eq!(pick(&[up(2), busier], 0, 0), Some(0));
+        // An idle backend of tiny weight is not a magnet: 1 on weight 1 of 64 (a backend early in
+        // its slow start) loses to 3 on weight 64.
+        let ramping = Candidate {
+            up: true,
+            active: 0,
+            weight: 1,
+        };
+        let full = Candidate {
+            up: true,
+            active: 2,
+            weight: 64,
+        };
+        assert_eq!(pick(&[ramping, full], 0, 0), Some(1));
+    }
+
+    #[test]
+    fn a_backend_back_in_the_pool_ramps_up_over_slowstart() {
+        assert_eq!(
+            ramped_weight(3, 0, 5),
+            3,
+            "no slow start: the weight as configured"
+        );
+        assert_eq!(ramped_weight(2, 1000, 0), 1, "a sliver at first");
+        assert_eq!(ramped_weight(2, 1000, 500), 64);
+        assert_eq!(ramped_weight(2, 1000, 1000), 128);
+        assert_eq!(ramped_weight(2, 1000, 99_999), 128);
+        // Through the table: two backends, the second back 10% into a 1 s slow start. Held
+        // connections spread by weight: the ramping one takes about a tenth of the other's.
+        let mut config = Config::with_listener(
+            "127.0.0.1:4040".parse().unwrap(),
+            ["127.0.0.1:3306", "127.0.0.1:3307"]
+                .map(|a| crate::config::BackendConfig::at(a.parse().unwrap()))
+                .to_vec(),
+        );
+        config.listeners[0].slowstart_ms = 1000;
+        let table = Backends::from_config(&config);
+        table.all[1].server.up_since_ms.store(10_000, Ordering::Relaxed);
+        let mut counts = [0u32; 2];
+        for _ in 0..110 {
+            let b = acq(&table, 0, 0, 10_100).unwrap();
+            counts[b] += 1;
+        }
+        assert!((8..=12).contains(&counts[1]), "{counts:?}");
+        // Once the ramp is over, new connections even it out.
+        for _ in 0..90 {
+            let b = acq(&table, 0, 0, 11_000).unwrap();
+            counts[b] += 1;
+        }
+        assert!(counts[0].abs_diff(counts[1]) <= 2, "{counts:?}");
     }
 
     fn table(n: usize) -> Backends {

@@ -150,6 +150,10 @@ pub struct ListenerConfig {
     pub max_lag_s: u64,
     /// ...and comes back once it is no further behind than this (at most `max_lag_s`).
     pub lag_return_s: u64,
+    /// A backend back in the pool (up again, enabled again, a replica back within its lag)
+    /// gets a share of new connections that grows from almost none to its full weight over this
+    /// long (0: at once), so that a cold buffer pool is not flooded.
+    pub slowstart_ms: u64,
     /// `role = "reader"`: a writable server (`read_only` OFF: the primary, or the survivor of a
     /// master-master pair) takes reads beside the qualifying replicas; otherwise only while no
     /// replica qualifies.
@@ -246,6 +250,7 @@ impl ListenerConfig {
             max_lag_s: DEFAULT_MAX_LAG_S,
             lag_return_s: DEFAULT_MAX_LAG_S / 2,
             reader_uses_writer: false,
+            slowstart_ms: 0,
         }
     }
 }
@@ -804,6 +809,9 @@ pub fn to_toml(config: &Config) -> String {
         out.push_str(&format!("queue_limit = {}\n", listener.queue_limit));
         out.push_str(&format!("queue_timeout_ms = {}\n", listener.queue_timeout_ms));
         out.push_str(&format!("retries = {}\n", listener.retries));
+        if listener.slowstart_ms > 0 {
+            out.push_str(&format!("slowstart_ms = {}\n", listener.slowstart_ms));
+        }
         if listener.balance == Balance::Roundrobin {
             out.push_str("balance = \"roundrobin\"\n");
         }
@@ -993,6 +1001,7 @@ struct RawListener {
     queue_timeout_ms: Option<Spanned<i64>>,
     retries: Option<Spanned<i64>>,
     send_proxy: Option<Spanned<String>>,
+    slowstart_ms: Option<Spanned<i64>>,
     role: Option<Spanned<String>>,
     failback: Option<Spanned<bool>>,
     on_writer_change: Option<Spanned<String>>,
@@ -2031,6 +2040,10 @@ fn file_listener(
         })?),
     };
     let role = listener_role(origin, &key, listener)?;
+    let slowstart_ms = match &listener.slowstart_ms {
+        Some(v) => int_in(origin, v, &format!("{key}.slowstart_ms"), 0, 3_600_000)?,
+        None => 0,
+    };
     let mut allow = Vec::new();
     for (j, entry) in listener.allow.iter().flatten().enumerate() {
         let cidr = Cidr::parse(entry.get_ref())
@@ -2098,6 +2111,7 @@ fn file_listener(
             max_lag_s: role.max_lag_s,
             lag_return_s: role.lag_return_s,
             reader_uses_writer: role.reader_uses_writer,
+            slowstart_ms,
         },
         name_site,
         role_site: listener
@@ -2434,6 +2448,7 @@ address = "[::1]:3307"
                 max_lag_s: DEFAULT_MAX_LAG_S,
                 lag_return_s: DEFAULT_MAX_LAG_S / 2,
                 reader_uses_writer: false,
+                slowstart_ms: 0,
             }]
         );
     }

@@ -204,6 +204,50 @@ fn restarted_backend_takes_traffic_again_after_rise_checks() {
     );
 }
 
+#[test]
+fn a_restarted_backend_with_slowstart_takes_a_small_share_at_first_then_its_full_one() {
+    let _serial = support::one_at_a_time();
+    let mut a = MariaDb::start();
+    let b = MariaDb::start();
+    let config = format!(
+        "{FAST_HEALTH}\n[[listener]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\nslowstart_ms = 4000\n\
+         [[listener.backend]]\naddress = \"{}\"\n[[listener.backend]]\naddress = \"{}\"\n",
+        a.addr(),
+        b.addr()
+    );
+    let lb = Ringlb::start(&[], &config);
+    wait_until(Duration::from_secs(10), "both backends up", || {
+        up(&lb, &a) == Some(1.0) && up(&lb, &b) == Some(1.0)
+    });
+    a.kill();
+    wait_until(Duration::from_secs(10), "a down", || up(&lb, &a) == Some(0.0));
+    a.restart();
+    wait_until(Duration::from_secs(10), "a up again", || up(&lb, &a) == Some(1.0));
+    // Held connections opened right after: without slow start they would split evenly.
+    let held: Vec<Conn> = (0..30).map(|_| lb.conn()).collect();
+    let on = |server: &MariaDb| {
+        lb.backend_metric("ringlb_backend_active_connections", server.addr())
+            .unwrap_or_default()
+    };
+    let early = on(&a);
+    assert!(
+        early <= 8.0,
+        "the restarted backend took {early} of 30 at the start of its ramp"
+    );
+    drop(held);
+    wait_until(Duration::from_secs(10), "the held connections closed", || {
+        on(&a) + on(&b) == 0.0
+    });
+    // Once the ramp is over, 30 held connections split evenly again.
+    wait_until(Duration::from_secs(15), "an even split after the ramp", || {
+        let held: Vec<Conn> = (0..30).map(|_| lb.conn()).collect();
+        let level = (on(&a) - on(&b)).abs() <= 2.0;
+        drop(held);
+        support::poll_until(Duration::from_secs(5), || on(&a) + on(&b) == 0.0);
+        level
+    });
+}
+
 /// Hashes every row's bytes in order; returns (rows, bytes, hash).
 fn digest_result(conn: &mut Conn, query: &str) -> (usize, usize, u64) {
     let mut hasher = DefaultHasher::new();

@@ -306,6 +306,9 @@ impl Checker {
                 tracing::warn!(backend = %server.name, "backend up -> down: {after}: {reason}");
             }
             Some(Transition::Up) => {
+                server
+                    .up_since_ms
+                    .store(crate::clock::now_ms(), Ordering::Relaxed);
                 server.up.store(true, Ordering::Relaxed);
                 server.suspect_until_ms.store(0, Ordering::Relaxed);
                 let how = match &result {

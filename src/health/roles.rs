@@ -172,6 +172,12 @@ impl Judge {
         server.writable.store(writable, Ordering::Relaxed);
         // Only a server that a reader pool names has its replica status read.
         let replicating = up && self.sampled && needs & NEEDS_REPLICAS != 0 && self.reader.is_up();
+        if replicating && !server.replicating.load(Ordering::Relaxed) {
+            // Before the flag: a worker that sees it sees where the ramp starts.
+            server
+                .replicating_since_ms
+                .store(crate::clock::now_ms(), Ordering::Relaxed);
+        }
         server.replicating.store(replicating, Ordering::Relaxed);
         let why = |qualifies: bool, last: &Option<Reason>, hysteresis: &Hysteresis| match last {
             _ if qualifies => String::new(),
@@ -219,6 +225,11 @@ fn gate_lag(server: &ServerLive, lag: Option<u64>, table: &Backends) {
         let mut gate = LagGate::resume(listener.max_lag_s, listener.lag_return_s, was_in);
         let now_in = gate.sample(lag);
         if now_in != was_in {
+            if now_in {
+                b.live
+                    .lag_in_since_ms
+                    .store(crate::clock::now_ms(), Ordering::Relaxed);
+            }
             b.live.lag_in.store(now_in, Ordering::Relaxed);
             let lag = lag.map_or("unknown".to_string(), |l| format!("{l} s"));
             if now_in {
