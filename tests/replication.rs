@@ -96,7 +96,7 @@ fn role_config(
     admin: SocketAddr,
     read_port: u16,
     servers: &[SocketAddr],
-    (writer_keys, reader_keys): (&str, &str),
+    (writer_keys, reader_keys, health_keys): (&str, &str, &str),
 ) -> String {
     let backends: String = servers
         .iter()
@@ -104,7 +104,7 @@ fn role_config(
         .collect();
     format!(
         "[global]\nadmin = \"{admin}\"\n\n\
-         [health]\ninterval_ms = {INTERVAL_MS}\nrise = 2\nfall = {FALL}\ntimeout_ms = {TIMEOUT_MS}\n\n\
+         [health]\ninterval_ms = {INTERVAL_MS}\nrise = 2\nfall = {FALL}\ntimeout_ms = {TIMEOUT_MS}\n{health_keys}\n\n\
          [[listener]]\nname = \"rw\"\nbind = \"{listen}\"\nrole = \"writer\"\n{writer_keys}\n{backends}\n\
          [[listener]]\nname = \"ro\"\nbind = \"127.0.0.1:{read_port}\"\nrole = \"reader\"\n{reader_keys}\n{backends}"
     )
@@ -118,11 +118,25 @@ fn start_roles(servers: &[SocketAddr], writer_keys: &str) -> (Ringlb, u16) {
 
 /// [`start_roles`] with keys for each listener.
 fn start_with_keys(servers: &[SocketAddr], writer_keys: &str, reader_keys: &str) -> (Ringlb, u16) {
+    start_with_health(servers, writer_keys, reader_keys, "")
+}
+
+/// [`start_with_keys`] with more `[health]` keys.
+fn start_with_health(
+    servers: &[SocketAddr],
+    writer_keys: &str,
+    reader_keys: &str,
+    health_keys: &str,
+) -> (Ringlb, u16) {
     let read_port = free_port();
     let servers = servers.to_vec();
-    let keys = (writer_keys.to_string(), reader_keys.to_string());
+    let keys = (
+        writer_keys.to_string(),
+        reader_keys.to_string(),
+        health_keys.to_string(),
+    );
     let ringlb = Ringlb::start_with_file(move |listen, admin| {
-        role_config(listen, admin, read_port, &servers, (&keys.0, &keys.1))
+        role_config(listen, admin, read_port, &servers, (&keys.0, &keys.1, &keys.2))
     });
     (ringlb, read_port)
 }
@@ -312,9 +326,21 @@ fn master_master_writes_go_to_one_server_and_move_when_it_fails_or_turns_read_on
 #[test]
 fn with_failback_the_first_listed_server_takes_the_role_back_and_keep_leaves_connections_open() {
     let (mut db1, db2) = master_master_pair();
-    let (ringlb, _) = start_roles(
+    // The notify command appends its arguments to a file, one change per line.
+    let dir = support::TempDir::new("rlb-notify");
+    let (script, changes) = (dir.path().join("notify.sh"), dir.path().join("changes"));
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", changes.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ringlb, _) = start_with_health(
         &[db1.addr(), db2.addr()],
         "failback = true\non_writer_change = \"keep\"",
+        "",
+        &format!("notify = \"{}\"", script.display()),
     );
     await_writer(&ringlb, db1.addr(), ROLE_CHANGE, "at start-up");
     db1.kill();
@@ -331,6 +357,14 @@ fn with_failback_the_first_listed_server_takes_the_role_back_and_keep_leaves_con
     assert_eq!(write_through(&ringlb).unwrap(), 1);
     // on_writer_change = "keep": the connection to the former writer is still served.
     assert_eq!(kept.query_first::<u32, _>("SELECT @@server_id").unwrap(), Some(2));
+    // Every change ran the notify command with `writer HOST:PORT REASON`.
+    let read = || std::fs::read_to_string(&changes).unwrap_or_default();
+    wait_until(ROLE_CHANGE, "three notify lines", || read().lines().count() == 3);
+    let lines: Vec<String> = read().lines().map(String::from).collect();
+    let (a, b) = (db1.addr().to_string(), db2.addr().to_string());
+    assert!(lines[0].starts_with(&format!("writer {a} ")), "{lines:?}");
+    assert!(lines[1].starts_with(&format!("writer {b} down")), "{lines:?}");
+    assert!(lines[2].starts_with(&format!("writer {a} failback")), "{lines:?}");
 }
 
 /// The server ids that `reads` logins through the reader listener landed on.
