@@ -21,6 +21,12 @@
 //! login without the header, within the same timeout: a successful login resets the count, and
 //! the checks alone never get ringlb blocked. The verdict stays a failure.
 //!
+//! The check user may have a password (`[health] password_file`): the login answers the server's
+//! nonce with the plugin's scramble (mysql_native_password, or caching_sha2_password's fast
+//! path), never the password itself. With TLS (`[health] tls`), an `SSLRequest` and a rustls
+//! handshake ([`super::tls`]) come between the greeting and the login; with `tls = "auto"` only
+//! after a login without TLS was refused, on a second connection within the same deadline.
+//!
 //! Invariant: a probe never takes longer than its timeout (plus scheduling slack): every connect,
 //! read and write is bounded by the time left until one deadline.
 
@@ -266,15 +272,18 @@ pub fn probe_with<'a>(
         probe_until(kind, target, first, deadline, timeout_ms, statements),
         login.tls,
     ) {
-        // Refused without TLS: the server may require it (`require_secure_transport`).
-        (Ok((Alive::AccessDenied { .. }, _)) | Err(ProbeError::LoginFailed(_)), TlsUse::Fallback(client))
-            if kind == CheckKind::Mysql =>
+        // Refused without TLS: the server may require it (MariaDB answers 1045 as for a wrong
+        // user, MySQL 3159). Not a refused PROXY header (1130), which TLS cannot help.
+        (
+            plain @ (Ok((Alive::AccessDenied { .. }, _)) | Err(ProbeError::LoginFailed(_))),
+            TlsUse::Fallback(client),
+        ) if kind == CheckKind::Mysql
+            && !matches!(&plain, Err(ProbeError::LoginFailed(e)) if e.code == mysql::ER_HOST_NOT_PRIVILEGED) =>
         {
             let with_tls = Login {
                 tls: TlsUse::Always(client),
                 ..login
             };
-            let plain = probe_until(kind, target, first, deadline, timeout_ms, &|_| Vec::new());
             match probe_until(kind, target, with_tls, deadline, timeout_ms, statements) {
                 Ok(logged_in @ (Alive::LoggedIn { .. }, _)) => Ok(logged_in),
                 // TLS did no better: the plain answer says why.
