@@ -603,11 +603,15 @@ impl Backends {
                         let server = old
                             .and_then(|old| old.servers.iter().find(same).cloned())
                             .unwrap_or_else(|| {
-                                Arc::new(CachePadded::new(ServerLive::new(
-                                    &b.name,
-                                    b.addr,
-                                    listener.send_proxy,
-                                )))
+                                let server = ServerLive::new(&b.name, b.addr, listener.send_proxy);
+                                if old.is_some() {
+                                    // Added by a reload to pools already serving: it ramps
+                                    // (slowstart_ms) from now, as a server back up would.
+                                    server
+                                        .up_since_ms
+                                        .store(crate::clock::now_ms(), Ordering::Relaxed);
+                                }
+                                Arc::new(CachePadded::new(server))
                             });
                         servers.push(server.clone());
                         server
@@ -759,7 +763,14 @@ impl Backends {
             Balance::Roundrobin => choose_round_robin,
         };
         let config = &self.listeners[listener].config;
-        let (slowstart_ms, role) = (config.slowstart_ms, config.role);
+        let role = config.role;
+        // Weights are scaled only while a backend ramps: scaled weights would make round robin
+        // hand out blocks of RAMP_SCALE connections in a row.
+        let ramping = config.slowstart_ms > 0
+            && backends
+                .iter()
+                .any(|b| now_ms.saturating_sub(b.back_since_ms(role)) < config.slowstart_ms);
+        let slowstart_ms = if ramping { config.slowstart_ms } else { 0 };
         // Backends that filled up between the choice and the count, passed over on the next try.
         let mut excluded = tried.clone();
         for _ in 0..=backends.len() {
@@ -823,12 +834,14 @@ impl Backends {
         let matching = self.all.iter().filter(|b| b.name == name);
         let mut count = 0;
         for b in matching {
-            let was = b.live.admin_state.swap(state as u8, Ordering::Relaxed);
+            let was = b.live.admin_state.load(Ordering::Relaxed);
             if was != AdminState::Enabled as u8 && state == AdminState::Enabled {
+                // Before the state: a worker that sees it enabled sees where its ramp starts.
                 b.live
                     .enabled_since_ms
-                    .store(crate::clock::now_ms(), Ordering::Relaxed);
+                    .store(crate::clock::now_ms(), Ordering::Release);
             }
+            b.live.admin_state.store(state as u8, Ordering::Release);
             count += 1;
         }
         count
@@ -1135,6 +1148,27 @@ mod tests {
             counts[b] += 1;
         }
         assert!(counts[0].abs_diff(counts[1]) <= 2, "{counts:?}");
+    }
+
+    #[test]
+    fn round_robin_with_slowstart_alternates_when_no_backend_ramps() {
+        let mut config = Config::with_listener(
+            "127.0.0.1:4040".parse().unwrap(),
+            ["127.0.0.1:3306", "127.0.0.1:3307"]
+                .map(|a| crate::config::BackendConfig::at(a.parse().unwrap()))
+                .to_vec(),
+        );
+        config.listeners[0].balance = crate::config::Balance::Roundrobin;
+        config.listeners[0].slowstart_ms = 1000;
+        let table = Backends::from_config(&config);
+        // Both up since start-up, the ramp long over.
+        let picks: Vec<usize> = (0..10).map(|_| acq(&table, 0, 0, 1_000_000).unwrap()).collect();
+        // Hold nothing: roundrobin ignores the load anyway.
+        let to_second = picks.iter().filter(|&&b| b == 1).count();
+        assert!(
+            to_second >= 4,
+            "10 connections, equal weights, no ramp: {picks:?}"
+        );
     }
 
     fn table(n: usize) -> Backends {

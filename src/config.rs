@@ -653,6 +653,14 @@ fn read_pem_certificates(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     if certificates.is_empty() {
         return Err(format!("{}: no PEM certificate in it", path.display()));
     }
+    // What the checks will trust: a certificate that is PEM but not one rustls can use is found
+    // here, by `ringlb check`, not at the first check.
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, der) in certificates.iter().enumerate() {
+        roots
+            .add(CertificateDer::from(der.clone()))
+            .map_err(|e| format!("{}: certificate {}: {e}", path.display(), i + 1))?;
+    }
     Ok(certificates)
 }
 
@@ -1871,8 +1879,32 @@ fn build_health(
             }
         },
     };
+    let logs_in = check == CheckKind::Mysql && !user.is_empty();
+    if let (Some(t), false) = (&raw.tls, logs_in) {
+        if tls == TlsMode::Required {
+            return Err(origin.at(
+                t.span().start,
+                "health.tls",
+                "\"required\" is for the check's login: needs check = \"mysql\" with a user",
+            ));
+        }
+    }
     let (tls_ca, tls_ca_file) = match &raw.tls_ca_file {
         None => (None, None),
+        Some(f) if f.get_ref().is_empty() => {
+            return Err(origin.at(
+                f.span().start,
+                "health.tls_ca_file",
+                "must not be empty (leave the key out)",
+            ))
+        }
+        Some(f) if !logs_in => {
+            return Err(origin.at(
+                f.span().start,
+                "health.tls_ca_file",
+                "verifies the server of the check's login: needs check = \"mysql\" with a user",
+            ))
+        }
         Some(f) if tls == TlsMode::Off => {
             return Err(origin.at(
                 f.span().start,

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use ringlb::config::{load_str_with, to_toml, Secret, ConfigError, Overrides};
+use ringlb::config::{load_str_with, to_toml, ConfigError, Overrides, Secret};
 
 const CONFIG_PATH: &str = "/fuzz/ringlb.toml";
 

@@ -57,9 +57,22 @@ fn check_header(data: &[u8]) {
     assert_eq!(&framed[HEADER_LEN..], data);
 }
 
-/// The response is the documented `HandshakeResponse41` for an empty password.
+/// The response is the documented `HandshakeResponse41` for an empty password; with a password
+/// and TLS, a scramble of the plugin's length and `CLIENT_SSL`, whatever the greeting says.
 fn check_login(greeting: &Greeting) {
-    let response = match handshake_response(greeting, USER) {
+    if let Ok(response) = handshake_response(greeting, USER, b"secret", true) {
+        let capabilities = u32::from_le_bytes(response[..4].try_into().unwrap());
+        assert_ne!(capabilities & mysql::CLIENT_SSL, 0);
+        if capabilities & mysql::CLIENT_SECURE_CONNECTION != 0 {
+            let length = response[32 + USER.len() + 1];
+            assert!(length == 20 || length == 32, "{length}");
+        }
+        let request = mysql::ssl_request(greeting).expect("the same head as the response");
+        assert_eq!(&request[..], &response[..32]);
+    }
+    let plugin = greeting.auth_plugin_name.as_deref().unwrap_or("");
+    let _ = mysql::auth_response(plugin, &greeting.auth_plugin_data, b"secret");
+    let response = match handshake_response(greeting, USER, b"", false) {
         Ok(response) => response,
         Err(error) => {
             assert_eq!(error, ProtocolError::NoProtocol41);

@@ -140,6 +140,31 @@ fn check_query_verdict(alive: &Alive, reply: Option<&resultset::Reply>) -> Resul
     }
 }
 
+/// How long `tls = "auto"` waits before it tries TLS again for a server where TLS did not help
+/// (the login was refused over TLS too).
+const AUTO_TLS_RETRY: Duration = Duration::from_secs(60);
+
+/// What `tls = "auto"` knows of one server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AutoTls {
+    /// Logins without TLS, and TLS when one is refused.
+    Unknown,
+    /// A login without TLS was refused and one over TLS passed: TLS from now on.
+    Needed,
+    /// Refused over TLS too: no TLS retry until then.
+    NotHelping(Instant),
+}
+
+impl AutoTls {
+    fn may_try(self, now: Instant) -> bool {
+        match self {
+            AutoTls::Unknown => true,
+            AutoTls::Needed => false,
+            AutoTls::NotHelping(until) => now >= until,
+        }
+    }
+}
+
 /// Probes one server until `stop` or until a reload retires it, one probe per interval.
 fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &Shared, stop: &Stop) {
     let interval = Duration::from_millis(config.interval_ms.max(1));
@@ -151,17 +176,13 @@ fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &Shared, stop:
     };
     let mut checker = Checker::new(config);
     let mut judge = roles::Judge::new(config);
+    // Config validation built the same client once: an error here is no longer expected, and
+    // under `required` it fails every check rather than let one go out in clear.
     let tls_client = match config.tls {
         TlsMode::Off => None,
-        _ => match TlsClient::new(config.tls_ca.as_deref()) {
-            Ok(client) => Some(client),
-            Err(e) => {
-                tracing::error!(backend = %server.name, "checks go without TLS: {e}");
-                None
-            }
-        },
+        _ => Some(TlsClient::new(config.tls_ca.as_deref())),
     };
-    let mut tls_needed = false;
+    let mut tls_auto = AutoTls::Unknown;
     let mut next = Instant::now();
     loop {
         if server.retired.load(Ordering::Relaxed) {
@@ -174,26 +195,76 @@ fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &Shared, stop:
             statements.extend(config.check_query.iter().cloned());
             statements
         };
-        let tls = match (&tls_client, config.tls) {
-            (Some(client), TlsMode::Required) => TlsUse::Always(client),
-            (Some(client), TlsMode::Auto) if tls_needed => TlsUse::Always(client),
-            (Some(client), TlsMode::Auto) => TlsUse::Fallback(client),
-            _ => TlsUse::Never,
-        };
-        let login = Login {
+        let login = |tls| Login {
             user: &config.user,
             password: config.password.as_ref().map_or(&[][..], |p| p.as_bytes()),
             tls,
         };
-        let result = probe::probe_with(config.check, target, login, timeout, &statements);
-        if let Ok((Alive::LoggedIn { tls: true, .. }, _)) = &result {
-            if !tls_needed && config.tls == TlsMode::Auto {
-                tracing::info!(backend = %server.name, "the server refused a login without TLS: checks use TLS from now on");
+        let started = Instant::now();
+        let result = match (&tls_client, config.tls) {
+            (Some(Err(e)), TlsMode::Required) => Err(ProbeError::Tls(e.clone())),
+            (Some(Ok(client)), TlsMode::Required) => probe::probe_with(
+                config.check,
+                target,
+                login(TlsUse::Always(client)),
+                timeout,
+                &statements,
+            ),
+            (Some(Ok(client)), TlsMode::Auto) if tls_auto == AutoTls::Needed => {
+                let result = probe::probe_with(
+                    config.check,
+                    target,
+                    login(TlsUse::Always(client)),
+                    timeout,
+                    &statements,
+                );
+                if let Err(ProbeError::Tls(e)) = &result {
+                    // The server no longer offers TLS (or its handshake fails): the next check
+                    // starts again without it.
+                    tracing::info!(backend = %server.name, "check over TLS failed ({e}): the next one tries without TLS");
+                    tls_auto = AutoTls::Unknown;
+                }
+                result
             }
-            // `auto`: a server that needed TLS once is checked with TLS from then on, so that
-            // the checks do not add a refused login to its Aborted_connects every interval.
-            tls_needed = true;
-        }
+            (Some(Ok(client)), TlsMode::Auto) => {
+                let plain =
+                    probe::probe_with(config.check, target, login(TlsUse::Never), timeout, &statements);
+                let refused = matches!(&plain, Ok((Alive::AccessDenied { .. }, _)))
+                    || matches!(&plain, Err(ProbeError::LoginFailed(e)) if e.code != mysql::ER_HOST_NOT_PRIVILEGED);
+                let left = timeout.saturating_sub(started.elapsed());
+                if refused && tls_auto.may_try(started) && !left.is_zero() {
+                    // Refused without TLS: the server may require it (MariaDB answers 1045 as
+                    // for a wrong user, MySQL 3159). Tried over TLS in what is left of the
+                    // check's time.
+                    match probe::probe_with(
+                        config.check,
+                        target,
+                        login(TlsUse::Always(client)),
+                        left,
+                        &statements,
+                    ) {
+                        Ok(logged_in @ (Alive::LoggedIn { .. }, _)) => {
+                            tracing::info!(
+                                backend = %server.name,
+                                "the server refused a login without TLS: checks use TLS from now on"
+                            );
+                            tls_auto = AutoTls::Needed;
+                            Ok(logged_in)
+                        }
+                        // TLS did no better: the plain answer says why, and TLS is not tried
+                        // again for a while, so that a missing check user is not refused twice
+                        // per interval.
+                        _ => {
+                            tls_auto = AutoTls::NotHelping(started + AUTO_TLS_RETRY);
+                            plain
+                        }
+                    }
+                } else {
+                    plain
+                }
+            }
+            _ => probe::probe_with(config.check, target, login(TlsUse::Never), timeout, &statements),
+        };
         let (alive, sample) = match result {
             Ok((alive, replies)) => {
                 let sample = roles::sample(&alive, &replies, needs);

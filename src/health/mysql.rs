@@ -270,7 +270,10 @@ pub enum AuthError {
          mysql_native_password or caching_sha2_password"
     )]
     UnsupportedPlugin(String),
-    #[error("{0} needs the password in clear text, which the check sends only over TLS")]
+    #[error(
+        "{0} needs the password in clear text, which the check sends only over TLS verified with \
+         [health] tls_ca_file"
+    )]
     NeedsTls(&'static str),
 }
 

@@ -173,13 +173,30 @@ impl ProbeError {
     }
 }
 
-/// Who the check logs in as, and how.
-#[derive(Debug, Clone, Copy)]
+/// Who the check logs in as, and how. `Debug` leaves the password out.
+#[derive(Clone, Copy)]
 pub struct Login<'a> {
     pub user: &'a str,
     /// Empty: no password.
     pub password: &'a [u8],
     pub tls: TlsUse<'a>,
+}
+
+impl fmt::Debug for Login<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl<'a> Login<'a> {
@@ -193,14 +210,12 @@ impl<'a> Login<'a> {
     }
 }
 
-/// When a check speaks TLS.
+/// Whether a check speaks TLS (`tls = "auto"` decides per server, in the checker).
 #[derive(Debug, Clone, Copy)]
 pub enum TlsUse<'a> {
     Never,
     /// From the start; a server that offers no TLS fails the check.
     Always(&'a TlsClient),
-    /// Only when a login without it is refused and the server offers it (`tls = "auto"`).
-    Fallback(&'a TlsClient),
 }
 
 /// Where a probe goes: the backend's address and whether its listener sends the PROXY protocol.
@@ -261,37 +276,7 @@ pub fn probe_with<'a>(
     let target = target.into();
     let deadline = Instant::now() + timeout;
     let timeout_ms = timeout.as_millis() as u64;
-    let first = match login.tls {
-        TlsUse::Fallback(_) => Login {
-            tls: TlsUse::Never,
-            ..login
-        },
-        _ => login,
-    };
-    let result = match (
-        probe_until(kind, target, first, deadline, timeout_ms, statements),
-        login.tls,
-    ) {
-        // Refused without TLS: the server may require it (MariaDB answers 1045 as for a wrong
-        // user, MySQL 3159). Not a refused PROXY header (1130), which TLS cannot help.
-        (
-            plain @ (Ok((Alive::AccessDenied { .. }, _)) | Err(ProbeError::LoginFailed(_))),
-            TlsUse::Fallback(client),
-        ) if kind == CheckKind::Mysql
-            && !matches!(&plain, Err(ProbeError::LoginFailed(e)) if e.code == mysql::ER_HOST_NOT_PRIVILEGED) =>
-        {
-            let with_tls = Login {
-                tls: TlsUse::Always(client),
-                ..login
-            };
-            match probe_until(kind, target, with_tls, deadline, timeout_ms, statements) {
-                Ok(logged_in @ (Alive::LoggedIn { .. }, _)) => Ok(logged_in),
-                // TLS did no better: the plain answer says why.
-                _ => plain,
-            }
-        }
-        (result, _) => result,
-    };
+    let result = probe_until(kind, target, login, deadline, timeout_ms, statements);
     match result {
         Err(ProbeError::LoginFailed(error))
             if target.send_proxy.is_some() && error.code == mysql::ER_HOST_NOT_PRIVILEGED =>
@@ -370,8 +355,11 @@ fn mysql_check(
             conn.start_tls(client, name)?;
             true
         }
-        TlsUse::Never | TlsUse::Fallback(_) => false,
+        TlsUse::Never => false,
     };
+    // caching_sha2_password's full authentication sends the password itself: only into a TLS
+    // session whose server was verified against tls_ca_file.
+    let verified = matches!(login.tls, TlsUse::Always(client) if client.verifies) && tls;
     let response =
         mysql::handshake_response(&greeting, user, password, tls).map_err(protocol(Stage::Login))?;
     let login = mysql::packet(next, &response).map_err(protocol(Stage::Login))?;
@@ -410,6 +398,12 @@ fn mysql_check(
             }
             // caching_sha2_password's "fast auth succeeded": the OK follows.
             AuthReply::MoreData(data) if data == mysql::FAST_AUTH_SUCCESS => {}
+            AuthReply::MoreData(data) if data == mysql::FULL_AUTH_NEEDED && verified => {
+                let mut clear = password.to_vec();
+                clear.push(0);
+                let packet = mysql::packet(next, &clear).map_err(protocol(Stage::Login))?;
+                conn.write_all(&packet, Stage::Login)?;
+            }
             AuthReply::MoreData(data) if data == mysql::FULL_AUTH_NEEDED => {
                 return Err(ProbeError::Auth(
                     mysql::AuthError::NeedsTls("caching_sha2_password's full authentication").to_string(),
@@ -483,7 +477,15 @@ struct Conn {
 /// The check's connection: plain, or TLS over it once an `SSLRequest` was answered.
 enum Transport {
     Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Tls(Box<TlsSession>),
+}
+
+/// A TLS session driven by hand, one socket read or write at a time, so that every one of them
+/// is bounded by the time left before the probe's deadline (rustls's own stream loops until a
+/// whole record arrives, which a server sending one byte at a time could stretch without end).
+struct TlsSession {
+    conn: rustls::ClientConnection,
+    sock: TcpStream,
 }
 
 impl Transport {
@@ -491,31 +493,6 @@ impl Transport {
         match self {
             Transport::Plain(tcp) => tcp,
             Transport::Tls(tls) => &tls.sock,
-        }
-    }
-}
-
-impl Read for Transport {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Transport::Plain(tcp) => tcp.read(buf),
-            Transport::Tls(tls) => tls.read(buf),
-        }
-    }
-}
-
-impl Write for Transport {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Transport::Plain(tcp) => tcp.write(buf),
-            Transport::Tls(tls) => tls.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Transport::Plain(tcp) => tcp.flush(),
-            Transport::Tls(tls) => tls.flush(),
         }
     }
 }
@@ -552,10 +529,6 @@ impl Conn {
         Ok(())
     }
 
-    fn stream(&mut self, stage: Stage) -> Result<&mut Transport, ProbeError> {
-        self.stream.as_mut().ok_or(ProbeError::Closed { stage })
-    }
-
     /// Turns the plain connection into TLS, and completes the handshake by the deadline.
     fn start_tls(
         &mut self,
@@ -563,41 +536,86 @@ impl Conn {
         name: rustls::pki_types::ServerName<'static>,
     ) -> Result<(), ProbeError> {
         let stage = Stage::Tls;
-        let Some(Transport::Plain(tcp)) = self.stream.take() else {
+        let Some(Transport::Plain(sock)) = self.stream.take() else {
             return Err(ProbeError::Closed { stage });
         };
-        let session = rustls::ClientConnection::new(client.config.clone(), name)
+        let conn = rustls::ClientConnection::new(client.config.clone(), name)
             .map_err(|e| ProbeError::Tls(e.to_string()))?;
-        let mut tls = rustls::StreamOwned::new(session, tcp);
+        let mut tls = TlsSession { conn, sock };
         while tls.conn.is_handshaking() {
+            self.send_tls(&mut tls, stage)?;
+            if tls.conn.is_handshaking() && tls.conn.wants_read() {
+                self.receive_tls(&mut tls, stage)?;
+            }
+        }
+        self.send_tls(&mut tls, stage)?;
+        self.stream = Some(Transport::Tls(Box::new(tls)));
+        Ok(())
+    }
+
+    /// Writes what the session has to send, each write bounded by the time left.
+    fn send_tls(&self, tls: &mut TlsSession, stage: Stage) -> Result<(), ProbeError> {
+        while tls.conn.wants_write() {
             let left = self.remaining(stage)?;
-            let _ = tls.sock.set_read_timeout(Some(left));
-            let _ = tls.sock.set_write_timeout(Some(left));
-            match tls.conn.complete_io(&mut tls.sock) {
+            tls.sock
+                .set_write_timeout(Some(left))
+                .map_err(|source| ProbeError::Io { stage, source })?;
+            match tls.conn.write_tls(&mut tls.sock) {
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    return Err(ProbeError::Tls(e.to_string()))
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.io_error(stage, e)),
             }
         }
-        self.stream = Some(Transport::Tls(Box::new(tls)));
         Ok(())
+    }
+
+    /// One socket read into the session (bounded by the time left), then its processing.
+    fn receive_tls(&self, tls: &mut TlsSession, stage: Stage) -> Result<(), ProbeError> {
+        let left = self.remaining(stage)?;
+        tls.sock
+            .set_read_timeout(Some(left))
+            .map_err(|source| ProbeError::Io { stage, source })?;
+        match tls.conn.read_tls(&mut tls.sock) {
+            Ok(0) => return Err(ProbeError::Closed { stage }),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(self.io_error(stage, e)),
+        }
+        let processed = tls.conn.process_new_packets();
+        // An alert the session wants to send about the failure goes out first.
+        let _ = self.send_tls(tls, stage);
+        processed.map(|_| ()).map_err(|e| ProbeError::Tls(e.to_string()))
+    }
+
+    /// Reads into `buf` what the session has decrypted, reading the socket when it has none.
+    fn read_tls(&self, tls: &mut TlsSession, buf: &mut [u8], stage: Stage) -> Result<usize, ProbeError> {
+        loop {
+            match tls.conn.reader().read(buf) {
+                Ok(0) => return Err(ProbeError::Closed { stage }),
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.receive_tls(tls, stage)?,
+                Err(e) => return Err(self.io_error(stage, e)),
+            }
+        }
     }
 
     fn read_exact(&mut self, mut buf: &mut [u8], stage: Stage) -> Result<(), ProbeError> {
         while !buf.is_empty() {
             let left = self.remaining(stage)?;
-            let stream = self.stream(stage)?;
-            stream
-                .tcp()
-                .set_read_timeout(Some(left))
-                .map_err(|source| ProbeError::Io { stage, source })?;
-            match stream.read(buf) {
+            let mut stream = self.stream.take().ok_or(ProbeError::Closed { stage })?;
+            let read = match &mut stream {
+                Transport::Plain(tcp) => tcp
+                    .set_read_timeout(Some(left))
+                    .and_then(|()| tcp.read(buf))
+                    .map_err(|e| self.io_error(stage, e)),
+                Transport::Tls(tls) => self.read_tls(tls, buf, stage),
+            };
+            self.stream = Some(stream);
+            match read {
                 Ok(0) => return Err(ProbeError::Closed { stage }),
                 Ok(n) => buf = &mut buf[n..],
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.io_error(stage, e)),
+                Err(ProbeError::Io { source, .. }) if source.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -621,24 +639,36 @@ impl Conn {
 
     fn write_all(&mut self, bytes: &[u8], stage: Stage) -> Result<(), ProbeError> {
         let left = self.remaining(stage)?;
-        let stream = self.stream(stage)?;
-        stream
-            .tcp()
-            .set_write_timeout(Some(left))
-            .map_err(|source| ProbeError::Io { stage, source })?;
-        let result = stream.write_all(bytes).and_then(|()| stream.flush());
-        result.map_err(|e| self.io_error(stage, e))
+        let mut stream = self.stream.take().ok_or(ProbeError::Closed { stage })?;
+        let written = match &mut stream {
+            Transport::Plain(tcp) => tcp
+                .set_write_timeout(Some(left))
+                .and_then(|()| tcp.write_all(bytes))
+                .map_err(|e| self.io_error(stage, e)),
+            Transport::Tls(tls) => {
+                // Buffered in the session as records, then sent write by write.
+                match tls.conn.writer().write_all(bytes) {
+                    Ok(()) => self.send_tls(tls, stage),
+                    Err(e) => Err(ProbeError::Tls(e.to_string())),
+                }
+            }
+        };
+        self.stream = Some(stream);
+        written
     }
 
     fn shutdown_write(&mut self) {
-        if let Some(stream) = &mut self.stream {
-            if let Transport::Tls(tls) = stream {
-                // close_notify first, so that the server sees a clean end of the session.
-                tls.conn.send_close_notify();
-                let _ = tls.conn.complete_io(&mut tls.sock);
-            }
-            let _ = stream.tcp().shutdown(Shutdown::Write);
+        let Some(mut stream) = self.stream.take() else {
+            return;
+        };
+        if let Transport::Tls(tls) = &mut stream {
+            // close_notify first, so that the server sees a clean end of the session; bounded
+            // by the deadline like every other write.
+            tls.conn.send_close_notify();
+            let _ = self.send_tls(tls, Stage::Quit);
         }
+        let _ = stream.tcp().shutdown(Shutdown::Write);
+        self.stream = Some(stream);
     }
 }
 
@@ -1090,5 +1120,224 @@ pub(crate) mod tests {
         }
         // The probe closed its socket, so the scripted server sees EOF and ends.
         assert_eq!(server.join().unwrap().len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod tls_deadlines {
+    use super::tests::greeting_packet;
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::thread;
+
+    fn tls_greeting(plugin: &str) -> Vec<u8> {
+        let g = greeting_packet();
+        let mut p = g[4..].to_vec();
+        // lower capability bytes at offset 1+16+4+9 = 30
+        let off = 1 + b"10.11.6-MariaDB\0".len() + 4 + 9;
+        p[off..off + 2].copy_from_slice(&0xFFFEu16.to_le_bytes());
+        let cut = p.len() - b"mysql_native_password\0".len();
+        p.truncate(cut);
+        p.extend_from_slice(plugin.as_bytes());
+        p.push(0);
+        mysql::packet(0, &p).unwrap()
+    }
+
+    fn server_config() -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        // One directory per test thread: the tests run in parallel and each makes its own key.
+        let dir = std::env::temp_dir()
+            .join(format!(
+                "rlb-tls-unit-{}-{:?}",
+                std::process::id(),
+                thread::current().id()
+            ))
+            .to_path_buf();
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-days",
+                "1",
+                "-keyout",
+                "k.pem",
+                "-out",
+                "c.pem",
+            ])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(st.status.success());
+        let certs: Vec<_> = CertificateDer::pem_file_iter(dir.join("c.pem"))
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(dir.join("k.pem")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap(),
+        )
+    }
+
+    fn read_plain(s: &mut TcpStream) -> Vec<u8> {
+        let mut h = [0u8; 4];
+        s.read_exact(&mut h).unwrap();
+        let len = h[0] as usize | (h[1] as usize) << 8 | (h[2] as usize) << 16;
+        let mut p = vec![0; len];
+        s.read_exact(&mut p).unwrap();
+        p
+    }
+
+    /// Server: greeting, SSLRequest, then dribbles a bogus TLS record one byte per 100 ms: the
+    /// probe ends at its deadline, not when the record is complete.
+    #[test]
+    fn a_tls_handshake_dribbled_a_byte_at_a_time_ends_at_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(&tls_greeting("mysql_native_password")).unwrap();
+            let _ssl_request = read_plain(&mut s);
+            let mut hello = [0u8; 4096];
+            let _ = s.read(&mut hello);
+            let record = [&[0x16u8, 0x03, 0x03, 0x00, 0x1e][..], &[0u8; 30]].concat();
+            for b in record {
+                if s.write_all(&[b]).is_err() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let client = crate::health::tls::TlsClient::new(None).unwrap();
+        let login = Login {
+            user: "u",
+            password: b"pw",
+            tls: TlsUse::Always(&client),
+        };
+        let start = Instant::now();
+        let r = probe_with(CheckKind::Mysql, addr, login, Duration::from_millis(500), &|_| {
+            Vec::new()
+        });
+        let took = start.elapsed();
+        let _ = server.join();
+        eprintln!("handshake: {r:?} after {took:?}");
+        assert!(
+            took < Duration::from_millis(1500),
+            "a 500 ms probe took {took:?}: {r:?}"
+        );
+    }
+
+    /// Server: full TLS handshake, reads the login, then dribbles the TLS record of its OK.
+    #[test]
+    fn a_tls_record_dribbled_after_the_handshake_ends_at_the_deadline() {
+        let config = server_config();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(&tls_greeting("mysql_native_password")).unwrap();
+            let _ssl_request = read_plain(&mut s);
+            let mut conn = rustls::ServerConnection::new(config).unwrap();
+            while conn.is_handshaking() {
+                conn.complete_io(&mut s).unwrap();
+            }
+            // the login
+            let mut tls = rustls::Stream::new(&mut conn, &mut s);
+            let mut h = [0u8; 4];
+            tls.read_exact(&mut h).unwrap();
+            let mut p = vec![0; h[0] as usize];
+            tls.read_exact(&mut p).unwrap();
+            conn.writer()
+                .write_all(&mysql::packet(3, &[0, 0, 0, 2, 0, 0, 0]).unwrap())
+                .unwrap();
+            let mut bytes = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut bytes).unwrap();
+            }
+            for b in bytes {
+                if s.write_all(&[b]).is_err() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            thread::sleep(Duration::from_millis(200));
+        });
+        let client = crate::health::tls::TlsClient::new(None).unwrap();
+        let login = Login {
+            user: "u",
+            password: b"pw",
+            tls: TlsUse::Always(&client),
+        };
+        let start = Instant::now();
+        let r = probe_with(CheckKind::Mysql, addr, login, Duration::from_millis(500), &|_| {
+            Vec::new()
+        });
+        let took = start.elapsed();
+        let _ = server.join();
+        eprintln!("read: {r:?} after {took:?}");
+        assert!(
+            took < Duration::from_millis(1500),
+            "a 500 ms probe took {took:?}: {r:?}"
+        );
+    }
+
+    /// caching_sha2_password asks for full authentication over a TLS session whose server was not
+    /// verified (no tls_ca_file): the password is not sent.
+    #[test]
+    fn caching_sha2_full_authentication_sends_no_password_to_an_unverified_server() {
+        let config = server_config();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(&tls_greeting("caching_sha2_password")).unwrap();
+            let _ssl_request = read_plain(&mut s);
+            let mut conn = rustls::ServerConnection::new(config).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, s);
+            let mut h = [0u8; 4];
+            tls.read_exact(&mut h).unwrap();
+            let mut p = vec![0; h[0] as usize];
+            tls.read_exact(&mut p).unwrap();
+            // "perform full authentication"
+            tls.write_all(&mysql::packet(3, &[0x01, 0x04]).unwrap()).unwrap();
+            tls.flush().unwrap();
+            // A real client now sends the password + NUL, sequence 4.
+            let mut h = [0u8; 4];
+            let got = tls.read_exact(&mut h).map(|()| h);
+            conn = tls.conn;
+            let _ = conn;
+            got.ok()
+        });
+        let client = crate::health::tls::TlsClient::new(None).unwrap();
+        let login = Login {
+            user: "u",
+            password: b"pw",
+            tls: TlsUse::Always(&client),
+        };
+        let r = probe_with(CheckKind::Mysql, addr, login, Duration::from_secs(3), &|_| {
+            Vec::new()
+        });
+        let seen = server.join().unwrap();
+        assert!(
+            matches!(&r, Err(ProbeError::Auth(why)) if why.contains("tls_ca_file")),
+            "{r:?}"
+        );
+        assert_eq!(seen, None, "the server got another packet: the password?");
     }
 }
