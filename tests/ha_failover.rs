@@ -891,14 +891,18 @@ fn the_articles_seventeen_steps_keep_answering() {
     report.push(("14. query after db-02 died", a.query_step("14")));
     a.db_up(1); // 15. start db-02
     a.lb_up(0); // 16. start lb-db-01
-    report.push(("17. query after lb-db-01 returned", a.query_step("17")));
-    // The preferred node takes the VIP back (auto_failback) and is the only holder.
+
+    // The preferred node takes the VIP back (auto_failback) and is the only holder. Awaited
+    // before the step's clients: a connection opened on lb2 in the instant the address moves
+    // loses its path (lb2's replies no longer leave from the VIP), as with any VIP failback, and
+    // the step is about queries once lb-db-01 has returned.
     assert!(
         poll_until(BOUND, || a.cluster.holders() == ["lb1"]),
         "{:?}\n{}",
         a.cluster.holders(),
         a.cluster.logs()
     );
+    report.push(("17. query after lb-db-01 returned", a.query_step("17")));
     for (step, wait) in &report {
         eprintln!("{step}: first answer after {} ms", wait.as_millis());
     }
