@@ -143,9 +143,14 @@ pub fn run(config: Config, source: Option<Source>) -> Result<(), RunError> {
         let (shared, health) = (shared.clone(), reloader.config().health);
         Arc::new(move |name: &str| crate::health::roles::promote_named(&shared, name, &health))
     };
+    let admin_state_hook: admin::AdminStateHook = {
+        let (shared, health) = (shared.clone(), reloader.config().health);
+        Arc::new(move |name: &str| crate::health::roles::elect_named(&shared, name, &health))
+    };
     let hooks = admin::Hooks {
         reload: Some(reload_hook),
         promote: Some(promote_hook),
+        admin_state: Some(admin_state_hook),
     };
     admin::spawn(admin_socket, shared.clone(), hooks).map_err(RunError::Thread)?;
     tracing::info!(workers, admin = %admin, "ringlb started");

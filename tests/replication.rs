@@ -321,6 +321,24 @@ fn master_master_writes_go_to_one_server_and_move_when_it_fails_or_turns_read_on
     assert_eq!(write_through(&ringlb).unwrap(), 2);
     let (ok, said) = promote(SocketAddr::from(([127, 0, 0, 1], free_port())));
     assert!(!ok && said.contains("no backend"), "{said}");
+
+    // Draining the writer hands the role over when the command returns, not at the next check.
+    let out = ringlb.command(&["backend", "drain", &db2.addr().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        writer(&ringlb, "rw").as_deref(),
+        Some(db1.addr().to_string().as_str())
+    );
+    let (_, why) = role(&ringlb, "rw", db2.addr());
+    assert!(why.contains("drain"), "{why}");
+    assert_eq!(write_through(&ringlb).unwrap(), 1);
+    // Enabled again, it qualifies, and the role stays where it is.
+    let out = ringlb.command(&["backend", "enable", &db2.addr().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        writer(&ringlb, "rw").as_deref(),
+        Some(db1.addr().to_string().as_str())
+    );
 }
 
 #[test]

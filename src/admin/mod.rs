@@ -44,12 +44,17 @@ pub type ReloadHook = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 /// writer pools, answering one line either way.
 pub type PromoteHook = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
 
+/// What runs after the operator changed a backend's state (`drain`, `disable`, `enable`): the
+/// writer elections of the pools that have it, at once.
+pub type AdminStateHook = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// What the endpoint can change beyond the backend table: each absent in tests that do not
 /// need it.
 #[derive(Default, Clone)]
 pub struct Hooks {
     pub reload: Option<ReloadHook>,
     pub promote: Option<PromoteHook>,
+    pub admin_state: Option<AdminStateHook>,
 }
 
 /// Starts the `admin` thread serving HTTP on an already bound listener.
@@ -254,7 +259,7 @@ fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> (usize, Incoming) {
 fn route(method: &str, path: &str, query: &str, context: &Context) -> Vec<u8> {
     let shared = &*context.shared;
     if let Some(rest) = path.strip_prefix("/backend/") {
-        return backend_action(method, rest, shared, context.hooks.promote.as_ref());
+        return backend_action(method, rest, shared, &context.hooks);
     }
     if path == "/reload" {
         return reload(method, context.hooks.reload.as_ref());
@@ -385,7 +390,7 @@ fn reload(method: &str, hook: Option<&ReloadHook>) -> Vec<u8> {
 /// `POST /backend/HOST:PORT/drain|disable|enable`: the operator's say over a backend, in every
 /// listener that has it. New connections follow at once; open ones finish as they would.
 /// `POST /backend/HOST:PORT/promote`: a switchover of the writer role to it.
-fn backend_action(method: &str, rest: &str, shared: &Shared, promote: Option<&PromoteHook>) -> Vec<u8> {
+fn backend_action(method: &str, rest: &str, shared: &Shared, hooks: &Hooks) -> Vec<u8> {
     if method != "POST" {
         return http::response(
             405,
@@ -404,7 +409,7 @@ fn backend_action(method: &str, rest: &str, shared: &Shared, promote: Option<&Pr
         if !shared.table().all.iter().any(|b| b.name == name) {
             return error_response(404, &format!("no backend {name:?} (names as in /stats)"));
         }
-        let Some(promote) = promote else {
+        let Some(promote) = &hooks.promote else {
             return error_response(409, "promote is not available in this process");
         };
         return match promote(name) {
@@ -427,6 +432,9 @@ fn backend_action(method: &str, rest: &str, shared: &Shared, promote: Option<&Pr
     let matched = shared.table().set_admin_state(name, state);
     if matched == 0 {
         return error_response(404, &format!("no backend {name:?} (names as in /stats)"));
+    }
+    if let Some(changed) = &hooks.admin_state {
+        changed(name);
     }
     tracing::info!(backend = %name, state = state.as_str(), listeners = matched, "backend state set by the operator");
     let body = serde_json::json!({ "backend": name, "state": state.as_str(), "listeners": matched });

@@ -137,9 +137,12 @@ impl Judge {
                 Err(why) => (Err(why.clone()), Err(why.clone())),
             };
             if let Ok(state) = &sample.state {
-                server
-                    .read_only
-                    .store(u8::from(state.read_only), Ordering::Relaxed);
+                let read_only = if state.read_only_reported {
+                    u8::from(state.read_only)
+                } else {
+                    2
+                };
+                server.read_only.store(read_only, Ordering::Relaxed);
                 let galera = state.galera.map_or(0, |g| g.local_state.max(1));
                 server.galera_state.store(galera, Ordering::Relaxed);
             } else {
@@ -330,6 +333,24 @@ pub fn promote(
     Ok(change)
 }
 
+/// After the operator drained, disabled or enabled the backends named `name`: the writer
+/// groups that have them elect now, so that a drained writer hands its role over at once
+/// rather than at its next check.
+pub fn elect_named(shared: &Shared, name: &str, config: &HealthConfig) {
+    let table = shared.table();
+    let mut groups: Vec<&Arc<WriterGroup>> = Vec::new();
+    for b in table.all.iter().filter(|b| b.name == name) {
+        if let Some((group, _)) = &b.writer {
+            if !groups.iter().any(|g| Arc::ptr_eq(g, group)) {
+                groups.push(group);
+            }
+        }
+    }
+    for group in groups {
+        elect(group, &table, shared, config);
+    }
+}
+
 /// `ringlb backend promote NAME`: makes the server of the backends named `name` the writer of
 /// every writer pool that has it; the answer, either way, is one line.
 pub fn promote_named(shared: &Shared, name: &str, config: &HealthConfig) -> Result<String, String> {
@@ -447,6 +468,7 @@ mod tests {
         Some(Sample {
             state: Ok(ServerState {
                 read_only,
+                read_only_reported: true,
                 galera: None,
                 replication: Replication::NotRead,
             }),

@@ -116,8 +116,11 @@ pub enum Replication {
 /// What one state check read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerState {
-    /// `read_only` or `super_read_only` is ON.
+    /// `read_only` or `super_read_only` is ON, or the server reports no `read_only` at all.
     pub read_only: bool,
+    /// The server reported `read_only` (every MySQL and MariaDB does; something that does not is
+    /// no writer a check can vouch for).
+    pub read_only_reported: bool,
     /// `Some` on a Galera node (`wsrep_on` = ON).
     pub galera: Option<Galera>,
     pub replication: Replication,
@@ -146,7 +149,8 @@ impl ServerState {
                 .is_some_and(|v| !v.eq_ignore_ascii_case("NONE") && !v.is_empty()),
         });
         ServerState {
-            read_only: on(variables, "read_only") || on(variables, "super_read_only"),
+            read_only: variable(variables, "read_only").is_none_or(is_on) || on(variables, "super_read_only"),
+            read_only_reported: variable(variables, "read_only").is_some(),
             galera,
             replication: replicas.map_or(Replication::NotRead, replication),
         }
@@ -178,6 +182,9 @@ impl ServerState {
 
     /// Whether the server may be a writer: writable, and in sync if it is a Galera node.
     pub fn writable(&self, donor_ok: bool) -> Result<(), Reason> {
+        if !self.read_only_reported {
+            return Err("the server reports no read_only variable".into());
+        }
         if self.read_only {
             return Err("read_only is ON".into());
         }
@@ -384,6 +391,15 @@ mod tests {
         assert_eq!(state.writable(false), Ok(()));
         assert_eq!(state.galera, None);
         assert_eq!(state.replicating(), Err("not a replica".into()));
+    }
+
+    #[test]
+    fn a_server_that_reports_no_read_only_is_no_writer() {
+        let state = ServerState::read(&pairs(&[("wsrep_on", "OFF")]), &pairs(&[]), None);
+        assert_eq!(
+            state.writable(false),
+            Err("the server reports no read_only variable".into())
+        );
     }
 
     #[test]
