@@ -782,7 +782,13 @@ impl Worker {
                 conn.inflight -= 1;
                 if conn.phase == Phase::Closing {
                     // Closing: every completion only brings the release nearer. A recv may
-                    // still have taken a buffer, which goes straight back.
+                    // still have taken a buffer, which goes straight back; a splice may still
+                    // have filled its pipe, which then must not go back to the pool as empty
+                    // (the next connection to borrow it would send these bytes first).
+                    if op == Op::SpliceIn && result > 0 {
+                        let flow = &mut conn.flows[dir];
+                        flow.in_pipe = flow.in_pipe.saturating_add(result as u32);
+                    }
                     if op == Op::Recv {
                         if let Some(id) = cqueue::buffer_select(flags) {
                             self.buffers.recycle(id);
@@ -2305,6 +2311,26 @@ mod tests {
         assert_eq!(worker.conns[index].as_ref().unwrap().inflight, 1, "the new watch");
         worker.complete(watch, RDHUP, 0);
         assert_eq!((phase(&worker, index), queued(&worker)), (None, 0));
+        assert_eq!(accounting_errors(&worker), 0);
+    }
+
+    #[test]
+    fn a_pipe_a_splice_filled_after_the_close_began_is_not_pooled_as_empty() {
+        let Some(mut worker) = worker(64) else { return };
+        let (index, generation) = live_conn(&mut worker, 1);
+        let pipe = worker.pipes.take().expect("a pipe");
+        worker.conns[index].as_mut().unwrap().flows[TO_BACKEND].pipe = Some(pipe);
+        let held = worker.pipes.held();
+        worker.abort(index);
+        assert_eq!(phase(&worker, index), Some(Phase::Closing));
+        // The splice into the pipe completes after the close began, with 100 bytes moved.
+        worker.complete(token(index, generation, Op::SpliceIn, TO_BACKEND), 100, 0);
+        assert!(worker.conns[index].is_none(), "freed at its last completion");
+        assert_eq!(
+            worker.pipes.held(),
+            held - 1,
+            "a pipe holding 100 bytes went back to the pool"
+        );
         assert_eq!(accounting_errors(&worker), 0);
     }
 
