@@ -388,7 +388,9 @@ fn reload(method: &str, hook: Option<&ReloadHook>) -> Vec<u8> {
 }
 
 /// `POST /backend/HOST:PORT/drain|disable|enable`: the operator's say over a backend, in every
-/// listener that has it. New connections follow at once; open ones finish as they would.
+/// listener that has it. New connections follow at once; open ones finish as they would, except
+/// in a writer pool with `on_writer_change = "close"`, where a drained or disabled writer loses
+/// its role at once and its connections are reset like any former writer's.
 /// `POST /backend/HOST:PORT/promote`: a switchover of the writer role to it.
 fn backend_action(method: &str, rest: &str, shared: &Shared, hooks: &Hooks) -> Vec<u8> {
     if method != "POST" {
