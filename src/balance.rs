@@ -170,17 +170,6 @@ impl WriterGroup {
     }
 }
 
-/// Whether two listeners name the same servers (same addresses, same PROXY setting), in any
-/// order: their writer pools share one writer.
-pub fn same_servers(a: &ListenerConfig, b: &ListenerConfig) -> bool {
-    let addrs = |l: &ListenerConfig| {
-        let mut addrs: Vec<SocketAddr> = l.backends.iter().map(|b| b.addr).collect();
-        addrs.sort();
-        addrs
-    };
-    a.send_proxy == b.send_proxy && addrs(a) == addrs(b)
-}
-
 /// The atomics one backend's state lives in; written by workers and the health checker.
 #[derive(Debug)]
 pub struct BackendLive {

@@ -641,6 +641,25 @@ pub fn load_secret(path: &Path) -> Result<Secret, ConfigError> {
     Ok(Secret(bytes))
 }
 
+/// The text of a `[health]` key that only a check that logs in can use (`purpose` says what it
+/// does with the login): refused when blank, or when the check does not log in.
+fn login_key<'a>(
+    origin: &Origin<'_>,
+    value: &'a Spanned<String>,
+    key: &str,
+    purpose: &str,
+    logs_in: bool,
+) -> Result<&'a str, ConfigError> {
+    let at = |message: String| origin.at(value.span().start, key, message);
+    if value.get_ref().trim().is_empty() {
+        return Err(at("must not be empty (leave the key out)".into()));
+    }
+    if !logs_in {
+        return Err(at(format!("{purpose}: needs check = \"mysql\" with a user")));
+    }
+    Ok(value.get_ref())
+}
+
 /// The certificates of a PEM file, as DER; an error names what is wrong with the file.
 fn read_pem_certificates(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     use rustls::pki_types::pem::PemObject;
@@ -1341,6 +1360,17 @@ fn listener_role(origin: &Origin<'_>, key: &str, listener: &RawListener) -> Resu
     })
 }
 
+/// Whether two listeners name the same servers (same addresses, same PROXY setting), in any
+/// order: their writer pools share one writer.
+fn same_servers(a: &ListenerConfig, b: &ListenerConfig) -> bool {
+    let addrs = |l: &ListenerConfig| {
+        let mut addrs: Vec<SocketAddr> = l.backends.iter().map(|b| b.addr).collect();
+        addrs.sort();
+        addrs
+    };
+    a.send_proxy == b.send_proxy && addrs(a) == addrs(b)
+}
+
 /// What the roles need of the rest: a check that logs in (state is read over its session), and
 /// writer pools over the same servers that agree on how their one writer is chosen.
 fn check_roles(origin: &Origin<'_>, drafts: &[Draft], health: &HealthConfig) -> Result<(), ConfigError> {
@@ -1373,7 +1403,7 @@ fn check_roles(origin: &Origin<'_>, drafts: &[Draft], health: &HealthConfig) -> 
             if !shares {
                 continue;
             }
-            let differs = if !crate::balance::same_servers(&a.config, &b.config) {
+            let differs = if !same_servers(&a.config, &b.config) {
                 "name the same servers with the same send_proxy"
             } else if a.config.failback != b.config.failback {
                 "set the same failback"
@@ -1841,23 +1871,17 @@ fn build_health(
         }
         Some(u) => u.into_inner(),
     };
+    let logs_in = check == CheckKind::Mysql && !user.is_empty();
     let (password, password_file) = match &raw.password_file {
         None => (None, None),
-        Some(p) if p.get_ref().is_empty() => {
-            return Err(origin.at(
-                p.span().start,
-                "health.password_file",
-                "must not be empty (leave the key out)",
-            ))
-        }
-        Some(p) if check != CheckKind::Mysql || user.is_empty() => {
-            return Err(origin.at(
-                p.span().start,
-                "health.password_file",
-                "is the check user's password: needs check = \"mysql\" with a user",
-            ))
-        }
         Some(p) => {
+            login_key(
+                origin,
+                p,
+                "health.password_file",
+                "is the check user's password",
+                logs_in,
+            )?;
             let path = relative_to_file(origin, p.get_ref());
             let secret = read_key(&path)
                 .map_err(|e| origin.at(p.span().start, "health.password_file", e.to_string()))?;
@@ -1879,7 +1903,6 @@ fn build_health(
             }
         },
     };
-    let logs_in = check == CheckKind::Mysql && !user.is_empty();
     if let (Some(t), false) = (&raw.tls, logs_in) {
         if tls == TlsMode::Required {
             return Err(origin.at(
@@ -1891,28 +1914,16 @@ fn build_health(
     }
     let (tls_ca, tls_ca_file) = match &raw.tls_ca_file {
         None => (None, None),
-        Some(f) if f.get_ref().is_empty() => {
-            return Err(origin.at(
-                f.span().start,
-                "health.tls_ca_file",
-                "must not be empty (leave the key out)",
-            ))
-        }
-        Some(f) if !logs_in => {
-            return Err(origin.at(
-                f.span().start,
-                "health.tls_ca_file",
-                "verifies the server of the check's login: needs check = \"mysql\" with a user",
-            ))
-        }
-        Some(f) if tls == TlsMode::Off => {
-            return Err(origin.at(
-                f.span().start,
-                "health.tls_ca_file",
-                "has no use with tls = \"off\"",
-            ))
-        }
         Some(f) => {
+            let purpose = "verifies the server of the check's login";
+            login_key(origin, f, "health.tls_ca_file", purpose, logs_in)?;
+            if tls == TlsMode::Off {
+                return Err(origin.at(
+                    f.span().start,
+                    "health.tls_ca_file",
+                    "has no use with tls = \"off\"",
+                ));
+            }
             let path = relative_to_file(origin, f.get_ref());
             let certificates = read_pem_certificates(&path)
                 .map_err(|m| origin.at(f.span().start, "health.tls_ca_file", m))?;
@@ -1921,21 +1932,10 @@ fn build_health(
     };
     let check_query = match &raw.check_query {
         None => None,
-        Some(q) if q.get_ref().trim().is_empty() => {
-            return Err(origin.at(
-                q.span().start,
-                "health.check_query",
-                "must not be empty (leave the key out)",
-            ))
+        Some(q) => {
+            let purpose = "runs after the check's login";
+            Some(login_key(origin, q, "health.check_query", purpose, logs_in)?.to_string())
         }
-        Some(q) if check != CheckKind::Mysql || user.is_empty() => {
-            return Err(origin.at(
-                q.span().start,
-                "health.check_query",
-                "runs after the check's login: needs check = \"mysql\" with a user",
-            ))
-        }
-        Some(q) => Some(q.get_ref().clone()),
     };
     Ok(HealthConfig {
         check,

@@ -121,6 +121,9 @@ pub fn render(snapshot: &Snapshot) -> String {
     out
 }
 
+/// A per-backend gauge that only some backends have: name, help, and its value when there is one.
+type OptionalGauge = (&'static str, &'static str, fn(&BackendSnapshot) -> Option<u64>);
+
 /// What the role pools know of their servers: a sample only where there is something to say
 /// (a backend outside a role pool has no read_only, a server that is no replica no lag).
 fn render_roles(out: &mut String, snapshot: &Snapshot, labels: &[String]) {
@@ -137,41 +140,30 @@ fn render_roles(out: &mut String, snapshot: &Snapshot, labels: &[String]) {
             escape(&b.role)
         );
     }
-    header(
-        out,
-        "ringlb_backend_read_only",
-        "gauge",
-        "In a writer or reader pool: the server's read_only (or super_read_only) at the last check, 1 on, 0 off.",
-    );
-    for (b, labels) in snapshot.backends.iter().zip(labels) {
-        if let Some(read_only) = b.read_only {
-            let _ = writeln!(
-                out,
-                "ringlb_backend_read_only{{{labels}}} {}",
-                u8::from(read_only)
-            );
-        }
-    }
-    header(
-        out,
-        "ringlb_backend_replication_lag_seconds",
-        "gauge",
-        "In a reader pool: the replica's Seconds_Behind_Master at the last check (the worst over its sources); absent when it reports none.",
-    );
-    for (b, labels) in snapshot.backends.iter().zip(labels) {
-        if let Some(lag) = b.lag_s {
-            let _ = writeln!(out, "ringlb_backend_replication_lag_seconds{{{labels}}} {lag}");
-        }
-    }
-    header(
-        out,
-        "ringlb_backend_galera_state",
-        "gauge",
-        "In a writer or reader pool: Galera's wsrep_local_state (1 Joining, 2 Donor/Desynced, 3 Joined, 4 Synced); 0 on a server without Galera.",
-    );
-    for (b, labels) in snapshot.backends.iter().zip(labels) {
-        if let Some(state) = b.galera_state {
-            let _ = writeln!(out, "ringlb_backend_galera_state{{{labels}}} {state}");
+    // Gauges a backend has only in some pools: a sample where there is a value.
+    let optional: [OptionalGauge; 3] = [
+        (
+            "ringlb_backend_read_only",
+            "In a writer or reader pool: the server's read_only (or super_read_only) at the last check, 1 on, 0 off.",
+            |b| b.read_only.map(u64::from),
+        ),
+        (
+            "ringlb_backend_replication_lag_seconds",
+            "In a reader pool: the replica's Seconds_Behind_Master at the last check (the worst over its sources); absent when it reports none.",
+            |b| b.lag_s,
+        ),
+        (
+            "ringlb_backend_galera_state",
+            "In a writer or reader pool: Galera's wsrep_local_state (1 Joining, 2 Donor/Desynced, 3 Joined, 4 Synced); 0 on a server without Galera.",
+            |b| b.galera_state.map(u64::from),
+        ),
+    ];
+    for (name, help, value) in optional {
+        header(out, name, "gauge", help);
+        for (b, labels) in snapshot.backends.iter().zip(labels) {
+            if let Some(value) = value(b) {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
         }
     }
     header(

@@ -195,29 +195,20 @@ fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &Shared, stop:
             statements.extend(config.check_query.iter().cloned());
             statements
         };
-        let login = |tls| Login {
-            user: &config.user,
-            password: config.password.as_ref().map_or(&[][..], |p| p.as_bytes()),
-            tls,
+        let probe = |tls, timeout| {
+            let login = Login {
+                user: &config.user,
+                password: config.password.as_ref().map_or(&[][..], |p| p.as_bytes()),
+                tls,
+            };
+            probe::probe_with(config.check, target, login, timeout, &statements)
         };
         let started = Instant::now();
         let result = match (&tls_client, config.tls) {
             (Some(Err(e)), TlsMode::Required) => Err(ProbeError::Tls(e.clone())),
-            (Some(Ok(client)), TlsMode::Required) => probe::probe_with(
-                config.check,
-                target,
-                login(TlsUse::Always(client)),
-                timeout,
-                &statements,
-            ),
+            (Some(Ok(client)), TlsMode::Required) => probe(TlsUse::Always(client), timeout),
             (Some(Ok(client)), TlsMode::Auto) if tls_auto == AutoTls::Needed => {
-                let result = probe::probe_with(
-                    config.check,
-                    target,
-                    login(TlsUse::Always(client)),
-                    timeout,
-                    &statements,
-                );
+                let result = probe(TlsUse::Always(client), timeout);
                 if let Err(ProbeError::Tls(e)) = &result {
                     // The server no longer offers TLS (or its handshake fails): the next check
                     // starts again without it.
@@ -227,8 +218,7 @@ fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &Shared, stop:
                 result
             }
             (Some(Ok(client)), TlsMode::Auto) => {
-                let plain =
-                    probe::probe_with(config.check, target, login(TlsUse::Never), timeout, &statements);
+                let plain = probe(TlsUse::Never, timeout);
                 let refused = matches!(&plain, Ok((Alive::AccessDenied { .. }, _)))
                     || matches!(&plain, Err(ProbeError::LoginFailed(e)) if e.code != mysql::ER_HOST_NOT_PRIVILEGED);
                 let left = timeout.saturating_sub(started.elapsed());
@@ -236,13 +226,7 @@ fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &Shared, stop:
                     // Refused without TLS: the server may require it (MariaDB answers 1045 as
                     // for a wrong user, MySQL 3159). Tried over TLS in what is left of the
                     // check's time.
-                    match probe::probe_with(
-                        config.check,
-                        target,
-                        login(TlsUse::Always(client)),
-                        left,
-                        &statements,
-                    ) {
+                    match probe(TlsUse::Always(client), left) {
                         Ok(logged_in @ (Alive::LoggedIn { .. }, _)) => {
                             tracing::info!(
                                 backend = %server.name,
@@ -263,7 +247,7 @@ fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &Shared, stop:
                     plain
                 }
             }
-            _ => probe::probe_with(config.check, target, login(TlsUse::Never), timeout, &statements),
+            _ => probe(TlsUse::Never, timeout),
         };
         let (alive, sample) = match result {
             Ok((alive, replies)) => {

@@ -338,15 +338,7 @@ pub fn promote(
 /// rather than at its next check.
 pub fn elect_named(shared: &Shared, name: &str, config: &HealthConfig) {
     let table = shared.table();
-    let mut groups: Vec<&Arc<WriterGroup>> = Vec::new();
-    for b in table.all.iter().filter(|b| b.name == name) {
-        if let Some((group, _)) = &b.writer {
-            if !groups.iter().any(|g| Arc::ptr_eq(g, group)) {
-                groups.push(group);
-            }
-        }
-    }
-    for group in groups {
+    for (group, _) in writer_groups_named(&table, name) {
         elect(group, &table, shared, config);
     }
 }
@@ -355,31 +347,31 @@ pub fn elect_named(shared: &Shared, name: &str, config: &HealthConfig) {
 /// every writer pool that has it; the answer, either way, is one line.
 pub fn promote_named(shared: &Shared, name: &str, config: &HealthConfig) -> Result<String, String> {
     let table = shared.table();
-    let named: Vec<_> = table.all.iter().filter(|b| b.name == name).collect();
-    if named.is_empty() {
+    if !table.all.iter().any(|b| b.name == name) {
         return Err(format!("no backend {name:?} (names as in ringlb stats)"));
     }
-    let mut groups: Vec<&Arc<WriterGroup>> = Vec::new();
-    for b in &named {
-        if let Some((group, _)) = &b.writer {
-            if !groups.iter().any(|g| Arc::ptr_eq(g, group)) {
-                groups.push(group);
-            }
-        }
-    }
+    let groups = writer_groups_named(&table, name);
     if groups.is_empty() {
         return Err(format!("{name} is in no listener with role = \"writer\""));
     }
-    for group in &groups {
-        let server = named
-            .iter()
-            .find(|b| b.writer.as_ref().is_some_and(|(g, _)| Arc::ptr_eq(g, group)))
-            .map(|b| &b.server)
-            .expect("a group found through a backend of this name");
+    for (group, server) in groups {
         promote(group, server, &table, shared, config)
             .map_err(|why| format!("cannot promote {name}: {why}"))?;
     }
     Ok(format!("{name} is the writer"))
+}
+
+/// The writer groups that have a backend named `name`, each once, with that backend's server.
+fn writer_groups_named<'a>(table: &'a Backends, name: &str) -> Vec<(&'a Arc<WriterGroup>, &'a ServerLive)> {
+    let mut groups: Vec<(&Arc<WriterGroup>, &ServerLive)> = Vec::new();
+    for b in table.all.iter().filter(|b| b.name == name) {
+        if let Some((group, _)) = &b.writer {
+            if !groups.iter().any(|(g, _)| Arc::ptr_eq(g, group)) {
+                groups.push((group, &b.server));
+            }
+        }
+    }
+    groups
 }
 
 /// Logs, counts and runs the notify command for a change of `group`'s writer; tells the
