@@ -1204,6 +1204,23 @@ mod tls_deadlines {
         p
     }
 
+    /// One probe of `addr` as user "u" with a password, over TLS (no CA): its result and how
+    /// long it took.
+    fn probe_over_tls(
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> (Result<(Alive, Vec<Reply>), ProbeError>, Duration) {
+        let client = crate::health::tls::TlsClient::new(None).unwrap();
+        let login = Login {
+            user: "u",
+            password: b"pw",
+            tls: TlsUse::Always(&client),
+        };
+        let start = Instant::now();
+        let result = probe_with(CheckKind::Mysql, addr, login, timeout, &|_| Vec::new());
+        (result, start.elapsed())
+    }
+
     /// Server: greeting, SSLRequest, then dribbles a bogus TLS record one byte per 100 ms: the
     /// probe ends at its deadline, not when the record is complete.
     #[test]
@@ -1224,17 +1241,7 @@ mod tls_deadlines {
                 thread::sleep(Duration::from_millis(100));
             }
         });
-        let client = crate::health::tls::TlsClient::new(None).unwrap();
-        let login = Login {
-            user: "u",
-            password: b"pw",
-            tls: TlsUse::Always(&client),
-        };
-        let start = Instant::now();
-        let r = probe_with(CheckKind::Mysql, addr, login, Duration::from_millis(500), &|_| {
-            Vec::new()
-        });
-        let took = start.elapsed();
+        let (r, took) = probe_over_tls(addr, Duration::from_millis(500));
         let _ = server.join();
         eprintln!("handshake: {r:?} after {took:?}");
         assert!(
@@ -1278,17 +1285,7 @@ mod tls_deadlines {
             }
             thread::sleep(Duration::from_millis(200));
         });
-        let client = crate::health::tls::TlsClient::new(None).unwrap();
-        let login = Login {
-            user: "u",
-            password: b"pw",
-            tls: TlsUse::Always(&client),
-        };
-        let start = Instant::now();
-        let r = probe_with(CheckKind::Mysql, addr, login, Duration::from_millis(500), &|_| {
-            Vec::new()
-        });
-        let took = start.elapsed();
+        let (r, took) = probe_over_tls(addr, Duration::from_millis(500));
         let _ = server.join();
         eprintln!("read: {r:?} after {took:?}");
         assert!(
@@ -1324,15 +1321,7 @@ mod tls_deadlines {
             let _ = conn;
             got.ok()
         });
-        let client = crate::health::tls::TlsClient::new(None).unwrap();
-        let login = Login {
-            user: "u",
-            password: b"pw",
-            tls: TlsUse::Always(&client),
-        };
-        let r = probe_with(CheckKind::Mysql, addr, login, Duration::from_secs(3), &|_| {
-            Vec::new()
-        });
+        let (r, _) = probe_over_tls(addr, Duration::from_secs(3));
         let seen = server.join().unwrap();
         assert!(
             matches!(&r, Err(ProbeError::Auth(why)) if why.contains("tls_ca_file")),
