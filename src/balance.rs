@@ -131,9 +131,11 @@ pub struct WriterGroup {
     /// Changes of the writer (elected, moved, lost) since start-up.
     pub changes: AtomicU64,
     pub election: Mutex<WriterElection>,
-    /// The groups of earlier tables this one replaced (a reload changed the servers or
-    /// `failback`): connections opened under those tables, and clients still queued there, read
-    /// their writer from them, so every change here is copied to them.
+    /// Every group of an earlier table that this one replaced, directly or through a group in
+    /// between (a reload changed the servers or `failback`): connections opened under those
+    /// tables, and clients still queued there, read their writer from them, so every change here
+    /// is copied to them. Flat, so that a group in between that is gone (no connection kept its
+    /// table) breaks no link.
     predecessors: Mutex<Vec<std::sync::Weak<WriterGroup>>>,
 }
 
@@ -142,17 +144,25 @@ impl WriterGroup {
     /// replaced, so that every table in use agrees. Called by the election, under its lock.
     pub fn publish(&self, writer: Option<usize>) {
         self.writer.store(writer.unwrap_or(NO_WRITER), Ordering::Relaxed);
-        self.forward(writer.map(|w| &self.servers[w]));
-    }
-
-    fn forward(&self, server: Option<&Arc<CachePadded<ServerLive>>>) {
+        let server = writer.map(|w| &self.servers[w]);
         let mut predecessors = self.predecessors.lock().unwrap_or_else(|e| e.into_inner());
         predecessors.retain(|p| p.strong_count() > 0);
         for p in predecessors.iter().filter_map(std::sync::Weak::upgrade) {
             let position = server.and_then(|s| p.holds(s));
             p.writer.store(position.unwrap_or(NO_WRITER), Ordering::Relaxed);
-            p.forward(server);
         }
+    }
+
+    /// This group and every group it replaced that is still in use.
+    fn lineage(self: &Arc<Self>) -> Vec<std::sync::Weak<WriterGroup>> {
+        let predecessors = self.predecessors.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lineage: Vec<_> = predecessors
+            .iter()
+            .filter(|p| p.strong_count() > 0)
+            .cloned()
+            .collect();
+        lineage.push(Arc::downgrade(self));
+        lineage
     }
 
     /// The writer's position in [`WriterGroup::servers`].
@@ -530,7 +540,7 @@ fn writer_group(
                 writer: AtomicUsize::new(carried.unwrap_or(NO_WRITER)),
                 changes: AtomicU64::new(changes),
                 election: Mutex::new(WriterElection::starting_with(failback, carried, promoted)),
-                predecessors: Mutex::new(overlapping.iter().map(|g| Arc::downgrade(g)).collect()),
+                predecessors: Mutex::new(overlapping.iter().flat_map(|g| g.lineage()).collect()),
             })
         }
     };
@@ -1302,7 +1312,8 @@ mod tests {
         let grown = table.rebuild(&config);
         assert!(!Arc::ptr_eq(&grown.groups[0], &table.groups[0]));
         assert_eq!(grown.groups[0].writer(), Some(1));
-        // The new group's changes reach the table it replaced, whose connections still read it.
+        // The new group's changes reach the table it replaced, whose connections still read it,
+        // and the tables before that, even once a table in between is gone.
         grown.groups[0].publish(Some(2));
         assert_eq!(
             table.groups[0].writer(),
@@ -1313,6 +1324,19 @@ mod tests {
         assert_eq!(table.groups[0].writer(), Some(0));
         assert_eq!(table.servers_removed_in(&grown).count(), 0);
         assert_eq!(grown.servers_removed_in(&table).count(), 1);
+        config.listeners[0]
+            .backends
+            .push(crate::config::BackendConfig::at(
+                "127.0.0.1:3311".parse().unwrap(),
+            ));
+        let newest = grown.rebuild(&config);
+        drop(grown);
+        newest.groups[0].publish(Some(1));
+        assert_eq!(
+            table.groups[0].writer(),
+            Some(1),
+            "two reloads back, the middle table gone"
+        );
     }
 
     #[test]

@@ -235,13 +235,16 @@ fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &Shared, stop:
                             tls_auto = AutoTls::Needed;
                             Ok(logged_in)
                         }
-                        // TLS did no better: the plain answer says why, and TLS is not tried
+                        // Refused over TLS too: the plain answer says why, and TLS is not tried
                         // again for a while, so that a missing check user is not refused twice
                         // per interval.
-                        _ => {
+                        Ok((Alive::AccessDenied { .. }, _)) | Err(ProbeError::LoginFailed(_)) => {
                             tls_auto = AutoTls::NotHelping(started + AUTO_TLS_RETRY);
                             plain
                         }
+                        // No answer over TLS (its time ran out, the handshake failed): nothing
+                        // learnt, the next check tries again.
+                        _ => plain,
                     }
                 } else {
                     plain

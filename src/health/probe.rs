@@ -543,6 +543,8 @@ impl Conn {
             .map_err(|e| ProbeError::Tls(e.to_string()))?;
         let mut tls = TlsSession { conn, sock };
         while tls.conn.is_handshaking() {
+            // Every pass is bounded, even one that would find nothing to send or to read.
+            self.remaining(stage)?;
             self.send_tls(&mut tls, stage)?;
             if tls.conn.is_handshaking() && tls.conn.wants_read() {
                 self.receive_tls(&mut tls, stage)?;
