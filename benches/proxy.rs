@@ -170,6 +170,8 @@ enum Target {
     Direct,
     /// ringlb with `[tuning] relay = "splice"`: every byte through pipes.
     RinglbSplice,
+    /// ringlb with `[tuning] driver = "epoll"`: where io_uring is refused.
+    RinglbEpoll,
 }
 
 impl Target {
@@ -179,6 +181,7 @@ impl Target {
             Target::Haproxy => "haproxy",
             Target::Direct => "direct",
             Target::RinglbSplice => "ringlb-splice",
+            Target::RinglbEpoll => "ringlb-epoll",
         }
     }
 
@@ -188,6 +191,7 @@ impl Target {
             Target::Haproxy => "HAProxy",
             Target::Direct => "direct",
             Target::RinglbSplice => "ringlb splice",
+            Target::RinglbEpoll => "ringlb epoll",
         }
     }
 }
@@ -532,6 +536,9 @@ impl Proxy {
         if target == Target::RinglbSplice {
             tuning.push("relay = \"splice\"".into());
         }
+        if target == Target::RinglbEpoll {
+            tuning.push("driver = \"epoll\"".into());
+        }
         if !tuning.is_empty() {
             config.push_str("[tuning]\n");
             for kv in &tuning {
@@ -540,7 +547,9 @@ impl Proxy {
             }
         }
         match target {
-            Target::Ringlb | Target::RinglbSplice => Proxy::Ringlb(start_ringlb(backends, &config, workers)),
+            Target::Ringlb | Target::RinglbSplice | Target::RinglbEpoll => {
+                Proxy::Ringlb(start_ringlb(backends, &config, workers))
+            }
             Target::Haproxy => {
                 let check = if tcp_check {
                     HaproxyCheck::Tcp
@@ -1028,54 +1037,68 @@ fn report(workload: &Workload, runs: &[Run], rows: &[(&str, &str)]) -> Value {
         p.dedup();
         p
     };
-    println!(
-        "  {:<28}{:>30}{:>9}{:>13}",
-        "ringlb / HAProxy", "per pair", "median", "target"
-    );
-    let mut ratios = serde_json::Map::new();
-    for (name, label) in rows {
-        let per_pair: Vec<Option<f64>> = pairs
-            .iter()
-            .map(|&p| {
-                let get = |t: &str| {
-                    runs.iter()
-                        .find(|r| r.pair == p && r.target == t)
-                        .and_then(|r| metric(r, name))
-                };
-                match (get("ringlb"), get("haproxy")) {
-                    (Some(a), Some(b)) if b != 0.0 => Some(a / b),
-                    _ => None,
-                }
-            })
-            .collect();
-        if per_pair.iter().all(Option::is_none) {
-            continue;
-        }
-        let med = median(per_pair.iter().flatten().copied().collect());
-        let target = workload.targets.iter().find(|(m, _, _)| m == name);
-        let verdict = match (target, med) {
-            (Some((_, at_least, bound)), Some(r)) => {
-                let pass = if *at_least { r >= *bound } else { r <= *bound };
-                format!(
-                    "{}{bound} {}",
-                    if *at_least { ">=" } else { "<=" },
-                    if pass { "PASS" } else { "MISS" }
-                )
-            }
-            _ => String::new(),
-        };
-        let pair_text: Vec<String> = per_pair.iter().map(|v| fmt(*v)).collect();
+    // Per-pair ratios of each ringlb driver over HAProxy; the workload's targets judge the
+    // default (io_uring) one.
+    let ratios_of = |contender: &str, heading: &str, judged: bool| {
         println!(
-            "  {label:<28}{:>30}{:>9}{:>13}",
-            pair_text.join(" "),
-            fmt(med),
-            verdict
+            "  {:<28}{:>30}{:>9}{:>13}",
+            heading,
+            "per pair",
+            "median",
+            if judged { "target" } else { "" }
         );
-        ratios.insert(
+        let mut ratios = serde_json::Map::new();
+        for (name, label) in rows {
+            let per_pair: Vec<Option<f64>> = pairs
+                .iter()
+                .map(|&p| {
+                    let get = |t: &str| {
+                        runs.iter()
+                            .find(|r| r.pair == p && r.target == t)
+                            .and_then(|r| metric(r, name))
+                    };
+                    match (get(contender), get("haproxy")) {
+                        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+                        _ => None,
+                    }
+                })
+                .collect();
+            if per_pair.iter().all(Option::is_none) {
+                continue;
+            }
+            let med = median(per_pair.iter().flatten().copied().collect());
+            let target = workload.targets.iter().find(|(m, _, _)| judged && m == name);
+            let verdict = match (target, med) {
+                (Some((_, at_least, bound)), Some(r)) => {
+                    let pass = if *at_least { r >= *bound } else { r <= *bound };
+                    format!(
+                        "{}{bound} {}",
+                        if *at_least { ">=" } else { "<=" },
+                        if pass { "PASS" } else { "MISS" }
+                    )
+                }
+                _ => String::new(),
+            };
+            let pair_text: Vec<String> = per_pair.iter().map(|v| fmt(*v)).collect();
+            println!(
+                "  {label:<28}{:>30}{:>9}{:>13}",
+                pair_text.join(" "),
+                fmt(med),
+                verdict
+            );
+            ratios.insert(
             name.to_string(),
             json!({ "per_pair": per_pair, "median": med, "target": target.map(|(_, at_least, bound)| json!({"at_least": at_least, "bound": bound})), "verdict": verdict }),
         );
-    }
+        }
+        ratios
+    };
+    let ratios = ratios_of("ringlb", "ringlb / HAProxy", true);
+    let epoll_ratios = if targets.contains(&"ringlb-epoll") {
+        ratios_of("ringlb-epoll", "ringlb epoll / HAProxy", false)
+    } else {
+        serde_json::Map::new()
+    };
     let errors: u64 = runs.iter().map(|r| r.errors).sum();
     if errors > 0 {
         println!("  failed operations over all runs: {errors} (see stderr)");
@@ -1086,6 +1109,7 @@ fn report(workload: &Workload, runs: &[Run], rows: &[(&str, &str)]) -> Value {
         "cpu_unit": workload.cpu_unit,
         "medians": medians,
         "ratios_ringlb_over_haproxy": ratios,
+        "ratios_ringlb_epoll_over_haproxy": epoll_ratios,
     })
 }
 
@@ -1323,7 +1347,7 @@ fn main() {
     let mut summary = serde_json::Map::new();
     let mut problems: Vec<String> = Vec::new();
     let pair_targets = |extra: bool| {
-        let mut t = vec![Target::Ringlb, Target::Haproxy];
+        let mut t = vec![Target::Ringlb, Target::Haproxy, Target::RinglbEpoll];
         if extra {
             t.push(Target::RinglbSplice);
         }
@@ -1462,6 +1486,7 @@ fn main() {
         for target in [
             Target::Ringlb,
             Target::Haproxy,
+            Target::RinglbEpoll,
             Target::Direct,
             Target::RinglbSplice,
         ] {
@@ -1545,7 +1570,7 @@ fn main() {
     // (d) bulk through a sink.
     if settings.runs("d") {
         let sink = Sink::start();
-        let bulk_proxies: BTreeMap<Target, Proxy> = [Target::Ringlb, Target::Haproxy]
+        let bulk_proxies: BTreeMap<Target, Proxy> = [Target::Ringlb, Target::Haproxy, Target::RinglbEpoll]
             .into_iter()
             .map(|t| (t, Proxy::start(t, &[sink.0.addr()], w, true)))
             .collect();
@@ -1633,7 +1658,7 @@ fn main() {
         close_idle(warm);
         let mut runs = Vec::new();
         for pair in 0..settings.pairs {
-            for target in [Target::Ringlb, Target::Haproxy] {
+            for target in [Target::Ringlb, Target::Haproxy, Target::RinglbEpoll] {
                 let proxy = Proxy::start(target, &backends, w, false);
                 let pid = proxy.pid();
                 let mut run = new_run("e", target, pair);

@@ -872,6 +872,13 @@ pub struct Tried {
 }
 
 impl Tried {
+    pub const fn new() -> Tried {
+        Tried {
+            low: 0,
+            high: Vec::new(),
+        }
+    }
+
     pub fn contains(&self, pos: usize) -> bool {
         let word = if pos < 64 {
             self.low

@@ -144,6 +144,11 @@ struct ConfigArgs {
     /// Admin HTTP endpoint (/metrics, /stats), IP:PORT [default: 127.0.0.1:4041].
     #[arg(long, value_name = "IP:PORT")]
     admin: Option<String>,
+
+    /// I/O driver: auto (io_uring where usable, else epoll), io_uring or epoll. Replaces
+    /// `[tuning] driver` [default: auto].
+    #[arg(long, value_name = "DRIVER")]
+    driver: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -208,8 +213,14 @@ fn execute(cli: Cli) -> Result<(), CliError> {
                 Some(path) => format!("{} and the flags", path.display()),
                 None => "the flags and the defaults".to_string(),
             };
+            let (driver, fallback) = crate::dataplane::probe::choose(config.tuning.driver)
+                .map_err(|e| CliError::Run(RunError::Kernel(e)))?;
+            let why = fallback.map_or(String::new(), |why| {
+                format!(": io_uring is not usable here ({why})")
+            });
             let text = format!(
-                "# ringlb check: valid. Effective configuration from {source}:\n\n{}",
+                "# ringlb check: valid. Effective configuration from {source}:\n# the workers would use the {} driver{why}\n\n{}",
+                driver.name(),
                 config::to_toml(&config)
             );
             print_stdout(&text)
@@ -275,6 +286,16 @@ fn overrides(args: &ConfigArgs) -> Result<Overrides, ConfigError> {
         backends: args.backend.clone(),
         workers: args.workers.as_deref().map(parse_workers).transpose()?,
         admin: args.admin.clone(),
+        driver: args
+            .driver
+            .as_deref()
+            .map(|text| {
+                config::DriverChoice::parse(text).map_err(|message| ConfigError::Flag {
+                    flag: "--driver".into(),
+                    message,
+                })
+            })
+            .transpose()?,
     })
 }
 

@@ -360,9 +360,45 @@ pub enum RelayMode {
     Splice,
 }
 
+/// Which I/O driver the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverChoice {
+    /// io_uring where it is usable, epoll where it is refused (with a log line that says why).
+    Auto,
+    /// io_uring or nothing: start-up fails where it is refused.
+    IoUring,
+    /// epoll with non-blocking calls, whether or not io_uring is usable.
+    Epoll,
+}
+
+impl DriverChoice {
+    /// `auto`, `io_uring` or `epoll`; the error says which are known.
+    pub fn parse(text: &str) -> Result<DriverChoice, String> {
+        match text {
+            "auto" => Ok(DriverChoice::Auto),
+            "io_uring" => Ok(DriverChoice::IoUring),
+            "epoll" => Ok(DriverChoice::Epoll),
+            other => Err(format!(
+                "unknown driver {other:?}, expected \"auto\", \"io_uring\" or \"epoll\""
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverChoice::Auto => "auto",
+            DriverChoice::IoUring => "io_uring",
+            DriverChoice::Epoll => "epoll",
+        }
+    }
+}
+
 /// Data-path knobs; each one's measured effect is in tuning.md.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TuningConfig {
+    /// The I/O driver; see [`DriverChoice`].
+    pub driver: DriverChoice,
     pub relay: RelayMode,
     /// Size of each provided buffer; a read that fills one marks its direction as bulk.
     pub buffer_bytes: u32,
@@ -385,6 +421,7 @@ pub struct TuningConfig {
 impl Default for TuningConfig {
     fn default() -> Self {
         TuningConfig {
+            driver: DriverChoice::Auto,
             relay: RelayMode::Auto,
             buffer_bytes: 16 * 1024,
             buffers: 128,
@@ -524,6 +561,8 @@ pub struct Overrides {
     pub backends: Vec<String>,
     pub workers: Option<usize>,
     pub admin: Option<String>,
+    /// `--driver`: replaces `[tuning] driver`.
+    pub driver: Option<DriverChoice>,
 }
 
 /// A configuration error: one line, naming the culprit.
@@ -891,6 +930,7 @@ pub fn to_toml(config: &Config) -> String {
         RelayMode::Splice => "splice",
     };
     out.push_str("\n[tuning]\n");
+    out.push_str(&format!("driver = {}\n", toml_string(tuning.driver.name())));
     out.push_str(&format!("relay = {}\n", toml_string(relay)));
     out.push_str(&format!("buffer_bytes = {}\n", tuning.buffer_bytes));
     out.push_str(&format!("buffers = {}\n", tuning.buffers));
@@ -1004,6 +1044,7 @@ struct RawHealth {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 struct RawTuning {
+    driver: Option<Spanned<String>>,
     relay: Option<Spanned<String>>,
     buffer_bytes: Option<Spanned<i64>>,
     buffers: Option<Spanned<i64>>,
@@ -1481,7 +1522,10 @@ fn build(
     let admin = parse_ip_port(admin_text).map_err(|m| admin_site.error(origin, m))?;
 
     let health = build_health(origin, raw.health, read_key)?;
-    let tuning = build_tuning(origin, raw.tuning)?;
+    let mut tuning = build_tuning(origin, raw.tuning)?;
+    if let Some(driver) = overrides.driver {
+        tuning.driver = driver;
+    }
     let ha = match &raw.ha {
         Some(ha) => Some(build_ha(origin, ha, read_key)?),
         None => None,
@@ -1542,6 +1586,11 @@ fn build_tuning(origin: &Origin<'_>, raw: Option<RawTuning>) -> Result<TuningCon
             }
         },
     };
+    let driver = match &raw.driver {
+        None => defaults.driver,
+        Some(d) => DriverChoice::parse(d.get_ref())
+            .map_err(|message| origin.at(d.span().start, "tuning.driver", message))?,
+    };
     let power_of_two = |v: &Spanned<i64>, key: &str, min: i64, max: i64| -> Result<i64, ConfigError> {
         let n: i64 = int_in(origin, v, key, min, max)?;
         if (n as u64).is_power_of_two() {
@@ -1551,6 +1600,7 @@ fn build_tuning(origin: &Origin<'_>, raw: Option<RawTuning>) -> Result<TuningCon
         }
     };
     Ok(TuningConfig {
+        driver,
         relay,
         buffer_bytes: match &raw.buffer_bytes {
             Some(v) => int_in(origin, v, "tuning.buffer_bytes", 512, 1 << 20)?,
@@ -2500,6 +2550,7 @@ address = "[::1]:3307"
             backends: vec!["db-01:3306".into(), "db-02:3307".into()],
             workers: Some(2),
             admin: Some("127.0.0.1:5001".into()),
+            driver: None,
         };
         let config = load_text("[global]\nworkers = 8\n", &overrides).unwrap();
         assert_eq!(config.workers, 2, "the flag wins over the file");

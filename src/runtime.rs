@@ -41,11 +41,15 @@ const HA_HANDOVER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Runs ringlb until SIGINT or SIGTERM; `source` is where SIGHUP reloads the configuration from.
 pub fn run(config: Config, source: Option<Source>) -> Result<(), RunError> {
     reserve_descriptor_table();
-    probe::check()?;
+    let (driver, fallback) = probe::choose(config.tuning.driver)?;
+    if let Some(why) = fallback {
+        tracing::warn!(driver = driver.name(), "io_uring is not usable here, so the workers use epoll: {why} ([tuning] driver = \"io_uring\" refuses to start instead)");
+    }
     let signals = block_signals();
 
     let backends = Arc::new(Backends::from_config(&config));
     let shared = Arc::new(Shared::new(backends.clone(), config.workers).map_err(RunError::Thread)?);
+    let _ = shared.driver.set(driver.name());
 
     let admin_socket = TcpListener::bind(config.admin).map_err(|source| RunError::Bind {
         what: "admin".into(),
@@ -88,6 +92,7 @@ pub fn run(config: Config, source: Option<Source>) -> Result<(), RunError> {
     for (id, sockets) in per_worker.into_iter().enumerate() {
         let worker_config = WorkerConfig {
             id,
+            driver,
             core: (config.tuning.pin_workers && !cores.is_empty()).then(|| cores[id % cores.len()]),
             tuning: config.tuning.clone(),
         };
@@ -122,6 +127,11 @@ pub fn run(config: Config, source: Option<Source>) -> Result<(), RunError> {
         Some(ha) => Some(crate::ha::runner::spawn(ha, shared.clone())?),
         None => None,
     };
+    tracing::info!(
+        driver = driver.name(),
+        workers = config.workers,
+        "data path started"
+    );
     for l in &config.listeners {
         let names: Vec<&str> = l.backends.iter().map(|b| b.name.as_str()).collect();
         tracing::info!(listener = %l.name, bind = %l.bind, backends = ?names, "listening");

@@ -11,7 +11,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crossbeam_utils::CachePadded;
 use serde::{Deserialize, Serialize};
@@ -65,6 +65,8 @@ pub struct Shared {
     /// former writer to be closed: each worker then closes its connections of writer pools to a
     /// backend that is not its pool's writer.
     pub writer_changes: AtomicU64,
+    /// The workers' I/O driver, set once at start-up ("io_uring" or "epoll").
+    pub driver: OnceLock<&'static str>,
 }
 
 impl Shared {
@@ -87,6 +89,7 @@ impl Shared {
             ha: Default::default(),
             stopping: Default::default(),
             writer_changes: AtomicU64::new(0),
+            driver: OnceLock::new(),
         })
     }
 
@@ -227,6 +230,7 @@ impl Shared {
             backends,
             workers,
             listeners,
+            driver: self.driver.get().copied().unwrap_or_default().to_string(),
         }
     }
 }
@@ -263,12 +267,15 @@ fn why_not(table: &Backends, b: &crate::balance::Backend) -> String {
 }
 
 /// Plain-data view of all counters; also the JSON body of `GET /stats`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub backends: Vec<BackendSnapshot>,
     pub workers: Vec<WorkerSnapshot>,
     #[serde(default)]
     pub listeners: Vec<ListenerSnapshot>,
+    /// The workers' I/O driver: "io_uring" or "epoll" (empty before they start).
+    #[serde(default)]
+    pub driver: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -118,6 +118,15 @@ pub fn render(snapshot: &Snapshot) -> String {
         (Cow::Owned(format!("worker=\"{}\"", w.worker)), w)
     });
     render_roles(&mut out, snapshot, &labels);
+    if !snapshot.driver.is_empty() {
+        header(
+            &mut out,
+            "ringlb_driver",
+            "gauge",
+            "The workers' I/O driver, in the driver label: io_uring or epoll ([tuning] driver). Always 1.",
+        );
+        let _ = writeln!(out, "ringlb_driver{{driver=\"{}\"}} 1", escape(&snapshot.driver));
+    }
     out
 }
 
@@ -325,6 +334,7 @@ mod tests {
     #[test]
     fn renders_every_family_with_help_type_and_samples() {
         let snapshot = Snapshot {
+            driver: String::new(),
             listeners: Vec::new(),
             backends: vec![
                 backend("default", "db-01:3306", true, 3),
@@ -422,6 +432,7 @@ ringlb_backend_role{backend=\"db-02:3306\",listener=\"default\",role=\"any\"} 1
     #[test]
     fn empty_snapshot_still_declares_every_family() {
         let out = render(&Snapshot {
+            driver: String::new(),
             listeners: Vec::new(),
             backends: vec![],
             workers: vec![],
@@ -436,6 +447,7 @@ ringlb_backend_role{backend=\"db-02:3306\",listener=\"default\",role=\"any\"} 1
         assert_eq!(escape("line\nbreak"), "line\\nbreak");
         assert_eq!(escape("plain:3306"), "plain:3306");
         let out = render(&Snapshot {
+            driver: String::new(),
             listeners: Vec::new(),
             backends: vec![backend("we\"ird\\\n", "db:1", true, 1)],
             workers: vec![],
@@ -471,6 +483,7 @@ ringlb_backend_role{backend=\"db-02:3306\",listener=\"default\",role=\"any\"} 1
             ..Default::default()
         };
         let out = render(&Snapshot {
+            driver: String::new(),
             listeners: vec![listener],
             backends: vec![writer, replica],
             workers: vec![],

@@ -162,6 +162,9 @@ pub fn render(snapshot: &Snapshot) -> String {
         .map(|w| vec![w.worker.to_string(), w.accepted_total.to_string()])
         .collect();
     aligned(&mut out, &["WORKER", "ACCEPTED"], &worker_rows, 0);
+    if !snapshot.driver.is_empty() {
+        out.push_str(&format!("\ndriver: {}\n", snapshot.driver));
+    }
     out
 }
 
@@ -203,6 +206,7 @@ mod tests {
     #[test]
     fn table_aligns_text_left_and_numbers_right() {
         let snapshot = Snapshot {
+            driver: String::new(),
             listeners: Vec::new(),
             backends: vec![
                 BackendSnapshot {
@@ -264,11 +268,7 @@ WORKER  ACCEPTED
 
     #[test]
     fn empty_snapshot_renders_headers_only() {
-        let out = render(&Snapshot {
-            listeners: Vec::new(),
-            backends: vec![],
-            workers: vec![],
-        });
+        let out = render(&Snapshot::default());
         assert_eq!(
             out,
             "LISTENER  BACKEND  STATE  ROLE  LAG  ACTIVE  CONNECTIONS  CONNECT_ERRORS  BYTES_TO_BACKEND  BYTES_TO_CLIENT\n\nWORKER  ACCEPTED\n"

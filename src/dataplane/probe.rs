@@ -1,9 +1,27 @@
-//! Start-up probe: is io_uring usable here, with the operations the data path needs?
+//! Start-up probe: is io_uring usable here, with the operations the data path needs? And so,
+//! which driver the workers run ([`choose`]).
 //!
-//! ringlb has no fallback path: where io_uring is unusable it refuses to start with one line
-//! that names the cause and the fix, instead of failing later in a worker.
+//! With `[tuning] driver = "auto"` (the default) a kernel or a seccomp profile that refuses
+//! io_uring makes the workers use epoll, with one log line that says why. With `"io_uring"` it
+//! makes ringlb refuse to start, with one line that names the cause and the fix, instead of
+//! failing later in a worker.
 
 use io_uring::{opcode, IoUring, Probe};
+
+use super::DriverKind;
+use crate::config::DriverChoice;
+
+/// The driver `choice` comes to on this kernel, and, when `auto` fell back to epoll, why.
+pub fn choose(choice: DriverChoice) -> Result<(DriverKind, Option<String>), ProbeError> {
+    match choice {
+        DriverChoice::IoUring => check().map(|()| (DriverKind::IoUring, None)),
+        DriverChoice::Epoll => Ok((DriverKind::Epoll, None)),
+        DriverChoice::Auto => match check() {
+            Ok(()) => Ok((DriverKind::IoUring, None)),
+            Err(ProbeError(why)) => Ok((DriverKind::Epoll, Some(why))),
+        },
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

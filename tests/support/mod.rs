@@ -165,6 +165,60 @@ pub fn limit_open_files(command: &mut Command, limit: u64) {
     }
 }
 
+/// Installs a seccomp filter in the child that makes each of `syscalls` fail with `errno`,
+/// everything else allowed, as a container runtime's profile does (Docker's and containerd's
+/// default profiles refuse the io_uring calls with EPERM).
+pub fn deny_syscalls(command: &mut Command, syscalls: &'static [libc::c_long], errno: i32) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
+    // async-signal-safe; the filter program outlives the prctl call that copies it.
+    unsafe {
+        command.pre_exec(move || {
+            let statement = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+                code: code as u16,
+                jt,
+                jf,
+                k,
+            };
+            // Load the syscall number; for each denied one, return the errno on a match.
+            let mut filter = vec![statement(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0)];
+            for &nr in syscalls {
+                filter.push(statement(
+                    libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+                    0,
+                    1,
+                    nr as u32,
+                ));
+                let deny = libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA);
+                filter.push(statement(libc::BPF_RET | libc::BPF_K, 0, 0, deny));
+            }
+            filter.push(statement(
+                libc::BPF_RET | libc::BPF_K,
+                0,
+                0,
+                libc::SECCOMP_RET_ALLOW,
+            ));
+            let program = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_mut_ptr(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &program) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The io_uring system calls, as Docker's default seccomp profile refuses them.
+pub const IO_URING_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+];
+
 /// The path of an installed program, looked up in PATH and the sbin directories; panics naming
 /// the program when it is missing.
 pub fn find_program(name: &str) -> PathBuf {
@@ -637,6 +691,8 @@ pub struct Launch {
     pub namespace: Option<String>,
     /// `RLIMIT_NOFILE` (soft and hard) of the ringlb process, for the out-of-descriptors tests.
     pub max_open_files: Option<u64>,
+    /// Runs ringlb under a seccomp filter that refuses the io_uring calls with EPERM.
+    pub deny_io_uring: bool,
 }
 
 impl Default for Launch {
@@ -645,6 +701,7 @@ impl Default for Launch {
             workers: 2,
             namespace: None,
             max_open_files: None,
+            deny_io_uring: false,
         }
     }
 }
@@ -806,6 +863,10 @@ impl Ringlb {
                 .arg(self.admin.to_string());
         }
         command.arg("--workers").arg(self.workers.to_string());
+        // The data-path suites run once per driver (scripts/test): this picks the driver.
+        if let Ok(driver) = std::env::var("RINGLB_TEST_DRIVER") {
+            command.arg("--driver").arg(driver);
+        }
         for backend in backends {
             command.arg("--backend").arg(backend.to_string());
         }
@@ -819,6 +880,9 @@ impl Ringlb {
         die_with_parent(&mut command);
         if let Some(limit) = self.launch.max_open_files {
             limit_open_files(&mut command, limit);
+        }
+        if self.launch.deny_io_uring {
+            deny_syscalls(&mut command, IO_URING_SYSCALLS, libc::EPERM);
         }
         let child = command
             .spawn()
