@@ -1,4 +1,4 @@
-//! ringlb: a thread-per-core io_uring load balancer for MySQL and MariaDB.
+//! ringlb: a thread-per-core io_uring (or epoll) load balancer for MySQL and MariaDB.
 //!
 //! # Layout
 //!
@@ -7,7 +7,7 @@
 //! | [`cli`] | the clap command line: `run`, `check`, `stats`, `histogram`; turns errors into one line and an exit code |
 //! | [`config`] | TOML file plus flags, parsed then validated into a typed [`config::Config`] |
 //! | [`runtime`] | binds sockets, starts the threads below, waits for a signal |
-//! | [`dataplane`] | the workers: io_uring, multishot accept, connect, splice / buffered relay |
+//! | [`dataplane`] | the workers: each connection's pure state machine ([`dataplane::conn`]), the worker that feeds it (accept, queue, reload), and its I/O driver, io_uring or epoll |
 //! | [`balance`] | the shared backend table (atomics only), its servers and writer groups, and the least-connections choice narrowed by the listener's role |
 //! | [`health`] | the checker threads: MySQL greeting and login, or TCP; rise/fall hysteresis; server state (read_only, replica status, Galera) and the writer elections of role pools |
 //! | [`proxy_protocol`] | PROXY protocol v1/v2 headers sent to backends ahead of a client's bytes (`send_proxy`) |
@@ -22,7 +22,7 @@
 //! | thread | owns | talks to others through |
 //! |---|---|---|
 //! | main | config, binding, signals | joins the rest |
-//! | `worker-N` × cores, pinned | one io_uring, one SO_REUSEPORT listener per listener, its connections and pipes | the backend table's atomics; its own counters |
+//! | `worker-N` × cores, pinned | one I/O driver (an io_uring, or an epoll set where io_uring is refused), one SO_REUSEPORT listener per listener, its connections and pipes | the backend table's atomics; its own counters |
 //! | `health-N`, one per server | one probe per interval, with the state reads its pools need | the server's atomics (`up`, what it qualifies as, lag); a writer group's election under its mutex, published in one atomic; wakes the workers when a former writer's connections must close |
 //! | `ha` (with `[ha]`) | the heartbeat UDP socket, the VIP, gratuitous ARP | reads backend health; writes the status `GET /ha` shows |
 //! | `admin` | the admin HTTP socket | reads atomics and the HA status; locks each worker's latency histograms briefly to merge them |

@@ -167,8 +167,8 @@ pub enum Event {
     /// Answers [`Intent::OpenBackend`]: `Err(errno)` when no socket could be made.
     BackendOpened(Result<(), i32>),
     /// Answers [`Intent::Handshake`]: whatever the listener sends a new backend connection
-    /// first (a PROXY header) went out whole, or not.
-    HandshakeDone(bool),
+    /// first (a PROXY header) went out whole, or not (`Err(errno)`).
+    HandshakeDone(Result<(), i32>),
     /// Answers [`Intent::TakePipe`]: the pipe's capacity, or `None` when no pipe can be had.
     PipeTaken { dir: usize, capacity: Option<u32> },
     /// The worker took the client out of its queue: with a choice, or `None` when it waited
@@ -403,8 +403,9 @@ impl Conn {
                 }
                 self.refuse(ctx, Refusal::NoSocket(errno), out);
             }
-            Event::HandshakeDone(true) => self.relay(ctx, out),
-            Event::HandshakeDone(false) => self.abort(ctx, out),
+            Event::HandshakeDone(Ok(())) => self.relay(ctx, out),
+            // The backend went away as it accepted: a failed connect like any other.
+            Event::HandshakeDone(Err(errno)) => self.connect_failed(ctx, errno, out),
             Event::PipeTaken { dir, capacity } => match capacity {
                 Some(capacity) => {
                     let flow = &mut self.flows[dir];
@@ -501,9 +502,10 @@ impl Conn {
                 return;
             }
             Phase::Redispatching => {
-                // The client's read ended before its cancel: bytes taken or its EOF mean it can
+                // The client's read ended before its cancel: bytes taken or its EOF (or, relaying
+                // by splice, its socket turning readable, which is one or the other) mean it can
                 // no longer move on unnoticed; nothing taken (cancelled) changes nothing.
-                if op == Op::Recv && result >= 0 {
+                if (op == Op::Recv && result >= 0) || (op == Op::PollIn && result > 0) {
                     self.bytes_seen = true;
                 }
                 if let Some(id) = buffer {
@@ -548,20 +550,31 @@ impl Conn {
             return;
         };
         if result < 0 {
-            self.backend = None;
-            out.push(Intent::CloseBackend);
-            out.push(Intent::Release { backend });
             // The timeout cancels the connect: ECANCELED means it timed out.
             let errno = if -result == libc::ECANCELED {
                 libc::ETIMEDOUT
             } else {
                 -result
             };
-            out.push(Intent::ConnectFailed { backend, errno });
-            self.connect_next(ctx, out);
+            self.connect_failed(ctx, errno, out);
             return;
         }
+        debug_assert_eq!(self.backend, Some(backend));
         out.push(Intent::Handshake);
+    }
+
+    /// The connect to the backend held failed (`errno`): its socket closes (only the connect's
+    /// timeout, which names no socket, may still be in flight), it is released and marked, and
+    /// the next backend is tried.
+    fn connect_failed(&mut self, ctx: &Ctx, errno: i32, out: &mut Vec<Intent>) {
+        let Some(backend) = self.backend.take() else {
+            debug_assert!(false, "a connect failed with no backend");
+            return;
+        };
+        out.push(Intent::CloseBackend);
+        out.push(Intent::Release { backend });
+        out.push(Intent::ConnectFailed { backend, errno });
+        self.connect_next(ctx, out);
     }
 
     fn connect_next(&mut self, _ctx: &Ctx, out: &mut Vec<Intent>) {

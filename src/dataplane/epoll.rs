@@ -31,6 +31,10 @@ use crate::config::TuningConfig;
 const ACCEPTS_PER_PASS: usize = 64;
 /// Events read per `epoll_wait`.
 const EVENTS: usize = 256;
+/// Batches of ends delivered one after another without asking the kernel for new events: an end
+/// that is ready at once (a send that went through) is worth delivering without a syscall, but
+/// sockets that became ready meanwhile must not wait long for their turn.
+const BATCHES_PER_POLL: u32 = 8;
 
 #[derive(Debug, Clone, Copy)]
 enum ReadOp {
@@ -144,6 +148,8 @@ pub struct Epoll {
     /// Listeners whose last pass stopped at [`ACCEPTS_PER_PASS`]: accepted on from next pass.
     accept_again: Vec<RawFd>,
     events: Vec<libc::epoll_event>,
+    /// Batches delivered since the last `epoll_wait` ([`BATCHES_PER_POLL`]).
+    unpolled: u32,
 }
 
 /// Makes `fd` non-blocking (the listening sockets are bound blocking; io_uring does not care,
@@ -182,6 +188,7 @@ impl Epoll {
             next_timer: 0,
             accept_again: Vec::new(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
+            unpolled: 0,
         })
     }
 
@@ -595,6 +602,13 @@ impl Driver for Epoll {
     }
 
     fn wait(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        if !self.ready.is_empty() && self.unpolled < BATCHES_PER_POLL {
+            self.unpolled += 1;
+            self.fire_timers();
+            out.extend(self.ready.drain(..));
+            return Ok(());
+        }
+        self.unpolled = 0;
         loop {
             for fd in std::mem::take(&mut self.accept_again) {
                 self.try_read(fd);

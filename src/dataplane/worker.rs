@@ -865,18 +865,15 @@ impl<D: Driver> Worker<D> {
     }
 
     /// Writes what the listener sends a fresh backend connection first: the PROXY header.
-    fn handshake(&mut self, index: usize) -> bool {
+    fn handshake(&mut self, index: usize) -> Result<(), i32> {
         let slot = self.conns[index].as_ref().expect("live connection");
         let Some(version) = slot.epoch.table.listeners[slot.listener].config.send_proxy else {
-            return true;
+            return Ok(());
         };
-        match send_proxy_header(slot, version) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::debug!(worker = self.id, error = %e, "cannot send the PROXY header; closing");
-                false
-            }
-        }
+        send_proxy_header(slot, version).map_err(|e| {
+            tracing::debug!(worker = self.id, error = %e, "cannot send the PROXY header; trying the next backend");
+            e.raw_os_error().unwrap_or(libc::EPIPE)
+        })
     }
 
     // ---- accept ----

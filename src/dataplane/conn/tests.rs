@@ -61,7 +61,7 @@ fn relaying() -> Conn {
     );
     assert_eq!(step(&mut conn, Event::BackendOpened(Ok(()))), [Intent::Connect]);
     assert_eq!(step(&mut conn, done(Op::Connect, 0, 0)), [Intent::Handshake]);
-    let out = step(&mut conn, Event::HandshakeDone(true));
+    let out = step(&mut conn, Event::HandshakeDone(Ok(())));
     assert_eq!(
         out[1..],
         [Intent::Recv { dir: TO_BACKEND }, Intent::Recv { dir: TO_CLIENT }]
@@ -456,13 +456,58 @@ fn an_idle_or_former_writer_close_resets_and_frees_after_the_last_op() {
 }
 
 #[test]
-fn a_failed_proxy_header_closes_the_client() {
+fn a_backend_that_cannot_take_the_proxy_header_is_a_failed_connect() {
     let mut conn = Conn::new();
     step(&mut conn, Event::Accepted { queue_first: false });
     step(&mut conn, Event::Picked(backend(0)));
     step(&mut conn, Event::BackendOpened(Ok(())));
     step(&mut conn, done(Op::Connect, 0, 0));
-    assert_eq!(step(&mut conn, Event::HandshakeDone(false)), [Intent::Abort]);
+    let out = step(&mut conn, Event::HandshakeDone(Err(libc::ECONNRESET)));
+    assert_eq!(
+        out,
+        [
+            Intent::CloseBackend,
+            Intent::Release { backend: 0 },
+            Intent::ConnectFailed {
+                backend: 0,
+                errno: libc::ECONNRESET
+            },
+            Intent::Pick
+        ]
+    );
+}
+
+#[test]
+fn a_splice_only_client_that_turns_readable_while_redispatched_is_closed_not_moved() {
+    let mut conn = Conn::new();
+    let c = Ctx {
+        splice_only: true,
+        ..ctx(5)
+    };
+    let mut out = Vec::new();
+    for event in [
+        Event::Accepted { queue_first: false },
+        Event::Picked(backend(0)),
+        Event::BackendOpened(Ok(())),
+        done(Op::Connect, 0, 0),
+        done(Op::ConnectTimeout, 0, -libc::ECANCELED),
+        Event::HandshakeDone(Ok(())),
+        done(Op::PollIn, TO_CLIENT, libc::POLLIN as i32),
+        Event::PipeTaken {
+            dir: TO_CLIENT,
+            capacity: Some(PIPE_BYTES),
+        },
+        // The backend ends before its first byte: the client's poll is cancelled.
+        done(Op::SpliceIn, TO_CLIENT, 0),
+        done(Op::Cancel, TO_BACKEND, -libc::ENOENT),
+    ] {
+        conn.step(&c, event, &mut out);
+    }
+    assert_eq!(conn.phase(), Phase::Redispatching);
+    out.clear();
+    // The client's poll had fired: it spoke or left, so it is not moved.
+    conn.step(&c, done(Op::PollIn, TO_BACKEND, libc::POLLIN as i32), &mut out);
+    assert_eq!(out, [Intent::Abort, Intent::Free]);
 }
 
 #[test]
@@ -482,7 +527,7 @@ fn splice_only_relay_polls_then_splices() {
         conn.step(&c, event, &mut out);
     }
     out.clear();
-    conn.step(&c, Event::HandshakeDone(true), &mut out);
+    conn.step(&c, Event::HandshakeDone(Ok(())), &mut out);
     assert_eq!(
         out[1..],
         [
@@ -683,7 +728,10 @@ impl World {
                 self.backend_socket = ok;
                 return Some(Event::BackendOpened(if ok { Ok(()) } else { Err(libc::EMFILE) }));
             }
-            Intent::Handshake => return Some(Event::HandshakeDone(self.rng.chance(97))),
+            Intent::Handshake => {
+                let ok = self.rng.chance(97);
+                return Some(Event::HandshakeDone(if ok { Ok(()) } else { Err(libc::EPIPE) }));
+            }
             Intent::TakePipe { dir } => {
                 assert!(self.pipes[dir].is_none(), "a second pipe for {dir}");
                 let capacity = self.rng.chance(85).then_some(PIPE_BYTES);
