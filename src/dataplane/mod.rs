@@ -2,7 +2,8 @@
 //! pipe pool.
 //!
 //! - `conn`: a client connection as a pure state machine (events in, intents out);
-//! - `worker`: accept, the queue, reloads and idle sweeps, and the machine's intents carried out;
+//! - `worker`: the loop that feeds each machine and carries out its intents, with its jobs in
+//!   `worker/` (accept, backend, queue, control);
 //! - `driver`: the seam between a worker and its I/O; `uring` and `epoll`, the two drivers;
 //! - `bufring`, `pipes`: the receive buffers and the splice pipes;
 //! - `listener`, `probe`: the listening sockets, and the start-up choice of a driver.
