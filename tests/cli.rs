@@ -467,3 +467,38 @@ fn log_format_json_writes_one_json_object_per_stderr_line() {
         );
     }
 }
+
+#[test]
+fn check_says_which_driver_the_workers_would_use() {
+    let out = ringlb(&["check", "--config", "examples/ringlb.toml"]);
+    assert!(out.status.success(), "stderr: {}", out.stderr);
+    // This machine has io_uring: `auto` takes it.
+    assert!(
+        out.stdout
+            .contains("# the workers would use the io_uring driver\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("driver = \"auto\"\n"), "{}", out.stdout);
+    let out = ringlb(&["check", "--config", "examples/ringlb.toml", "--driver", "epoll"]);
+    assert!(out.status.success(), "stderr: {}", out.stderr);
+    assert!(
+        out.stdout.contains("# the workers would use the epoll driver\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("driver = \"epoll\"\n"), "{}", out.stdout);
+}
+
+#[test]
+fn an_unknown_driver_is_named_with_the_ones_known() {
+    assert_fails_with(
+        &["check", "--config", "examples/ringlb.toml", "--driver", "kqueue"],
+        &["--driver", "kqueue", "io_uring", "epoll"],
+    );
+    let path = write_config("bad-driver", "[tuning]\ndriver = \"uring\"\n");
+    assert_fails_with(
+        &["check", "--config", path.to_str().unwrap()],
+        &["tuning.driver", "\"uring\"", ":2:"],
+    );
+}
