@@ -390,3 +390,55 @@ fn a_half_closed_client_that_does_not_read_costs_no_cpu_while_its_window_is_full
         }
     }
 }
+
+/// With one buffer per worker, clients whose messages are sometimes larger than the buffer (so
+/// their directions switch to splice and back) all get every echo: a direction parked for a
+/// buffer is woken once one is back, and the one woken before it never takes a buffer it has
+/// no bytes for. No idle timeout, so no periodic tick hides a stranded direction.
+#[test]
+fn with_one_buffer_clients_mixing_small_and_bulk_messages_all_get_every_echo() {
+    let _serial = one_at_a_time();
+    let echo = EchoServer::start();
+    let config = "[health]\ncheck = \"tcp\"\ninterval_ms = 60000\n\
+                  [tuning]\nbuffers = 1\nbuffer_bytes = 1024\n\
+                  [[listener]]\nname = \"default\"\nbind = \"127.0.0.1:1\"\nidle_timeout_ms = 0\n\
+                  [[listener.backend]]\naddress = \"127.0.0.1:1\"\n";
+    let lb = Ringlb::start_with_workers(&[echo.addr()], config, 1);
+    let addr = lb.addr();
+    let clients: Vec<_> = (0..8u64)
+        .map(|c| {
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut seed = c * 7919 + 1;
+                for i in 0..300 {
+                    seed = seed
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    let len = 1 + (seed >> 33) as usize % 3000;
+                    let message: Vec<u8> = (0..len).map(|k| (k as u8).wrapping_add(i as u8)).collect();
+                    stream
+                        .write_all(&message)
+                        .map_err(|e| format!("client {c}, message {i}: write: {e}"))?;
+                    let mut back = vec![0u8; len];
+                    stream
+                        .read_exact(&mut back)
+                        .map_err(|e| format!("client {c}, message {i} ({len} bytes): {e}"))?;
+                    if back != message {
+                        return Err(format!("client {c}, message {i}: other bytes came back"));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let errors: Vec<String> = clients
+        .into_iter()
+        .filter_map(|t| t.join().expect("a client thread panicked").err())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "stalled clients: {errors:#?}\nringlb log:\n{}",
+        lb.log_tail()
+    );
+}

@@ -269,6 +269,17 @@ impl Epoll {
             }
             ReadOp::Recv => {
                 let Some(id) = self.buffers.free.pop() else {
+                    // `readable` may be stale (a short splice or a receive that filled its
+                    // buffer leaves it set): end with ENOBUFS only when bytes (or the end) are
+                    // really there, as io_uring's poll-first receive does, so that a direction is
+                    // parked for a buffer only when it will take the one it is woken for.
+                    let mut byte = 0u8;
+                    // SAFETY: peeks at most one byte into a live byte; nothing is consumed.
+                    let n = unsafe { libc::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK) };
+                    if n < 0 && matches!(errno(), libc::EAGAIN | libc::EINTR) {
+                        self.state(fd).readable = false;
+                        return;
+                    }
                     self.state(fd).read = None;
                     self.end(key, -libc::ENOBUFS, None, false);
                     return;
@@ -585,8 +596,14 @@ impl Driver for Epoll {
                 } else if state.watch == Some(target) {
                     state.watch = None;
                     true
-                } else if state.write.is_some_and(|(k, _)| k == target) {
+                } else if let Some((k, op)) = state.write.filter(|(k, _)| *k == target) {
                     state.write = None;
+                    if let WriteOp::Connect { .. } = op {
+                        // A connect ends twice: its timeout's timer then finds nothing to end.
+                        self.end_connect(k, -libc::ECANCELED);
+                        self.end(key, 0, None, false);
+                        return;
+                    }
                     true
                 } else {
                     false
@@ -665,3 +682,6 @@ impl Driver for Epoll {
         self.buffers.free.push(id);
     }
 }
+
+#[cfg(test)]
+mod tests;
