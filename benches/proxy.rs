@@ -25,7 +25,9 @@
 //! workload and target, and `target/bench/latency-b.png`.
 //!
 //! `RINGLB_BENCH_TUNING="pin_workers = false; buffers = 64"` adds `[tuning]` keys to ringlb's
-//! configuration.
+//! configuration. Every workload has a column for ringlb on its epoll driver (`ringlb-epoll`),
+//! and `RINGLB_BENCH_BASELINE=/path/to/ringlb` adds one for another build (`baseline`: the
+//! binary before a change, measured side by side with it).
 //! `RINGLB_BENCH_QUICK=1` runs one pair of shorter runs (the smoke test in scripts/test);
 //! `RINGLB_BENCH_WORKERS` sets both proxies' worker threads (default 1: the clients and MariaDB
 //! need the other core of a 2-core machine). The bench fails (non-zero exit) only when the
@@ -172,6 +174,8 @@ enum Target {
     RinglbSplice,
     /// ringlb with `[tuning] driver = "epoll"`: where io_uring is refused.
     RinglbEpoll,
+    /// Another ringlb binary (`RINGLB_BENCH_BASELINE`), e.g. the build before a change.
+    Baseline,
 }
 
 impl Target {
@@ -182,6 +186,7 @@ impl Target {
             Target::Direct => "direct",
             Target::RinglbSplice => "ringlb-splice",
             Target::RinglbEpoll => "ringlb-epoll",
+            Target::Baseline => "baseline",
         }
     }
 
@@ -192,6 +197,7 @@ impl Target {
             Target::Direct => "direct",
             Target::RinglbSplice => "ringlb splice",
             Target::RinglbEpoll => "ringlb epoll",
+            Target::Baseline => "baseline",
         }
     }
 }
@@ -548,8 +554,9 @@ impl Proxy {
         }
         match target {
             Target::Ringlb | Target::RinglbSplice | Target::RinglbEpoll => {
-                Proxy::Ringlb(start_ringlb(backends, &config, workers))
+                Proxy::Ringlb(start_ringlb(backends, &config, workers, None))
             }
+            Target::Baseline => Proxy::Ringlb(start_ringlb(backends, &config, workers, baseline())),
             Target::Haproxy => {
                 let check = if tcp_check {
                     HaproxyCheck::Tcp
@@ -590,9 +597,22 @@ impl Proxy {
     }
 }
 
-/// ringlb in front of `backends`, waiting until its health checker has them all up.
-fn start_ringlb(backends: &[SocketAddr], config: &str, workers: usize) -> Ringlb {
-    let ringlb = Ringlb::start_with_workers(backends, config, workers);
+/// `RINGLB_BENCH_BASELINE`: a ringlb binary to measure beside this build (its own column).
+fn baseline() -> Option<PathBuf> {
+    std::env::var_os("RINGLB_BENCH_BASELINE")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// ringlb (this build's, or `binary`) in front of `backends`, waiting until its health checker
+/// has them all up.
+fn start_ringlb(backends: &[SocketAddr], config: &str, workers: usize, binary: Option<PathBuf>) -> Ringlb {
+    let launch = support::Launch {
+        workers,
+        binary,
+        ..support::Launch::default()
+    };
+    let ringlb = Ringlb::launch(backends, config, launch);
     let all_up = support::poll_until(Duration::from_secs(30), || {
         ringlb.metric("ringlb_backend_up", &[]) == Some(backends.len() as f64)
     });
@@ -1094,6 +1114,11 @@ fn report(workload: &Workload, runs: &[Run], rows: &[(&str, &str)]) -> Value {
         ratios
     };
     let ratios = ratios_of("ringlb", "ringlb / HAProxy", true);
+    let baseline_ratios = if targets.contains(&"baseline") {
+        ratios_of("baseline", "baseline / HAProxy", false)
+    } else {
+        serde_json::Map::new()
+    };
     let epoll_ratios = if targets.contains(&"ringlb-epoll") {
         ratios_of("ringlb-epoll", "ringlb epoll / HAProxy", false)
     } else {
@@ -1110,6 +1135,7 @@ fn report(workload: &Workload, runs: &[Run], rows: &[(&str, &str)]) -> Value {
         "medians": medians,
         "ratios_ringlb_over_haproxy": ratios,
         "ratios_ringlb_epoll_over_haproxy": epoll_ratios,
+        "ratios_baseline_over_haproxy": baseline_ratios,
     })
 }
 
@@ -1348,6 +1374,9 @@ fn main() {
     let mut problems: Vec<String> = Vec::new();
     let pair_targets = |extra: bool| {
         let mut t = vec![Target::Ringlb, Target::Haproxy, Target::RinglbEpoll];
+        if baseline().is_some() {
+            t.push(Target::Baseline);
+        }
         if extra {
             t.push(Target::RinglbSplice);
         }
@@ -1570,7 +1599,11 @@ fn main() {
     // (d) bulk through a sink.
     if settings.runs("d") {
         let sink = Sink::start();
-        let bulk_proxies: BTreeMap<Target, Proxy> = [Target::Ringlb, Target::Haproxy, Target::RinglbEpoll]
+        let mut bulk_targets = vec![Target::Ringlb, Target::Haproxy, Target::RinglbEpoll];
+        if baseline().is_some() {
+            bulk_targets.push(Target::Baseline);
+        }
+        let bulk_proxies: BTreeMap<Target, Proxy> = bulk_targets
             .into_iter()
             .map(|t| (t, Proxy::start(t, &[sink.0.addr()], w, true)))
             .collect();
@@ -1658,7 +1691,11 @@ fn main() {
         close_idle(warm);
         let mut runs = Vec::new();
         for pair in 0..settings.pairs {
-            for target in [Target::Ringlb, Target::Haproxy, Target::RinglbEpoll] {
+            let mut idle_targets = vec![Target::Ringlb, Target::Haproxy, Target::RinglbEpoll];
+            if baseline().is_some() {
+                idle_targets.push(Target::Baseline);
+            }
+            for target in idle_targets {
                 let proxy = Proxy::start(target, &backends, w, false);
                 let pid = proxy.pid();
                 let mut run = new_run("e", target, pair);

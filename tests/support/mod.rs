@@ -693,6 +693,8 @@ pub struct Launch {
     pub max_open_files: Option<u64>,
     /// Runs ringlb under a seccomp filter that refuses the io_uring calls with EPERM.
     pub deny_io_uring: bool,
+    /// Another ringlb binary to run instead of this build's (the bench's baseline column).
+    pub binary: Option<PathBuf>,
 }
 
 impl Default for Launch {
@@ -702,6 +704,7 @@ impl Default for Launch {
             namespace: None,
             max_open_files: None,
             deny_io_uring: false,
+            binary: None,
         }
     }
 }
@@ -844,15 +847,16 @@ impl Ringlb {
     fn spawn_and_wait(&mut self, backends: &[SocketAddr], config: Option<&Path>) -> Result<(), StartFailure> {
         let log = self.log_path();
         let log_file = std::fs::File::create(&log).expect("create ringlb.log");
+        let binary =
+            (self.launch.binary.clone()).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ringlb")));
         let mut command = match &self.launch.namespace {
             // `ip netns exec` execs ringlb in place: the child's pid is ringlb's.
             Some(namespace) => {
                 let mut c = Command::new(find_program("ip"));
-                c.args(["netns", "exec", namespace])
-                    .arg(env!("CARGO_BIN_EXE_ringlb"));
+                c.args(["netns", "exec", namespace]).arg(&binary);
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_ringlb")),
+            None => Command::new(&binary),
         };
         command.arg("run");
         if !self.file_only {
