@@ -146,6 +146,16 @@ pub enum Choice {
     None,
 }
 
+/// Why the first bytes for a fresh backend connection (the PROXY header) could not go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The client's side: its addresses cannot be read (it reset meanwhile) or are not IP. The
+    /// backend is not to blame.
+    Client,
+    /// The backend's socket refused the bytes (`errno`): a failed connect.
+    Backend(i32),
+}
+
 /// Why a client gets an error packet before it is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -167,8 +177,8 @@ pub enum Event {
     /// Answers [`Intent::OpenBackend`]: `Err(errno)` when no socket could be made.
     BackendOpened(Result<(), i32>),
     /// Answers [`Intent::Handshake`]: whatever the listener sends a new backend connection
-    /// first (a PROXY header) went out whole, or not (`Err(errno)`).
-    HandshakeDone(Result<(), i32>),
+    /// first (a PROXY header) went out whole, or why not.
+    HandshakeDone(Result<(), HandshakeFailure>),
     /// Answers [`Intent::TakePipe`]: the pipe's capacity, or `None` when no pipe can be had.
     PipeTaken { dir: usize, capacity: Option<u32> },
     /// The worker took the client out of its queue: with a choice, or `None` when it waited
@@ -405,7 +415,11 @@ impl Conn {
             }
             Event::HandshakeDone(Ok(())) => self.relay(ctx, out),
             // The backend went away as it accepted: a failed connect like any other.
-            Event::HandshakeDone(Err(errno)) => self.connect_failed(ctx, errno, out),
+            Event::HandshakeDone(Err(HandshakeFailure::Backend(errno))) => {
+                self.connect_failed(ctx, errno, out)
+            }
+            // The client is gone (or cannot be described): it ends, the backend is not marked.
+            Event::HandshakeDone(Err(HandshakeFailure::Client)) => self.abort(ctx, out),
             Event::PipeTaken { dir, capacity } => match capacity {
                 Some(capacity) => {
                     let flow = &mut self.flows[dir];
@@ -502,10 +516,17 @@ impl Conn {
                 return;
             }
             Phase::Redispatching => {
-                // The client's read ended before its cancel: bytes taken or its EOF (or, relaying
-                // by splice, its socket turning readable, which is one or the other) mean it can
-                // no longer move on unnoticed; nothing taken (cancelled) changes nothing.
-                if (op == Op::Recv && result >= 0) || (op == Op::PollIn && result > 0) {
+                // The client's read ended before its cancel: bytes taken (or waiting: ENOBUFS),
+                // its EOF, its reset (or, relaying by splice, its socket turning readable) mean
+                // it can no longer move on unnoticed; nothing taken (cancelled) changes nothing.
+                let client_acted = match op {
+                    Op::Recv => {
+                        result >= 0 || !matches!(-result, libc::ECANCELED | libc::EAGAIN | libc::EINTR)
+                    }
+                    Op::PollIn => result > 0,
+                    _ => false,
+                };
+                if client_acted {
                     self.bytes_seen = true;
                 }
                 if let Some(id) = buffer {

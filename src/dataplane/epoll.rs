@@ -276,12 +276,21 @@ impl Epoll {
                     let mut byte = 0u8;
                     // SAFETY: peeks at most one byte into a live byte; nothing is consumed.
                     let n = unsafe { libc::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK) };
-                    if n < 0 && matches!(errno(), libc::EAGAIN | libc::EINTR) {
-                        self.state(fd).readable = false;
-                        return;
-                    }
+                    let result = match n {
+                        n if n > 0 => -libc::ENOBUFS,
+                        // The end of the stream needs no buffer.
+                        0 => 0,
+                        _ => match errno() {
+                            libc::EAGAIN | libc::EINTR => {
+                                self.state(fd).readable = false;
+                                return;
+                            }
+                            // A reset the peek consumed is this receive's end, as it would be.
+                            e => -e,
+                        },
+                    };
                     self.state(fd).read = None;
-                    self.end(key, -libc::ENOBUFS, None, false);
+                    self.end(key, result, None, false);
                     return;
                 };
                 let range = self.buffers.range(id);

@@ -57,7 +57,7 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::conn::{self, Choice, Conn, Ctx, Event, Intent, Phase, Refusal, TO_BACKEND};
+use super::conn::{self, Choice, Conn, Ctx, Event, HandshakeFailure, Intent, Phase, Refusal, TO_BACKEND};
 use super::driver::{Completion, Driver, Io, Key, Op, MAX_INDEX};
 use super::epoll::Epoll;
 use super::pipes::{Pipe, PipePool};

@@ -462,7 +462,10 @@ fn a_backend_that_cannot_take_the_proxy_header_is_a_failed_connect() {
     step(&mut conn, Event::Picked(backend(0)));
     step(&mut conn, Event::BackendOpened(Ok(())));
     step(&mut conn, done(Op::Connect, 0, 0));
-    let out = step(&mut conn, Event::HandshakeDone(Err(libc::ECONNRESET)));
+    let out = step(
+        &mut conn,
+        Event::HandshakeDone(Err(HandshakeFailure::Backend(libc::ECONNRESET))),
+    );
     assert_eq!(
         out,
         [
@@ -475,6 +478,28 @@ fn a_backend_that_cannot_take_the_proxy_header_is_a_failed_connect() {
             Intent::Pick
         ]
     );
+}
+
+#[test]
+fn a_client_gone_before_its_proxy_header_ends_without_blaming_the_backend() {
+    let mut conn = Conn::new();
+    step(&mut conn, Event::Accepted { queue_first: false });
+    step(&mut conn, Event::Picked(backend(0)));
+    step(&mut conn, Event::BackendOpened(Ok(())));
+    step(&mut conn, done(Op::Connect, 0, 0));
+    let out = step(&mut conn, Event::HandshakeDone(Err(HandshakeFailure::Client)));
+    assert_eq!(out, [Intent::Abort]);
+    let out = step(&mut conn, done(Op::ConnectTimeout, 0, -libc::ECANCELED));
+    assert_eq!(out, [Intent::Release { backend: 0 }, Intent::Free]);
+}
+
+#[test]
+fn a_client_that_resets_while_redispatched_is_closed_not_moved() {
+    let mut conn = relaying();
+    step(&mut conn, done(Op::Recv, TO_CLIENT, 0));
+    step(&mut conn, done(Op::Cancel, TO_BACKEND, -libc::ENOENT));
+    let out = step(&mut conn, done(Op::Recv, TO_BACKEND, -libc::ECONNRESET));
+    assert_eq!(out, [Intent::Abort, Intent::Free]);
 }
 
 #[test]
@@ -730,7 +755,12 @@ impl World {
             }
             Intent::Handshake => {
                 let ok = self.rng.chance(97);
-                return Some(Event::HandshakeDone(if ok { Ok(()) } else { Err(libc::EPIPE) }));
+                let failure = if self.rng.chance(50) {
+                    HandshakeFailure::Client
+                } else {
+                    HandshakeFailure::Backend(libc::EPIPE)
+                };
+                return Some(Event::HandshakeDone(if ok { Ok(()) } else { Err(failure) }));
             }
             Intent::TakePipe { dir } => {
                 assert!(self.pipes[dir].is_none(), "a second pipe for {dir}");

@@ -46,14 +46,13 @@ impl<D: Driver> Worker<D> {
     }
 
     /// Writes what the listener sends a fresh backend connection first: the PROXY header.
-    pub(super) fn handshake(&mut self, index: usize) -> Result<(), i32> {
+    pub(super) fn handshake(&mut self, index: usize) -> Result<(), HandshakeFailure> {
         let slot = self.conns[index].as_ref().expect("live connection");
         let Some(version) = slot.epoch.table.listeners[slot.listener].config.send_proxy else {
             return Ok(());
         };
-        send_proxy_header(slot, version).map_err(|e| {
-            tracing::debug!(worker = self.id, error = %e, "cannot send the PROXY header; trying the next backend");
-            e.raw_os_error().unwrap_or(libc::EPIPE)
+        send_proxy_header(slot, version).inspect_err(|failure| {
+            tracing::debug!(worker = self.id, failure = ?failure, "cannot send the PROXY header");
         })
     }
 
@@ -89,11 +88,18 @@ pub(super) fn new_backend_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
 /// send buffer of a socket that just connected is empty, so the few dozen bytes fit at once; a
 /// short or failed write is an error. Two syscalls learn the addresses, only on listeners that
 /// send.
-pub(super) fn send_proxy_header(slot: &Slot, version: crate::proxy_protocol::ProxyVersion) -> io::Result<()> {
+pub(super) fn send_proxy_header(
+    slot: &Slot,
+    version: crate::proxy_protocol::ProxyVersion,
+) -> Result<(), HandshakeFailure> {
     let client = socket2::SockRef::from(&slot.client);
-    let unknown = || io::Error::new(io::ErrorKind::InvalidData, "client address is not IP");
-    let source = client.peer_addr()?.as_socket().ok_or_else(unknown)?;
-    let destination = client.local_addr()?.as_socket().ok_or_else(unknown)?;
+    // The client's addresses: a client that reset meanwhile (or is not IP) is its own failure,
+    // not the backend's.
+    let address = |a: io::Result<SockAddr>| a.ok().and_then(|a| a.as_socket());
+    let (Some(source), Some(destination)) = (address(client.peer_addr()), address(client.local_addr()))
+    else {
+        return Err(HandshakeFailure::Client);
+    };
     let header = crate::proxy_protocol::header(version, source, destination);
     // SAFETY: sends from a live buffer on a descriptor this connection owns.
     let sent = unsafe {
@@ -106,10 +112,10 @@ pub(super) fn send_proxy_header(slot: &Slot, version: crate::proxy_protocol::Pro
     };
     match sent {
         n if n == header.len() as isize => Ok(()),
-        n if n < 0 => Err(io::Error::last_os_error()),
-        _ => Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            "PROXY header sent in part",
+        n if n < 0 => Err(HandshakeFailure::Backend(
+            io::Error::last_os_error().raw_os_error().unwrap_or(libc::EPIPE),
         )),
+        // Sent in part: MariaDB would not read the rest as a header.
+        _ => Err(HandshakeFailure::Backend(libc::EPIPE)),
     }
 }

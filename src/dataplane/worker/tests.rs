@@ -49,6 +49,11 @@ fn worker_with(backends: usize, maxconn: u32, retries: u32, queue_timeout_ms: u6
     let mut config = Config::with_listener("127.0.0.1:4040".parse().unwrap(), pool);
     config.listeners[0].retries = retries;
     config.listeners[0].queue_timeout_ms = queue_timeout_ms;
+    worker_over(config)
+}
+
+/// A worker over the table of `config`, and 4 buffers.
+fn worker_over(config: Config) -> Worker<Recorder> {
     let shared = Arc::new(Shared::new(Arc::new(Backends::from_config(&config)), 1).unwrap());
     let config = WorkerConfig {
         id: 0,
@@ -449,4 +454,48 @@ fn a_receive_that_found_no_buffer_wakes_when_one_came_back_earlier_in_its_batch(
     assert_eq!(worker.driver.started[started].op, Op::Recv);
     assert_eq!(worker.shared.workers[0].buffer_waits.load(Ordering::Relaxed), 1);
     assert_eq!(accounting_errors(&worker), 0);
+}
+
+#[test]
+fn a_client_that_resets_while_its_backend_connects_does_not_get_the_backend_marked() {
+    let mut config = Config::with_listener(
+        "127.0.0.1:4040".parse().unwrap(),
+        vec![BackendConfig::at("127.0.0.1:41000".parse().unwrap())],
+    );
+    config.listeners[0].send_proxy = Some(crate::proxy_protocol::ProxyVersion::V1);
+    let mut worker = worker_over(config);
+    // A real TCP client that resets before its backend has connected.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (client, _) = listener.accept().unwrap();
+    socket2::SockRef::from(&peer)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    drop(peer);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while socket2::SockRef::from(&client).peer_addr().is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client's reset never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let slot = Slot {
+        conn: Conn::new(),
+        client: client.into(),
+        backend: None,
+        pipes: [None, None],
+        epoch: worker.epoch.clone(),
+        listener: 0,
+        generation: 0,
+    };
+    let index = put(&mut worker.conns, None, slot);
+    worker.open += 1;
+    worker.step(index, Event::Accepted { queue_first: false });
+    end(&mut worker, index, 0, Op::Connect, 0, 0);
+    let backend = &worker.epoch.table.all[0];
+    assert_eq!(backend.stats.traffic[0].connect_errors.load(Ordering::Relaxed), 0);
+    let suspect_until = backend.server.suspect_until_ms.load(Ordering::Relaxed);
+    assert_eq!(suspect_until, 0, "the backend was marked suspect");
+    assert_eq!(phase(&worker, index), Some(Phase::Closing));
 }
