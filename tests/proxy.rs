@@ -66,7 +66,18 @@ fn sequential_connections_alternate_between_two_backends() {
     let a = MariaDb::start();
     let b = MariaDb::start();
     let lb = Ringlb::start(&[&a, &b], "");
-    let ports: Vec<u16> = (0..10).map(|_| one_shot_port(&lb)).collect();
+    let ports: Vec<u16> = (0..10)
+        .map(|_| {
+            let port = one_shot_port(&lb);
+            // Sequential: the next connection starts once ringlb has closed this one. Otherwise
+            // the client's close and its next connect race, and least connections rightly sends
+            // the next one away from a backend that still holds the last.
+            wait_until(Duration::from_secs(5), "the connection closed in ringlb", || {
+                lb.metric("ringlb_backend_active_connections", &[]) == Some(0.0)
+            });
+            port
+        })
+        .collect();
     for pair in ports.windows(2) {
         assert_ne!(
             pair[0], pair[1],
