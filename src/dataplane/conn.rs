@@ -415,9 +415,7 @@ impl Conn {
             }
             Event::HandshakeDone(Ok(())) => self.relay(ctx, out),
             // The backend went away as it accepted: a failed connect like any other.
-            Event::HandshakeDone(Err(HandshakeFailure::Backend(errno))) => {
-                self.connect_failed(ctx, errno, out)
-            }
+            Event::HandshakeDone(Err(HandshakeFailure::Backend(errno))) => self.connect_failed(errno, out),
             // The client is gone (or cannot be described): it ends, the backend is not marked.
             Event::HandshakeDone(Err(HandshakeFailure::Client)) => self.abort(ctx, out),
             Event::PipeTaken { dir, capacity } => match capacity {
@@ -538,7 +536,7 @@ impl Conn {
             _ => {}
         }
         match op {
-            Op::Connect => self.on_connect(ctx, result, out),
+            Op::Connect => self.on_connect(result, out),
             Op::Recv => self.on_recv(ctx, dir, result, buffer, out),
             Op::Send => self.on_send(ctx, dir, result, out),
             Op::SpliceIn => self.on_splice_in(ctx, dir, result, out),
@@ -565,7 +563,7 @@ impl Conn {
         }
     }
 
-    fn on_connect(&mut self, ctx: &Ctx, result: i32, out: &mut Vec<Intent>) {
+    fn on_connect(&mut self, result: i32, out: &mut Vec<Intent>) {
         let Some(backend) = self.backend else {
             debug_assert!(false, "a connect ended with no backend");
             return;
@@ -577,7 +575,7 @@ impl Conn {
             } else {
                 -result
             };
-            self.connect_failed(ctx, errno, out);
+            self.connect_failed(errno, out);
             return;
         }
         debug_assert_eq!(self.backend, Some(backend));
@@ -587,7 +585,7 @@ impl Conn {
     /// The connect to the backend held failed (`errno`): its socket closes (only the connect's
     /// timeout, which names no socket, may still be in flight), it is released and marked, and
     /// the next backend is tried.
-    fn connect_failed(&mut self, ctx: &Ctx, errno: i32, out: &mut Vec<Intent>) {
+    fn connect_failed(&mut self, errno: i32, out: &mut Vec<Intent>) {
         let Some(backend) = self.backend.take() else {
             debug_assert!(false, "a connect failed with no backend");
             return;
@@ -595,10 +593,6 @@ impl Conn {
         out.push(Intent::CloseBackend);
         out.push(Intent::Release { backend });
         out.push(Intent::ConnectFailed { backend, errno });
-        self.connect_next(ctx, out);
-    }
-
-    fn connect_next(&mut self, _ctx: &Ctx, out: &mut Vec<Intent>) {
         out.push(Intent::Pick);
     }
 
@@ -898,7 +892,7 @@ impl Conn {
         }
         self.flows = [Flow::new(), Flow::new()];
         self.phase = Phase::Connecting;
-        self.connect_next(ctx, out);
+        out.push(Intent::Pick);
     }
 
     /// Closes both sides at once; the connection is freed when the last op has ended.

@@ -72,44 +72,34 @@ struct FdState {
     watch: Option<Key>,
 }
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug)]
 struct Timer {
     deadline_us: u64,
     /// Unique, in start order: ties end in order, and a connect finds its own timer.
     seq: u64,
     /// The connect it bounds (its socket), or `None` for a plain timer.
     connect_fd: Option<RawFd>,
-    key: KeyOrd,
+    key: Key,
 }
 
-/// [`Key`] with an order, for the heap (any order will do).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct KeyOrd {
-    index: usize,
-    generation: u32,
-    op: u8,
-    dir: usize,
-}
-
-impl From<Key> for KeyOrd {
-    fn from(key: Key) -> KeyOrd {
-        KeyOrd {
-            index: key.index,
-            generation: key.generation,
-            op: key.op as u8,
-            dir: key.dir,
-        }
+// The heap orders timers by deadline, then start order (`seq` is unique, so that is all).
+impl PartialEq for Timer {
+    fn eq(&self, other: &Timer) -> bool {
+        self.seq == other.seq
     }
 }
 
-impl KeyOrd {
-    fn key(self) -> Key {
-        Key {
-            index: self.index,
-            generation: self.generation,
-            op: Op::from_u8(self.op).expect("a key made from an op"),
-            dir: self.dir,
-        }
+impl Eq for Timer {}
+
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Timer) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Timer {
+    fn cmp(&self, other: &Timer) -> std::cmp::Ordering {
+        (self.deadline_us, self.seq).cmp(&(other.deadline_us, other.seq))
     }
 }
 
@@ -242,7 +232,7 @@ impl Epoll {
             deadline_us: clock::now_us() + ms * 1000,
             seq,
             connect_fd,
-            key: key.into(),
+            key,
         }));
         seq
     }
@@ -468,7 +458,7 @@ impl Epoll {
         let now = clock::now_us();
         while self.timers.peek().is_some_and(|t| t.0.deadline_us <= now) {
             let Reverse(timer) = self.timers.pop().expect("peeked");
-            let key = timer.key.key();
+            let key = timer.key;
             let Some(fd) = timer.connect_fd else {
                 self.end(key, -libc::ETIME, None, false);
                 continue;

@@ -582,27 +582,10 @@ impl<D: Driver> Worker<D> {
                 self.connect_failed(&epoch, backend, &error);
                 return None;
             }
-            Intent::Connected { backend, took_us } => {
-                let epoch = self.slot(index).epoch.clone();
-                self.latency(&epoch, backend).record_connect(took_us);
-                self.traffic(&epoch, backend)
-                    .connections
-                    .fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            Intent::FirstByte { backend, took_us } => {
-                let epoch = self.slot(index).epoch.clone();
-                self.latency(&epoch, backend).record_first_byte(took_us);
-                return None;
-            }
-            Intent::Lifetime { backend, took_us } => {
-                let epoch = self.slot(index).epoch.clone();
-                self.latency(&epoch, backend).record_lifetime(took_us);
-                return None;
-            }
             _ => {}
         }
-        // Then what acts on the connection's sockets, pipes and buffers.
+        // Then what acts on the connection alone: its sockets, pipes and buffers, and its
+        // backend's counters and histograms (borrowed in place: some run for every message).
         let Worker {
             conns,
             driver,
@@ -703,6 +686,17 @@ impl<D: Driver> Worker<D> {
                     driver.forget(fd.as_raw_fd());
                 }
             }
+            Intent::Connected { backend, took_us } => {
+                latency(&slot.epoch, backend, id).record_connect(took_us);
+                let traffic = &slot.epoch.table.all[backend].stats.traffic[id];
+                traffic.connections.fetch_add(1, Ordering::Relaxed);
+            }
+            Intent::FirstByte { backend, took_us } => {
+                latency(&slot.epoch, backend, id).record_first_byte(took_us);
+            }
+            Intent::Lifetime { backend, took_us } => {
+                latency(&slot.epoch, backend, id).record_lifetime(took_us);
+            }
             Intent::Redispatched => {
                 let listener = &slot.epoch.table.listeners[slot.listener];
                 listener.state.redispatches[id].fetch_add(1, Ordering::Relaxed);
@@ -759,10 +753,7 @@ impl<D: Driver> Worker<D> {
             | Intent::Refuse(_)
             | Intent::Free
             | Intent::Release { .. }
-            | Intent::ConnectFailed { .. }
-            | Intent::Connected { .. }
-            | Intent::FirstByte { .. }
-            | Intent::Lifetime { .. } => {}
+            | Intent::ConnectFailed { .. } => {}
         }
         None
     }
@@ -802,18 +793,6 @@ impl<D: Driver> Worker<D> {
         &epoch.table.all[backend].stats.traffic[self.id]
     }
 
-    /// This worker's histograms of `backend` (its own lock: uncontended but while the admin
-    /// thread merges).
-    fn latency<'a>(
-        &self,
-        epoch: &'a Epoch,
-        backend: usize,
-    ) -> std::sync::MutexGuard<'a, crate::latency::Latency> {
-        epoch.table.all[backend].stats.latency[self.id]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
     // ---- control, tick, queue ----
 }
 
@@ -825,6 +804,18 @@ fn log_due(last_ms: &mut u64, now_ms: u64) -> bool {
         *last_ms = now_ms;
     }
     due
+}
+
+/// Worker `worker`'s histograms of `backend` (its own lock: uncontended but while the admin
+/// thread merges).
+fn latency(
+    epoch: &Epoch,
+    backend: usize,
+    worker: usize,
+) -> std::sync::MutexGuard<'_, crate::latency::Latency> {
+    epoch.table.all[backend].stats.latency[worker]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 /// Stores `value` in the free entry `free` of `slots`, or in a new one; returns its index.
