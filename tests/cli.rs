@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+use support::free_port;
+
 /// Long enough for a slow machine; a process that takes this long has hung.
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -96,14 +99,6 @@ fn assert_fails_with(args: &[&str], fragments: &[&str]) -> String {
     line.to_string()
 }
 
-/// A port nothing listens on right now (the kernel's pick, released at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A fresh scratch directory for this test.
 fn scratch(name: &str) -> PathBuf {

@@ -78,14 +78,26 @@ pub fn poll_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bo
     }
 }
 
-/// A port on 127.0.0.1 that was free a moment ago. Another process may take it before the caller
-/// binds it; the starters below retry with a new port when that happens.
+/// A port on 127.0.0.1 that was free a moment ago, and never handed out before in this process:
+/// the kernel may give the same ephemeral port to two probes in a row, and a test that asks
+/// for a listener port and an admin port must not get one port twice. Another process may
+/// still take it before the caller binds it; the starters below retry with a new port when
+/// that happens.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-    listener
-        .local_addr()
-        .expect("local_addr of a bound socket")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+        let port = listener
+            .local_addr()
+            .expect("local_addr of a bound socket")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A directory under the system temp dir, removed with everything in it on drop.
