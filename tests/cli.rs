@@ -99,7 +99,6 @@ fn assert_fails_with(args: &[&str], fragments: &[&str]) -> String {
     line.to_string()
 }
 
-
 /// A fresh scratch directory for this test.
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli").join(name);

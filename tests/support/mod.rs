@@ -17,8 +17,9 @@
 //! - Nothing sleeps a fixed time: readiness is polled with a deadline, and a timeout panics with a
 //!   message naming what was awaited (and the log tail where there is one).
 //!
-//! `mariadb-install-db` runs once per test process into a template data directory that every
-//! server copies, because installing is much slower than copying.
+//! `mariadb-install-db` runs once per build into a template data directory (under cargo's target
+//! tmp dir, keyed by the MariaDB version) that every server copies, because installing is much
+//! slower than copying.
 
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code)]
@@ -87,8 +88,7 @@ pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        let listener =
-            TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
         let port = listener
             .local_addr()
             .expect("local_addr of a bound socket")
@@ -292,56 +292,84 @@ GRANT ALL PRIVILEGES ON ringlb_test.* TO 'app'@'%';
 CREATE USER IF NOT EXISTS 'ringlb_check'@'%';
 ";
 
-/// The template data directory, installed once per test process and removed at its exit.
+/// The template data directory, installed once per build (per MariaDB version and options) under
+/// cargo's target tmp dir and shared by every test process after that: with one process per
+/// test, installing it per process cost about 2 s per test.
+///
+/// It is installed into a staging directory of its own and renamed into place, so a reader sees
+/// either a whole template or none; a process that loses the race to rename removes its copy and
+/// uses the winner's. The template is never written after that (servers copy it).
 fn template() -> PathBuf {
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
-    extern "C" fn remove_template() {
-        if let Some(root) = TEMPLATE.get() {
-            let _ = std::fs::remove_dir_all(root);
-        }
+    TEMPLATE.get_or_init(install_template).join("data")
+}
+
+/// Where the template for this MariaDB and these options lives: the key changes when
+/// `mariadbd --version`, the options or the user the server runs as do.
+fn template_root() -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let version = Command::new(find_program("mariadbd"))
+        .arg("--version")
+        .output()
+        .expect("run mariadbd --version");
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    version.stdout.hash(&mut hasher);
+    SMALL_SERVER_OPTIONS.hash(&mut hasher);
+    is_root().hash(&mut hasher);
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mariadb-template-{:016x}", hasher.finish()))
+}
+
+fn install_template() -> PathBuf {
+    let root = template_root();
+    if root.join("data").is_dir() {
+        return root;
     }
-    let root = TEMPLATE.get_or_init(|| {
-        // Dropped (removed) if the install panics; forgotten once it succeeded, because statics
-        // are never dropped: the atexit hook below removes it when the test process exits.
-        let dir = TempDir::new("rlb-tpl");
-        let root = dir.path().to_owned();
-        let data = root.join("data");
-        let log = root.join("install.log");
-        let tmp = private_tmpdir(&root);
-        let log_file = std::fs::File::create(&log).expect("create install.log");
-        let mut command = Command::new(find_program("mariadb-install-db"));
-        command
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            // root@localhost and root@127.0.0.1 with no password: the harness's admin login.
-            .arg("--auth-root-authentication-method=normal")
-            .arg("--skip-test-db")
-            .arg(format!("--tmpdir={}", tmp.display()))
-            .args(SMALL_SERVER_OPTIONS)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("clone install.log handle"))
-            .stderr(log_file);
-        if is_root() {
-            command.arg("--user=root");
-        }
-        let status = command.status().expect("run mariadb-install-db");
+    let parent = root.parent().expect("the template has a parent directory");
+    std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+    let staging = parent.join(format!(
+        "{}.staging-{}",
+        root.file_name()
+            .expect("the template has a name")
+            .to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).unwrap_or_else(|e| panic!("create {}: {e}", staging.display()));
+    let data = staging.join("data");
+    let log = staging.join("install.log");
+    let tmp = private_tmpdir(&staging);
+    let log_file = std::fs::File::create(&log).expect("create install.log");
+    let mut command = Command::new(find_program("mariadb-install-db"));
+    command
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        // root@localhost and root@127.0.0.1 with no password: the harness's admin login.
+        .arg("--auth-root-authentication-method=normal")
+        .arg("--skip-test-db")
+        .arg(format!("--tmpdir={}", tmp.display()))
+        .args(SMALL_SERVER_OPTIONS)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("clone install.log handle"))
+        .stderr(log_file);
+    if is_root() {
+        command.arg("--user=root");
+    }
+    let status = command.status().expect("run mariadb-install-db");
+    if !status.success() {
+        let tail = log_tail(&log, 30);
+        let _ = std::fs::remove_dir_all(&staging);
+        panic!("mariadb-install-db failed ({status}):\n{tail}");
+    }
+    if std::fs::rename(&staging, &root).is_err() {
+        // Another test process renamed its template into place first.
+        let _ = std::fs::remove_dir_all(&staging);
         assert!(
-            status.success(),
-            "mariadb-install-db failed ({status}):\n{}",
-            log_tail(&log, 30)
+            root.join("data").is_dir(),
+            "no template data directory at {} after installing one",
+            root.display()
         );
-        std::mem::forget(dir);
-        root
-    });
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        // SAFETY: `remove_template` is an argument-less extern "C" fn that only reads a OnceLock
-        // that is already set and never written again, and removes a directory.
-        unsafe {
-            libc::atexit(remove_template);
-        }
-    });
-    root.join("data")
+    }
+    root
 }
 
 /// Connection options for a login over TCP (never the Unix socket: the mysql crate would
