@@ -67,7 +67,7 @@ enum Command {
     Backend(BackendArgs),
     /// Make a running ringlb re-read its configuration file (as SIGHUP does); open connections
     /// stay. A bad file is refused and the running configuration stays.
-    Reload(StatsArgs),
+    Reload(ChangeArgs),
     /// Print the latency histograms of a running ringlb: connect, first byte and connection
     /// lifetime per backend, as percentiles in ms, an HdrHistogram log or JSON.
     Histogram(HistogramArgs),
@@ -103,9 +103,23 @@ struct BackendArgs {
     action: String,
     /// The backend as configured (HOST:PORT, as `ringlb stats` shows it).
     backend: String,
-    /// Admin endpoint of the running ringlb.
-    #[arg(long, value_name = "IP:PORT", default_value = config::DEFAULT_ADMIN)]
-    admin: String,
+    #[command(flatten)]
+    change: ChangeArgs,
+}
+
+/// Where a command that changes state sends it, and the token it proves itself with.
+#[derive(Debug, Args)]
+struct ChangeArgs {
+    /// Admin endpoint of the running ringlb [default: the --config file's, else 127.0.0.1:4041].
+    #[arg(long, value_name = "IP:PORT")]
+    admin: Option<String>,
+    /// The admin token (the running ringlb's `[global] admin_token_file`; mode 0600)
+    /// [default: the --config file's].
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The running ringlb's configuration file, for its admin address and token file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,10 +246,10 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             print_stdout(&format!("{table}{newline}"))
         }
         Command::Backend(args) => {
-            let admin = parse_admin(&args.admin)?;
+            let (admin, token) = change_target(&args.change)?;
+            let path = format!("/backend/{}/{}", args.backend, args.action);
             let answer: serde_json::Value =
-                crate::admin::table::post_json(admin, &format!("/backend/{}/{}", args.backend, args.action))
-                    .map_err(CliError::Stats)?;
+                crate::admin::table::post_json(admin, &path, token.as_ref()).map_err(CliError::Stats)?;
             if let Some(summary) = answer["summary"].as_str() {
                 return print_stdout(&format!("{summary}\n"));
             }
@@ -248,9 +262,9 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             ))
         }
         Command::Reload(args) => {
-            let admin = parse_admin(&args.admin)?;
+            let (admin, token) = change_target(&args)?;
             let answer: serde_json::Value =
-                crate::admin::table::post_json(admin, "/reload").map_err(CliError::Stats)?;
+                crate::admin::table::post_json(admin, "/reload", token.as_ref()).map_err(CliError::Stats)?;
             print_stdout(&format!(
                 "reloaded: {}\n",
                 answer["summary"].as_str().unwrap_or("?")
@@ -274,6 +288,26 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             print_stdout(&crate::ha::status::render(&status))
         }
     }
+}
+
+/// The admin address and token of a change: the flags, else the configuration file's, else the
+/// default address and no token.
+fn change_target(args: &ChangeArgs) -> Result<(SocketAddr, Option<config::Secret>), ConfigError> {
+    let from_file = args.config.as_deref().map(config::admin_client).transpose()?;
+    let admin = match (&args.admin, &from_file) {
+        (Some(text), _) => parse_admin(text)?,
+        (None, Some(file)) => file.admin,
+        (None, None) => parse_admin(config::DEFAULT_ADMIN)?,
+    };
+    let token = match (&args.token_file, from_file) {
+        (Some(path), _) => Some(config::load_admin_token(path).map_err(|e| ConfigError::Flag {
+            flag: "--token-file".into(),
+            message: e.to_string(),
+        })?),
+        (None, Some(file)) => file.token,
+        (None, None) => None,
+    };
+    Ok((admin, token))
 }
 
 fn load(args: &ConfigArgs) -> Result<config::Config, ConfigError> {

@@ -262,6 +262,8 @@ impl Config {
         Config {
             workers: 1,
             admin: DEFAULT_ADMIN.parse().expect("valid default"),
+            admin_token_file: None,
+            admin_token: None,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             histogram_dump: PathBuf::from(DEFAULT_HISTOGRAM_DUMP),
             health: HealthConfig {
@@ -517,8 +519,15 @@ pub struct HaConfig {
 pub struct Config {
     /// Worker threads, one per core; already resolved (never 0).
     pub workers: usize,
-    /// Admin HTTP endpoint (loopback by default).
+    /// Admin HTTP endpoint (loopback by default; any other address needs `admin_token`).
     pub admin: SocketAddr,
+    /// Where the admin token came from (`[global] admin_token_file`), relative paths taken from
+    /// the configuration file's folder.
+    pub admin_token_file: Option<PathBuf>,
+    /// The token a change through the admin endpoint must carry ([`crate::admin::auth`]); read
+    /// at load time, so a bad token file stops ringlb at start-up. Without one, changes are
+    /// taken from loopback only.
+    pub admin_token: Option<Secret>,
     /// On SIGTERM or SIGINT, how long open connections may take to finish after ringlb stops
     /// accepting; what is still open then is closed.
     pub shutdown_grace_ms: u64,
@@ -680,6 +689,39 @@ pub fn load_secret(path: &Path) -> Result<Secret, ConfigError> {
     Ok(Secret(bytes))
 }
 
+/// The shortest admin token: 128 bits as hex, so that it cannot be guessed over the network.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 32;
+
+/// Reads an admin token file as [`load_secret`] does and checks the token ([`check_admin_token`]).
+/// `ringlb backend` and `ringlb reload` read their `--token-file` with it.
+pub fn load_admin_token(path: &Path) -> Result<Secret, ConfigError> {
+    load_secret(path).and_then(|token| check_admin_token(path, token))
+}
+
+/// An admin token travels in an HTTP header: printable ASCII without spaces, and long enough not
+/// to be guessed. Errors name the file, never the token.
+fn check_admin_token(path: &Path, token: Secret) -> Result<Secret, ConfigError> {
+    let refuse = |message: String| ConfigError::Key {
+        path: path.to_path_buf(),
+        message,
+    };
+    if !token.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
+        return Err(refuse(
+            "admin token must be printable ASCII without spaces (it travels in an HTTP header); \
+             `openssl rand -hex 32` writes one"
+                .into(),
+        ));
+    }
+    if token.as_bytes().len() < MIN_ADMIN_TOKEN_BYTES {
+        return Err(refuse(format!(
+            "admin token is {} characters; use at least {MIN_ADMIN_TOKEN_BYTES} \
+             (`openssl rand -hex 32` writes 64)",
+            token.as_bytes().len()
+        )));
+    }
+    Ok(token)
+}
+
 /// The text of a `[health]` key that only a check that logs in can use (`purpose` says what it
 /// does with the login): refused when blank, or when the check does not log in.
 fn login_key<'a>(
@@ -751,6 +793,38 @@ pub fn load_str_with(
     let origin = Origin { path, text };
     let raw = parse(&origin)?;
     build(&origin, raw, overrides, resolve, read_key)
+}
+
+/// What a client command (`ringlb backend`, `ringlb reload`) takes from a configuration file:
+/// the admin address and token of the ringlb that runs with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminClient {
+    pub admin: SocketAddr,
+    pub token: Option<Secret>,
+}
+
+/// Reads the `[global]` admin keys of the configuration file at `path`, and the token file it
+/// names; nothing else is validated or resolved, so the command works on a node whose backends
+/// do not resolve from where it runs. Errors are located as [`load`]'s are.
+pub fn admin_client(path: &Path) -> Result<AdminClient, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let origin = Origin { path, text: &text };
+    let global = parse(&origin)?.global;
+    let admin = match global.as_ref().and_then(|g| g.admin.as_ref()) {
+        Some(a) => parse_ip_port(a.get_ref()).map_err(|m| origin.at(a.span().start, "global.admin", m))?,
+        None => DEFAULT_ADMIN.parse().expect("valid default"),
+    };
+    let token = match global.as_ref().and_then(|g| g.admin_token_file.as_ref()) {
+        Some(v) => Some(
+            load_admin_token(&relative_to_file(&origin, v.get_ref()))
+                .map_err(|e| origin.at(v.span().start, "global.admin_token_file", e.to_string()))?,
+        ),
+        None => None,
+    };
+    Ok(AdminClient { admin, token })
 }
 
 /// The system resolver: an IP literal as is, otherwise the first IPv4 address the name has, or
@@ -830,6 +904,10 @@ pub fn to_toml(config: &Config) -> String {
     out.push_str("[global]\n");
     out.push_str(&format!("workers = {}\n", config.workers));
     out.push_str(&format!("admin = {}\n", toml_string(&config.admin.to_string())));
+    if let Some(file) = &config.admin_token_file {
+        let file = file.to_string_lossy();
+        out.push_str(&format!("admin_token_file = {}\n", toml_string(&file)));
+    }
     out.push_str(&format!("shutdown_grace_ms = {}\n", config.shutdown_grace_ms));
     out.push_str(&format!(
         "histogram_dump = {}\n",
@@ -1020,6 +1098,7 @@ struct RawHa {
 struct RawGlobal {
     workers: Option<Spanned<i64>>,
     admin: Option<Spanned<String>>,
+    admin_token_file: Option<Spanned<String>>,
     shutdown_grace_ms: Option<Spanned<i64>>,
     histogram_dump: Option<Spanned<String>>,
 }
@@ -1485,6 +1564,7 @@ fn build(
     let global = raw.global.unwrap_or(RawGlobal {
         workers: None,
         admin: None,
+        admin_token_file: None,
         shutdown_grace_ms: None,
         histogram_dump: None,
     });
@@ -1520,6 +1600,34 @@ fn build(
         (None, None) => (DEFAULT_ADMIN, Site::Default("admin address")),
     };
     let admin = parse_ip_port(admin_text).map_err(|m| admin_site.error(origin, m))?;
+    let (admin_token_file, admin_token) = match &global.admin_token_file {
+        Some(v) if v.get_ref().trim().is_empty() => {
+            return Err(origin.at(
+                v.span().start,
+                "global.admin_token_file",
+                "must not be empty (leave the key out)",
+            ))
+        }
+        Some(v) => {
+            let path = relative_to_file(origin, v.get_ref());
+            let token = read_key(&path)
+                .and_then(|token| check_admin_token(&path, token))
+                .map_err(|e| origin.at(v.span().start, "global.admin_token_file", e.to_string()))?;
+            (Some(path), Some(token))
+        }
+        None => (None, None),
+    };
+    if admin_token.is_none() && !admin.ip().to_canonical().is_loopback() {
+        return Err(admin_site.error(
+            origin,
+            format!(
+                "{admin} is not a loopback address, and without [global] admin_token_file anyone \
+                 who reaches it could change the pool: set admin_token_file (a file of mode 0600 \
+                 holding a random token, e.g. `openssl rand -hex 32`) or bind the admin endpoint \
+                 to 127.0.0.1"
+            ),
+        ));
+    }
 
     let health = build_health(origin, raw.health, read_key)?;
     let mut tuning = build_tuning(origin, raw.tuning)?;
@@ -1558,6 +1666,8 @@ fn build(
     Ok(Config {
         workers,
         admin,
+        admin_token_file,
+        admin_token,
         shutdown_grace_ms,
         histogram_dump,
         health,
@@ -2677,7 +2787,7 @@ address = "[::1]:3307"
         let cases = [
             (
                 "[global]\nworkerz = 2\n",
-                "ringlb.toml:2: global.workerz: unknown key, expected one of `workers`, `admin`, `shutdown_grace_ms`",
+                "ringlb.toml:2: global.workerz: unknown key, expected one of `workers`, `admin`, `admin_token_file`, `shutdown_grace_ms`",
             ),
             (
                 "[global]\nworkers = \"2\"\n",
@@ -2725,7 +2835,7 @@ address = "[::1]:3307"
         let cases = [
             (
                 "[global]\n\"a`b\\n\" = 1\n",
-                "ringlb.toml:2: global.\"a`b\\n\": unknown key, expected one of `workers`, `admin`, \
+                "ringlb.toml:2: global.\"a`b\\n\": unknown key, expected one of `workers`, `admin`, `admin_token_file`, \
                  `shutdown_grace_ms`, `histogram_dump`",
             ),
             (
@@ -2885,7 +2995,7 @@ address = "[::1]:3307"
     #[test]
     fn default_listen_address_clashing_with_the_admin_flag_names_the_flag() {
         let overrides = Overrides {
-            admin: Some("0.0.0.0:4040".into()),
+            admin: Some("127.0.0.1:4040".into()),
             ..Overrides::default()
         };
         let e = error_text("", &overrides);
@@ -3390,5 +3500,75 @@ authkey_file = "/etc/ringlb/authkey"
             )
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn admin_token_file_is_read_from_the_files_folder_and_opens_any_admin_address() {
+        let dir = key_dir("admin-token");
+        let token = b"0123456789abcdef0123456789abcdef";
+        key_file(&dir, "admin.token", &[&token[..], b"\n"].concat(), 0o600);
+        let config_path = dir.join("ringlb.toml");
+        std::fs::write(
+            &config_path,
+            "[global]\nadmin = \"0.0.0.0:4041\"\nadmin_token_file = \"admin.token\"\n",
+        )
+        .unwrap();
+        let config = load(Some(&config_path), &Overrides::default()).unwrap();
+        assert_eq!(config.admin_token_file, Some(dir.join("admin.token")));
+        assert_eq!(
+            config.admin_token.as_ref().map(Secret::as_bytes),
+            Some(&token[..])
+        );
+        assert!(!format!("{config:?}").contains("0123456789abcdef"));
+
+        // The effective configuration names the file, never the token, and loads back the same.
+        let written = to_toml(&config);
+        assert!(written.contains("admin_token_file = "), "{written}");
+        assert!(!written.contains("0123456789abcdef"), "{written}");
+        std::fs::write(&config_path, &written).unwrap();
+        assert_eq!(load(Some(&config_path), &Overrides::default()).unwrap(), config);
+
+        // What `ringlb backend` and `ringlb reload` take from the file.
+        assert_eq!(
+            admin_client(&config_path).unwrap(),
+            AdminClient {
+                admin: addr("0.0.0.0:4041"),
+                token: config.admin_token.clone(),
+            }
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn without_a_token_only_a_loopback_admin_address_is_taken() {
+        for loopback in ["127.0.0.1:4041", "127.0.0.2:4041", "[::1]:4041"] {
+            let overrides = Overrides {
+                admin: Some(loopback.into()),
+                ..Overrides::default()
+            };
+            assert_eq!(load_text("", &overrides).unwrap().admin, addr(loopback));
+        }
+        for open in [
+            "0.0.0.0:4041",
+            "10.0.0.5:4041",
+            "[::]:4041",
+            "[::ffff:10.0.0.5]:4041",
+        ] {
+            let overrides = Overrides {
+                admin: Some(open.into()),
+                ..Overrides::default()
+            };
+            let e = load_text("", &overrides).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("--admin: {} is not a loopback address", addr(open))),
+                "{e}"
+            );
+            assert!(e.contains("admin_token_file") && !e.contains('\n'), "{e}");
+        }
+        let e = load_text("[global]\nadmin_token_file = \" \"\n", &Overrides::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ringlb.toml:2: global.admin_token_file: must not be empty (leave the key out)"
+        );
     }
 }

@@ -12,7 +12,7 @@
 //! | [`health`] | the checker threads: MySQL greeting and login, or TCP; rise/fall hysteresis; server state (read_only, replica status, Galera) and the writer elections of role pools |
 //! | [`proxy_protocol`] | PROXY protocol v1/v2 headers sent to backends ahead of a client's bytes (`send_proxy`) |
 //! | [`ha`] | the HA sidecar: signed heartbeats with the peer node, the state machine that moves the floating IP, netlink for the address, gratuitous ARP |
-//! | [`admin`] | HTTP on loopback: `/metrics` (Prometheus), `/stats` (JSON), `/histogram`; the `stats` and `histogram` clients |
+//! | [`admin`] | HTTP (loopback by default): `/metrics` (Prometheus), `/stats` (JSON), `/histogram` open to all; `/reload` and `/backend/...` behind the admin token or loopback ([`admin::auth`]); the clients behind `ringlb stats`, `backend`, `reload` and `histogram` |
 //! | [`stats`] | per-worker counters and the [`stats::Snapshot`] every view renders |
 //! | [`latency`] | per-backend latency histograms (connect, first byte, lifetime) and their table, HdrHistogram log and Prometheus views |
 //! | [`clock`] | a cheap monotonic millisecond clock shared by all threads |

@@ -11,7 +11,7 @@
 //! table they were opened under until they close. Backends and listeners that stay keep their
 //! state (health, counts, counters); new backends get a health checker, removed ones lose theirs.
 //!
-//! What a reload cannot change in a running process — worker count, admin address, `[tuning]`,
+//! What a reload cannot change in a running process — worker count, admin address and token, `[tuning]`,
 //! `[health]`, `[ha]` — keeps its running value, and the reload says so in its answer and log.
 
 use std::net::SocketAddr;
@@ -215,6 +215,9 @@ impl Reloader {
         if loaded.admin != old.admin {
             restart.push("admin");
         }
+        if loaded.admin_token_file != old.admin_token_file || loaded.admin_token != old.admin_token {
+            restart.push("admin_token_file");
+        }
         if loaded.tuning != old.tuning {
             restart.push("[tuning]");
         }
@@ -227,6 +230,8 @@ impl Reloader {
         let new = Config {
             workers: old.workers,
             admin: old.admin,
+            admin_token_file: old.admin_token_file.clone(),
+            admin_token: old.admin_token.clone(),
             tuning: old.tuning.clone(),
             health: old.health.clone(),
             ha: old.ha.clone(),

@@ -137,6 +137,11 @@ pub fn run(config: Config, source: Option<Source>) -> Result<(), RunError> {
         tracing::info!(listener = %l.name, bind = %l.bind, backends = ?names, "listening");
     }
     let (workers, admin) = (config.workers, config.admin);
+    let guard = admin::auth::Guard::new(config.admin_token.clone());
+    let changes = match &guard {
+        admin::auth::Guard::Token(_) => "with the admin token",
+        admin::auth::Guard::LoopbackWithHeader => "from loopback with the X-Ringlb-Admin header",
+    };
     let reloader = Arc::new(Reloader::new(
         source,
         config,
@@ -162,8 +167,8 @@ pub fn run(config: Config, source: Option<Source>) -> Result<(), RunError> {
         promote: Some(promote_hook),
         admin_state: Some(admin_state_hook),
     };
-    admin::spawn(admin_socket, shared.clone(), hooks).map_err(RunError::Thread)?;
-    tracing::info!(workers, admin = %admin, "ringlb started");
+    admin::spawn(admin_socket, shared.clone(), hooks, guard).map_err(RunError::Thread)?;
+    tracing::info!(workers, admin = %admin, admin_changes = changes, "ringlb started");
 
     let signal = loop {
         match wait_for_signal(&signals) {

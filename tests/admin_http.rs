@@ -64,7 +64,13 @@ fn start() -> (SocketAddr, Arc<Shared>) {
     record(&shared, 1, 2, |l| l.record_first_byte(42));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    admin::spawn(listener, shared.clone(), admin::Hooks::default()).unwrap();
+    admin::spawn(
+        listener,
+        shared.clone(),
+        admin::Hooks::default(),
+        admin::auth::Guard::new(None),
+    )
+    .unwrap();
     (addr, shared)
 }
 

@@ -496,3 +496,86 @@ fn an_unknown_driver_is_named_with_the_ones_known() {
         &["tuning.driver", "\"uring\"", ":2:"],
     );
 }
+
+/// An admin endpoint others can reach must have a token: `run` and `check` refuse the address,
+/// from the flag or the file, in one line that says how to fix it.
+#[test]
+fn a_non_loopback_admin_address_without_a_token_file_is_refused_by_run_and_check() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("0.0.0.0:{}", free_port());
+    for command in ["run", "check"] {
+        assert_fails_with(
+            &[
+                command,
+                "--listen",
+                &listen,
+                "--backend",
+                "127.0.0.1:3306",
+                "--admin",
+                &admin,
+            ],
+            &[
+                "--admin: ",
+                &admin,
+                "not a loopback address",
+                "admin_token_file",
+                "127.0.0.1",
+            ],
+        );
+    }
+    let config = write_config(
+        "admin-open",
+        &format!("[global]\nworkers = 1\nadmin = \"[::]:{}\"\n", free_port()),
+    );
+    let config_text = config.to_str().unwrap();
+    for command in ["run", "check"] {
+        assert_fails_with(
+            &[command, "--config", config_text],
+            &[
+                &format!("{config_text}:3: global.admin: "),
+                "not a loopback address",
+            ],
+        );
+    }
+}
+
+/// A token file must be private, printable and long; the line names the file and never holds
+/// the token.
+#[test]
+fn an_admin_token_file_that_others_can_read_or_that_is_short_or_unprintable_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = scratch("admin-token");
+    let long = "0123456789abcdef0123456789abcdef";
+    let cases: [(&str, &[u8], u32, &str); 4] = [
+        ("open", long.as_bytes(), 0o644, "chmod 600"),
+        ("short", b"0123456789abcdef", 0o600, "use at least 32"),
+        (
+            "spaced",
+            b"0123456789abcdef 0123456789abcdef",
+            0o600,
+            "printable ASCII without spaces",
+        ),
+        ("empty", b"\n", 0o600, "empty"),
+    ];
+    for (name, contents, mode, fragment) in cases {
+        let token = dir.join(name);
+        std::fs::write(&token, contents).unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, format!("[global]\nadmin_token_file = \"{name}\"\n")).unwrap();
+        let config_text = config.to_str().unwrap();
+        let line = assert_fails_with(
+            &["check", "--config", config_text],
+            &[
+                &format!("{config_text}:2: global.admin_token_file: "),
+                token.to_str().unwrap(),
+                fragment,
+            ],
+        );
+        assert!(
+            !line.contains("0123456789abcdef"),
+            "the token is in the line: {line}"
+        );
+    }
+}

@@ -3,14 +3,16 @@
 //! buffer (a head, or an error) stands whatever bytes follow, and an incomplete buffer's
 //! prefixes are incomplete too; query strings decode to pairs that re-encode and decode to the
 //! same pairs; responses built by `response` read back through `parse_response`; error texts
-//! are one line.
+//! are one line; a bearer token is a clean header value, and deciding on any head cannot panic.
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
+use ringlb::admin::auth::{authorize, Guard};
 use ringlb::admin::http::{
     encode_query_value, parse_query, parse_request_head, parse_response, response, HeadError, MAX_HEAD_BYTES,
 };
+use ringlb::config::Secret;
 
 fn assert_one_line(text: &str) {
     assert!(!text.contains(['\n', '\r']), "{text:?}");
@@ -34,6 +36,25 @@ fn check_head(data: &[u8]) {
             };
             assert!(data.starts_with(target.as_bytes()), "{target:?}");
             check_query(head.query);
+            // A token is a header value: no line end, no control byte, not empty.
+            if let Some(token) = head.bearer {
+                assert!(!token.is_empty());
+                assert!(
+                    !token.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7F),
+                    "{token:?}"
+                );
+            }
+            // Whatever the head says, deciding on it cannot panic, and a guessed token fails.
+            let guard = Guard::new(Some(Secret::from_bytes(
+                b"fuzzed-token-not-in-any-input-0123456789",
+            )));
+            let verdict = authorize(&guard, None, head);
+            assert!(verdict.is_err() || head.bearer == Some("fuzzed-token-not-in-any-input-0123456789"));
+            let _ = authorize(
+                &Guard::new(None),
+                Some(std::net::Ipv4Addr::LOCALHOST.into()),
+                head,
+            );
         }
         Ok(None) => {
             assert!(data.len() < MAX_HEAD_BYTES);

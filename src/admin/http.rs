@@ -1,14 +1,15 @@
 //! The little HTTP/1.1 the admin endpoint needs, as pure functions: parse a request head and its
 //! query string, build a response, and (for `ringlb stats`) split a response into status and body.
 //!
-//! Only what an admin endpoint on loopback needs: GET, no bodies in requests, no keep-alive
+//! Only what the admin endpoint needs: GET and an empty POST, no bodies, no keep-alive
 //! (every response carries `Connection: close`), no chunked encoding. Invariant: any byte string
 //! yields a value or an error, never a panic.
 
 /// The request head (request line and headers) may not exceed this.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 
-/// A parsed request line; headers are checked for syntax and otherwise ignored.
+/// A parsed request line and the two headers that authorize a change ([`super::auth`]); other
+/// headers are checked for syntax and otherwise ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead<'a> {
     pub method: &'a str,
@@ -16,6 +17,10 @@ pub struct RequestHead<'a> {
     pub path: &'a str,
     /// What follows the first `?` of the target, still percent-encoded; empty without one.
     pub query: &'a str,
+    /// The token of an `Authorization: Bearer TOKEN` header.
+    pub bearer: Option<&'a str>,
+    /// Whether an `X-Ringlb-Admin` header came, whatever its value.
+    pub admin_header: bool,
 }
 
 /// Why a request head cannot be served.
@@ -59,6 +64,8 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead<'_>>, HeadErr
     if version != "HTTP/1.1" && version != "HTTP/1.0" {
         return Err(HeadError::Malformed("unsupported HTTP version"));
     }
+    let mut authorization = None;
+    let mut admin_header = false;
     for line in lines.take_while(|l| !l.is_empty()) {
         let Some((name, value)) = line.split_once(':') else {
             return Err(HeadError::Malformed("header line without a colon"));
@@ -70,9 +77,30 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead<'_>>, HeadErr
         if value.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7F) {
             return Err(HeadError::Malformed("control character in a header value"));
         }
+        if name.eq_ignore_ascii_case("authorization") {
+            if authorization.is_some() {
+                return Err(HeadError::Malformed("more than one Authorization header"));
+            }
+            authorization = Some(value.trim_matches([' ', '\t']));
+        } else if name.eq_ignore_ascii_case(super::auth::ADMIN_HEADER) {
+            admin_header = true;
+        }
     }
+    // `Bearer TOKEN`, the scheme in any case; another scheme carries no token.
+    let bearer = authorization.and_then(|value| {
+        let (scheme, token) = value.split_once([' ', '\t'])?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim_matches([' ', '\t']))
+    });
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    Ok(Some(RequestHead { method, path, query }))
+    Ok(Some(RequestHead {
+        method,
+        path,
+        query,
+        bearer,
+        admin_header,
+    }))
 }
 
 /// Splits a query string into decoded `(name, value)` pairs, in order: `&`-separated, `name=value`
@@ -174,6 +202,8 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -233,8 +263,32 @@ mod tests {
             Ok(Some(RequestHead {
                 method: "GET",
                 path: "/metrics",
-                query: ""
+                query: "",
+                bearer: None,
+                admin_header: false,
             }))
+        );
+    }
+
+    #[test]
+    fn the_bearer_token_and_the_admin_header_are_read_in_any_case() {
+        let head = parse(
+            "POST /reload HTTP/1.1\r\nauthorization:  bEaReR   s3cret-token \r\nx-ringlb-admin:\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((head.bearer, head.admin_header), (Some("s3cret-token"), true));
+        let head = parse("POST /reload HTTP/1.1\r\nAuthorization: Basic dXNlcjpwYXNz\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((head.bearer, head.admin_header), (None, false));
+        let head = parse("POST /reload HTTP/1.1\r\nAuthorization: Bearer\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.bearer, None);
+        assert_eq!(
+            parse("POST /reload HTTP/1.1\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n"),
+            Err(HeadError::Malformed("more than one Authorization header"))
         );
     }
 

@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::fmt::Write;
 
+use crate::ha::status::HaStatus;
 use crate::stats::{BackendSnapshot, ListenerSnapshot, Snapshot, WorkerSnapshot};
 
 /// The `Content-Type` of the exposition format.
@@ -128,6 +129,116 @@ pub fn render(snapshot: &Snapshot) -> String {
         let _ = writeln!(out, "ringlb_driver{{driver=\"{}\"}} 1", escape(&snapshot.driver));
     }
     out
+}
+
+/// The roles an HA node can be in, each a sample of `ringlb_ha_role` (1 for the one it is in).
+const HA_ROLES: [&str; 4] = ["starting", "standby", "active", "leaving"];
+
+/// The HA sidecar's families: every header always, samples only with `[ha]` (but
+/// `ringlb_ha_enabled`, which says which). Across the two nodes, `ringlb_ha_vip_held == 1` names
+/// the VIP's owner.
+pub fn render_ha(out: &mut String, ha: &HaStatus) {
+    header(
+        out,
+        "ringlb_ha_enabled",
+        "gauge",
+        "Whether this node runs the HA sidecar ([ha] configured): 1 or 0.",
+    );
+    let _ = writeln!(out, "ringlb_ha_enabled {}", u8::from(ha.enabled));
+    header(
+        out,
+        "ringlb_ha_role",
+        "gauge",
+        "This node's HA role, one sample per role in the role label: 1 for the one it is in (starting, standby, active or leaving).",
+    );
+    let node = escape(&ha.node);
+    if ha.enabled {
+        for role in HA_ROLES {
+            let _ = writeln!(
+                out,
+                "ringlb_ha_role{{node=\"{node}\",role=\"{role}\"}} {}",
+                u8::from(ha.role == role)
+            );
+        }
+    }
+    header(
+        out,
+        "ringlb_ha_vip_held",
+        "gauge",
+        "Whether this node holds the floating IP now: 1 or 0.",
+    );
+    if ha.enabled {
+        let _ = writeln!(
+            out,
+            "ringlb_ha_vip_held{{node=\"{node}\",vip=\"{}\"}} {}",
+            escape(&ha.vip),
+            u8::from(ha.vip_held)
+        );
+    }
+    header(
+        out,
+        "ringlb_ha_healthy",
+        "gauge",
+        "Whether at least one backend is up on this node (a node with none yields the VIP): 1 or 0.",
+    );
+    if ha.enabled {
+        let _ = writeln!(
+            out,
+            "ringlb_ha_healthy{{node=\"{node}\"}} {}",
+            u8::from(ha.healthy)
+        );
+    }
+    header(
+        out,
+        "ringlb_ha_peer_up",
+        "gauge",
+        "Whether the peer's authenticated heartbeats arrive (1) or stopped for deadtime_ms (0).",
+    );
+    for peer in ha.peers.iter().filter(|_| ha.enabled) {
+        let _ = writeln!(
+            out,
+            "ringlb_ha_peer_up{{peer=\"{}\",peer_node=\"{}\"}} {}",
+            escape(&peer.address),
+            escape(&peer.node),
+            u8::from(peer.state == "alive")
+        );
+    }
+    header(
+        out,
+        "ringlb_ha_takeovers_total",
+        "counter",
+        "Times this node took the floating IP over.",
+    );
+    if ha.enabled {
+        let _ = writeln!(
+            out,
+            "ringlb_ha_takeovers_total{{node=\"{node}\"}} {}",
+            ha.takeovers
+        );
+    }
+    header(
+        out,
+        "ringlb_ha_heartbeats_dropped_total",
+        "counter",
+        "Heartbeat datagrams dropped, by reason (bad_tag: not signed with the key; replayed, stale, unknown_sender, malformed, truncated, oversized).",
+    );
+    if ha.enabled {
+        let d = &ha.dropped;
+        for (reason, count) in [
+            ("truncated", d.truncated),
+            ("oversized", d.oversized),
+            ("malformed", d.malformed),
+            ("bad_tag", d.bad_tag),
+            ("replayed", d.replayed),
+            ("stale", d.stale),
+            ("unknown_sender", d.unknown_sender),
+        ] {
+            let _ = writeln!(
+                out,
+                "ringlb_ha_heartbeats_dropped_total{{node=\"{node}\",reason=\"{reason}\"}} {count}"
+            );
+        }
+    }
 }
 
 /// A per-backend gauge that only some backends have: name, help, and its value when there is one.
@@ -503,5 +614,57 @@ ringlb_backend_role{backend=\"db-02:3306\",listener=\"default\",role=\"any\"} 1
             !out.contains("ringlb_backend_replication_lag_seconds{backend=\"db-01"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn ha_families_are_declared_always_and_sampled_with_ha() {
+        use crate::ha::status::{DropCounts, PeerStatus};
+
+        let mut out = String::new();
+        render_ha(&mut out, &HaStatus::default());
+        assert!(out.contains("\nringlb_ha_enabled 0\n"), "{out}");
+        let samples: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(samples, ["ringlb_ha_enabled 0"], "no HA, no samples but that one");
+        for family in ["ringlb_ha_role", "ringlb_ha_vip_held", "ringlb_ha_peer_up"] {
+            assert!(out.contains(&format!("# TYPE {family} gauge\n")), "{out}");
+        }
+
+        let status = HaStatus {
+            enabled: true,
+            node: "lb-db-01".into(),
+            role: "active".into(),
+            vip: "10.0.0.100/24".into(),
+            vip_held: true,
+            healthy: true,
+            peers: vec![PeerStatus {
+                address: "10.0.0.12:694".into(),
+                node: "lb-db-02".into(),
+                state: "dead".into(),
+                role: "standby".into(),
+                last_heartbeat_age_ms: Some(900),
+            }],
+            takeovers: 2,
+            dropped: DropCounts {
+                bad_tag: 5,
+                ..DropCounts::default()
+            },
+        };
+        let mut out = String::new();
+        render_ha(&mut out, &status);
+        for line in [
+            "ringlb_ha_enabled 1",
+            "ringlb_ha_role{node=\"lb-db-01\",role=\"active\"} 1",
+            "ringlb_ha_role{node=\"lb-db-01\",role=\"standby\"} 0",
+            "ringlb_ha_vip_held{node=\"lb-db-01\",vip=\"10.0.0.100/24\"} 1",
+            "ringlb_ha_healthy{node=\"lb-db-01\"} 1",
+            "ringlb_ha_peer_up{peer=\"10.0.0.12:694\",peer_node=\"lb-db-02\"} 0",
+            "ringlb_ha_takeovers_total{node=\"lb-db-01\"} 2",
+            "ringlb_ha_heartbeats_dropped_total{node=\"lb-db-01\",reason=\"bad_tag\"} 5",
+            "ringlb_ha_heartbeats_dropped_total{node=\"lb-db-01\",reason=\"replayed\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "no {line:?} in\n{out}");
+        }
+        let roles = out.lines().filter(|l| l.starts_with("ringlb_ha_role{")).count();
+        assert_eq!(roles, HA_ROLES.len());
     }
 }

@@ -1,5 +1,5 @@
-//! The admin endpoint: HTTP/1.1 on loopback, served by the `admin` thread one connection at a
-//! time. `GET /metrics` is the Prometheus text format ([`metrics`], then the latency histograms of
+//! The admin endpoint: HTTP/1.1 (loopback by default), served by the `admin` thread.
+//! `GET /metrics` is the Prometheus text format ([`metrics`], then the latency histograms of
 //! [`crate::latency`]), `GET /stats` the JSON [`Snapshot`](crate::stats::Snapshot), and
 //! `GET /histogram` the latency histograms as a table, an HdrHistogram log or JSON percentiles;
 //! [`stats_table`] and [`histogram`] are the clients behind `ringlb stats` and `ringlb histogram`.
@@ -12,21 +12,26 @@
 //! `Connection: close`. The thread reads atomics (through [`Shared::snapshot`]), locks each
 //! worker's latency histograms only to merge them ([`Shared::latency`]), and never panics on what
 //! a client sends.
+//!
+//! Reads are open to whoever reaches the address; changes (`POST /reload`, `POST /backend/...`)
+//! pass [`auth::authorize`] first: the admin token, or loopback and the `X-Ringlb-Admin` header.
 
+pub mod auth;
 pub mod http;
 pub mod metrics;
 pub mod table;
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::latency;
 use crate::stats::Shared;
-use http::{HeadError, MAX_HEAD_BYTES};
+use auth::Guard;
+use http::{HeadError, RequestHead, MAX_HEAD_BYTES};
 
 /// Budget for receiving a request head, and for sending the response.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -57,14 +62,22 @@ pub struct Hooks {
     pub admin_state: Option<AdminStateHook>,
 }
 
-/// Starts the `admin` thread serving HTTP on an already bound listener.
-pub fn spawn(listener: TcpListener, shared: Arc<Shared>, hooks: Hooks) -> io::Result<JoinHandle<()>> {
+/// Starts the `admin` thread serving HTTP on an already bound listener; `guard` is what a change
+/// needs.
+pub fn spawn(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    hooks: Hooks,
+    guard: Guard,
+) -> io::Result<JoinHandle<()>> {
     // The accept loop blocks: make sure the socket does, whatever the caller set on it.
     listener.set_nonblocking(false)?;
     let context = Arc::new(Context {
         shared,
         hooks,
+        guard,
         busy: AtomicUsize::new(0),
+        refusal_logged: AtomicU64::new(0),
     });
     std::thread::Builder::new()
         .name("admin".into())
@@ -78,8 +91,12 @@ pub const MAX_HANDLERS: usize = 4;
 struct Context {
     shared: Arc<Shared>,
     hooks: Hooks,
+    guard: Guard,
     /// Connections being served now.
     busy: AtomicUsize,
+    /// The second (since the epoch) of the last refused change logged: at most one line a
+    /// second, so that a flood of refused requests cannot flood the log.
+    refusal_logged: AtomicU64,
 }
 
 /// Counts one handler while it lives.
@@ -201,9 +218,10 @@ enum Incoming {
 fn handle(mut stream: TcpStream, context: &Context) {
     let mut buf = vec![0u8; MAX_HEAD_BYTES];
     let (len, incoming) = read_head(&mut stream, &mut buf);
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     let response = match incoming {
         Incoming::Complete => match http::parse_request_head(&buf[..len]) {
-            Ok(Some(head)) => route(head.method, head.path, head.query, context),
+            Ok(Some(head)) => route(&head, peer, context),
             Ok(None) => error_response(400, "incomplete request head"),
             Err(e) => head_error_response(e),
         },
@@ -256,8 +274,26 @@ fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> (usize, Incoming) {
     }
 }
 
-fn route(method: &str, path: &str, query: &str, context: &Context) -> Vec<u8> {
+fn route(head: &RequestHead<'_>, peer: Option<IpAddr>, context: &Context) -> Vec<u8> {
+    let (method, path, query) = (head.method, head.path, head.query);
     let shared = &*context.shared;
+    let changes = path == "/reload" || path.starts_with("/backend/");
+    if changes && method == "POST" {
+        if let Err(refusal) = auth::authorize(&context.guard, peer, head) {
+            log_refusal(context, peer, path, &refusal);
+            let challenge: &[&str] = if refusal.status == 401 {
+                &["WWW-Authenticate: Bearer realm=\"ringlb admin\""]
+            } else {
+                &[]
+            };
+            return http::response(
+                refusal.status,
+                "text/plain; charset=utf-8",
+                challenge,
+                format!("{}\n", refusal.message).as_bytes(),
+            );
+        }
+    }
     if let Some(rest) = path.strip_prefix("/backend/") {
         return backend_action(method, rest, shared, &context.hooks);
     }
@@ -275,6 +311,8 @@ fn route(method: &str, path: &str, query: &str, context: &Context) -> Vec<u8> {
             let mut body = metrics::render(&shared.snapshot());
             // After the counters and gauges, so that their exposition stays as it was.
             latency::prometheus(&mut body, &shared.latency());
+            let ha = shared.ha.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            metrics::render_ha(&mut body, &ha);
             http::response(200, metrics::CONTENT_TYPE, &[], body.as_bytes())
         }
         "/histogram" => histogram_response(query, shared),
@@ -297,6 +335,24 @@ fn route(method: &str, path: &str, query: &str, context: &Context) -> Vec<u8> {
         }
         _ => error_response(404, "not found: try /metrics, /stats, /ha or /histogram"),
     }
+}
+
+/// Logs a refused change (who, what, why; never a token), at most once a second.
+fn log_refusal(context: &Context, peer: Option<IpAddr>, path: &str, refusal: &auth::Refusal) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if context.refusal_logged.swap(now, Ordering::Relaxed) == now {
+        return;
+    }
+    let peer = peer.map_or_else(|| "an unknown address".to_string(), |ip| ip.to_string());
+    // The path is the client's: cut it, and print it escaped, so it cannot forge log lines.
+    let path: String = path.chars().take(120).collect();
+    tracing::warn!(
+        "admin: refused POST {path:?} from {peer} with HTTP {}: {}",
+        refusal.status,
+        refusal.message
+    );
 }
 
 /// `GET /histogram[?format=text|hdr|json][&backend=HOST:PORT]`: the latency histograms of every

@@ -10,6 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::http;
+use crate::config::Secret;
 use crate::stats::Snapshot;
 
 /// Bound on the connect, and on the whole exchange after it.
@@ -26,34 +27,54 @@ pub fn fetch(admin: SocketAddr) -> Result<Snapshot, String> {
 /// GETs `path` from the admin endpoint and parses its JSON body; the error is one line naming
 /// `admin`.
 pub fn fetch_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, path: &str) -> Result<T, String> {
-    exchange_json(admin, "GET", path)
+    exchange_json(admin, "GET", path, "")
 }
 
-/// POSTs to `path` (an empty body) and parses the JSON answer; the error is one line naming
+/// POSTs to `path` (an empty body) with the [`auth::ADMIN_HEADER`](super::auth::ADMIN_HEADER)
+/// and, given one, the admin token, and parses the JSON answer; the error is one line naming
 /// `admin`, or the endpoint's own one-line answer.
-pub fn post_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, path: &str) -> Result<T, String> {
-    exchange_json(admin, "POST", path)
+pub fn post_json<T: serde::de::DeserializeOwned>(
+    admin: SocketAddr,
+    path: &str,
+    token: Option<&Secret>,
+) -> Result<T, String> {
+    let mut headers = format!("{}: 1\r\n", super::auth::ADMIN_HEADER);
+    if let Some(token) = token {
+        // Checked printable ASCII when it was read (config::load_admin_token).
+        headers.push_str("Authorization: Bearer ");
+        headers.push_str(&String::from_utf8_lossy(token.as_bytes()));
+        headers.push_str("\r\n");
+    }
+    exchange_json(admin, "POST", path, &headers)
 }
 
 fn exchange_json<T: serde::de::DeserializeOwned>(
     admin: SocketAddr,
     method: &str,
     path: &str,
+    headers: &str,
 ) -> Result<T, String> {
-    let body = exchange(admin, method, path, "application/json")?;
+    let body = exchange(admin, method, path, "application/json", headers)?;
     serde_json::from_slice(&body).map_err(|e| format!("{admin}: invalid {path} JSON: {e}"))
 }
 
 /// GETs `path` from the admin endpoint and returns its body as text; the error is one line
 /// naming `admin`, or the endpoint's own one-line answer.
 pub fn fetch_text(admin: SocketAddr, path: &str) -> Result<String, String> {
-    let body = exchange(admin, "GET", path, "text/plain")?;
+    let body = exchange(admin, "GET", path, "text/plain", "")?;
     String::from_utf8(body)
         .map_err(|_| format!("{admin}: {path} is not UTF-8 text: is this a ringlb admin endpoint?"))
 }
 
 /// One request, the body of a 200 answer back. A 4xx with a one-line body becomes that line.
-fn exchange(admin: SocketAddr, method: &str, path: &str, accept: &str) -> Result<Vec<u8>, String> {
+/// `headers` are whole header lines, each ending in CRLF.
+fn exchange(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    accept: &str,
+    headers: &str,
+) -> Result<Vec<u8>, String> {
     let fail = |what: String| format!("{admin}: {what}");
     let mut stream = TcpStream::connect_timeout(&admin, CONNECT_TIMEOUT).map_err(|e| fail(describe(&e)))?;
     let deadline = Instant::now() + EXCHANGE_TIMEOUT;
@@ -61,7 +82,7 @@ fn exchange(admin: SocketAddr, method: &str, path: &str, accept: &str) -> Result
         .set_write_timeout(Some(EXCHANGE_TIMEOUT))
         .map_err(|e| fail(describe(&e)))?;
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nAccept: {accept}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nAccept: {accept}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())
