@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::dataplane::{self, probe, WorkerConfig};
 use crate::health::Health;
 use crate::reload::{Listening, Reloader, Source};
-use crate::stats::Shared;
+use crate::shared::SharedState;
 
 /// Why ringlb could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,7 @@ pub fn run(config: Config, source: Option<Source>) -> Result<(), RunError> {
     let signals = block_signals();
 
     let backends = Arc::new(Backends::from_config(&config));
-    let shared = Arc::new(Shared::new(backends.clone(), config.workers).map_err(RunError::Thread)?);
+    let shared = Arc::new(SharedState::new(backends.clone(), config.workers).map_err(RunError::Thread)?);
     let _ = shared.driver.set(driver.name());
 
     let admin_socket = TcpListener::bind(config.admin).map_err(|source| RunError::Bind {
@@ -191,7 +191,7 @@ pub fn run(config: Config, source: Option<Source>) -> Result<(), RunError> {
 }
 
 /// SIGUSR1: writes every backend's latency histograms to `path` (HdrHistogram log format).
-fn dump_histograms(shared: &Shared, path: &std::path::Path) {
+fn dump_histograms(shared: &SharedState, path: &std::path::Path) {
     match crate::latency::dump_to_file(path, &shared.latency()) {
         Ok(()) => tracing::info!(file = %path.display(), "latency histograms written"),
         Err(e) => tracing::warn!(file = %path.display(), "cannot write the latency histograms: {e}"),
@@ -200,7 +200,7 @@ fn dump_histograms(shared: &Shared, path: &std::path::Path) {
 
 /// Stops accepting on every listener, then waits up to `grace` for open connections to finish.
 /// What is still open then is closed when the process exits.
-fn drain(shared: &Shared, listening: &[Listening], grace: std::time::Duration) {
+fn drain(shared: &SharedState, listening: &[Listening], grace: std::time::Duration) {
     shared.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     for socket in listening.iter().flat_map(|l| &l.sockets) {
         // Ends each worker's multishot accept; with `stopping` set it is not armed again.
@@ -278,19 +278,20 @@ fn reserve_descriptor_table() {
 /// Blocks the signals the main thread waits for, before any other thread exists, so that every
 /// thread inherits the mask and only `sigwait` here sees them.
 fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it, and pthread_sigmask
-    // only changes this thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1] {
-            libc::sigaddset(&mut set, signal);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        // A write to a peer that has gone must return EPIPE, not kill the process.
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        set
+    // SAFETY: sigset_t is plain data, for which all zeroes is a valid value.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigemptyset initialises the set it is given, a live local.
+    unsafe { libc::sigemptyset(&mut set) };
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1] {
+        // SAFETY: adds a valid signal number to the live local set.
+        unsafe { libc::sigaddset(&mut set, signal) };
     }
+    // SAFETY: reads the live local set and changes only this thread's mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    // A write to a peer that has gone must return EPIPE, not kill the process.
+    // SAFETY: SIG_IGN for SIGPIPE installs no handler code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    set
 }
 
 /// Waits for one of the blocked signals and returns it.

@@ -145,11 +145,10 @@ pub struct Epoll {
 /// Makes `fd` non-blocking (the listening sockets are bound blocking; io_uring does not care,
 /// a plain `accept4` does); the error as a negative errno.
 fn nonblocking(fd: RawFd) -> Result<(), i32> {
-    // SAFETY: F_GETFL and F_SETFL take and return ints; no memory is passed.
-    let ok = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) >= 0
-    };
+    // SAFETY: F_GETFL takes no argument and returns an int; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: F_SETFL takes an int; no memory is passed.
+    let ok = flags >= 0 && unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } >= 0;
     if ok {
         Ok(())
     } else {

@@ -26,8 +26,10 @@ impl Pipe {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: pipe2 succeeded, so the read end is open and owned by nobody else.
+        let read = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+        // SAFETY: likewise the write end.
+        let write = unsafe { OwnedFd::from_raw_fd(fds[1]) };
         // Best effort: past fs.pipe-max-size or the per-user quota the pipe keeps its default size.
         // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory of ours.
         unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
@@ -62,8 +64,6 @@ pub struct PipePool {
     max_idle: usize,
     /// Requested size of new pipes.
     pipe_bytes: usize,
-    /// Pipes lent out now.
-    lent: usize,
 }
 
 impl PipePool {
@@ -72,7 +72,6 @@ impl PipePool {
             idle: Vec::with_capacity(max_idle),
             max_idle,
             pipe_bytes,
-            lent: 0,
         }
     }
 
@@ -82,20 +81,13 @@ impl PipePool {
             Some(pipe) => pipe,
             None => Pipe::new(self.pipe_bytes)?,
         };
-        self.lent += 1;
         Ok(pipe)
     }
 
     /// Takes a pipe back. `empty` must be false when bytes may remain in it: it is then closed.
     pub fn give(&mut self, pipe: Pipe, empty: bool) {
-        self.lent -= 1;
         if empty && self.idle.len() < self.max_idle {
             self.idle.push(pipe);
         }
-    }
-
-    /// Pipes held: lent plus idle.
-    pub fn held(&self) -> usize {
-        self.lent + self.idle.len()
     }
 }

@@ -148,80 +148,82 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 /// The signal comes when the *thread* that spawned the child exits, so spawn long-lived children
 /// from a thread that lives as long as they should.
 pub fn die_with_parent(command: &mut Command) {
-    // SAFETY: the closure runs in the forked child before exec and calls only prctl, which is
-    // async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    let hook = || {
+        // SAFETY: prctl with integer arguments touches no memory; it is async-signal-safe.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec and only calls prctl.
+    unsafe { command.pre_exec(hook) };
 }
 
 /// Gives the child `limit` open descriptors at most (`RLIMIT_NOFILE`, soft and hard), from
 /// before it runs its first instruction.
 pub fn limit_open_files(command: &mut Command, limit: u64) {
-    // SAFETY: the closure runs in the forked child before exec and calls only setrlimit, which is
-    // async-signal-safe, on a value of its own stack.
-    unsafe {
-        command.pre_exec(move || {
-            let rlimit = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let rlimit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    let hook = move || {
+        // SAFETY: setrlimit reads the rlimit it is given, which lives in the closure.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec and only calls setrlimit, which is
+    // async-signal-safe.
+    unsafe { command.pre_exec(hook) };
 }
 
 /// Installs a seccomp filter in the child that makes each of `syscalls` fail with `errno`,
 /// everything else allowed, as a container runtime's profile does (Docker's and containerd's
 /// default profiles refuse the io_uring calls with EPERM).
 pub fn deny_syscalls(command: &mut Command, syscalls: &'static [libc::c_long], errno: i32) {
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
-    // async-signal-safe; the filter program outlives the prctl call that copies it.
-    unsafe {
-        command.pre_exec(move || {
-            let statement = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
-                code: code as u16,
-                jt,
-                jf,
-                k,
-            };
-            // Load the syscall number; for each denied one, return the errno on a match.
-            let mut filter = vec![statement(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0)];
-            for &nr in syscalls {
-                filter.push(statement(
-                    libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-                    0,
-                    1,
-                    nr as u32,
-                ));
-                let deny = libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA);
-                filter.push(statement(libc::BPF_RET | libc::BPF_K, 0, 0, deny));
-            }
-            filter.push(statement(
-                libc::BPF_RET | libc::BPF_K,
-                0,
-                0,
-                libc::SECCOMP_RET_ALLOW,
-            ));
-            let program = libc::sock_fprog {
-                len: filter.len() as u16,
-                filter: filter.as_mut_ptr(),
-            };
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &program) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    let statement = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    // Load the syscall number; for each denied one, return the errno on a match. Built here,
+    // before the fork: the child may not allocate.
+    let mut filter = vec![statement(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0)];
+    for &nr in syscalls {
+        filter.push(statement(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            0,
+            1,
+            nr as u32,
+        ));
+        let deny = libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA);
+        filter.push(statement(libc::BPF_RET | libc::BPF_K, 0, 0, deny));
     }
+    filter.push(statement(
+        libc::BPF_RET | libc::BPF_K,
+        0,
+        0,
+        libc::SECCOMP_RET_ALLOW,
+    ));
+    let hook = move || {
+        let program = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr().cast_mut(),
+        };
+        // SAFETY: prctl with integer arguments touches no memory.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel copies the program, which `filter` (owned by the closure) backs
+        // for the length of the call, and only reads it.
+        if unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &program) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec; it only calls prctl, which is
+    // async-signal-safe, and allocates nothing.
+    unsafe { command.pre_exec(hook) };
 }
 
 /// The io_uring system calls, as Docker's default seccomp profile refuses them.
