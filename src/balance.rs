@@ -23,7 +23,6 @@ use crossbeam_utils::CachePadded;
 use crate::config::{Balance, Config, ListenerConfig, Role};
 use crate::health::topology::WriterElection;
 use crate::proxy_protocol::ProxyVersion;
-use crate::stats::BackendTraffic;
 
 /// [`ServerLive::lag_s`] of a server whose lag is unknown or that is no replica.
 pub const NO_LAG: u64 = u64::MAX;
@@ -210,6 +209,15 @@ impl Default for BackendLive {
             retired: AtomicBool::new(false),
         }
     }
+}
+
+/// One worker's counters for one backend (in [`BackendStats::traffic`]).
+#[derive(Debug, Default)]
+pub struct BackendTraffic {
+    pub connections: AtomicU64,
+    pub connect_errors: AtomicU64,
+    pub bytes_to_backend: AtomicU64,
+    pub bytes_to_client: AtomicU64,
 }
 
 /// What the workers count for one backend, one slot per worker (each writes only its own).

@@ -13,6 +13,7 @@
 //! | [`proxy_protocol`] | PROXY protocol v1/v2 headers sent to backends ahead of a client's bytes (`send_proxy`) |
 //! | [`ha`] | the HA sidecar: signed heartbeats with the peer node, the state machine that moves the floating IP, netlink for the address, gratuitous ARP |
 //! | [`admin`] | HTTP (loopback by default): `/metrics` (Prometheus), `/stats` (JSON), `/histogram` open to all; `/reload` and `/backend/...` behind the admin token or loopback ([`admin::auth`]); the clients behind `ringlb stats`, `backend`, `reload` and `histogram` |
+//! | [`shared`] | [`shared::SharedState`]: what every thread shares (the backend table, the workers' wakers and counters, the HA status, the stop flag) |
 //! | [`stats`] | per-worker counters and the [`stats::Snapshot`] every view renders |
 //! | [`latency`] | per-backend latency histograms (connect, first byte, lifetime) and their table, HdrHistogram log and Prometheus views |
 //! | [`clock`] | a cheap monotonic millisecond clock shared by all threads |
@@ -44,4 +45,5 @@ pub mod latency;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod runtime;
+pub mod shared;
 pub mod stats;

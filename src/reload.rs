@@ -26,7 +26,7 @@ use crate::config::{self, Config, Overrides};
 use crate::dataplane::listener;
 use crate::dataplane::worker::{Control, NewSockets};
 use crate::health::Health;
-use crate::stats::Shared;
+use crate::shared::SharedState;
 
 /// How long a reload waits for every worker to answer each step.
 const WORKER_ANSWER: Duration = Duration::from_secs(5);
@@ -47,7 +47,7 @@ pub struct Listening {
 
 pub struct Reloader {
     source: Option<Source>,
-    shared: Arc<Shared>,
+    shared: Arc<SharedState>,
     workers: Vec<Sender<Control>>,
     health: Health,
     state: Mutex<State>,
@@ -144,7 +144,7 @@ impl Reloader {
     pub fn new(
         source: Option<Source>,
         config: Config,
-        shared: Arc<Shared>,
+        shared: Arc<SharedState>,
         workers: Vec<Sender<Control>>,
         health: Health,
         listening: Vec<Listening>,

@@ -6,28 +6,16 @@
 //! plain-data view that /metrics, /stats and `ringlb stats` all render.
 //!
 //! Latency histograms are per worker too ([`crate::balance::BackendStats`]), each behind a mutex
-//! that only its worker and, for a merge, the admin thread take ([`Shared::latency`]).
+//! that only its worker and, for a merge, the admin thread take ([`SharedState::latency`]).
 
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
 
 use crossbeam_utils::CachePadded;
 use serde::{Deserialize, Serialize};
 
-use crate::balance::Backends;
+use crate::balance::{BackendTraffic, Backends};
 use crate::config::Role;
-use crate::latency::{BackendLatency, Latency};
-
-/// One worker's counters for one backend (see [`crate::balance::BackendStats`]).
-#[derive(Debug, Default)]
-pub struct BackendTraffic {
-    pub connections: AtomicU64,
-    pub connect_errors: AtomicU64,
-    pub bytes_to_backend: AtomicU64,
-    pub bytes_to_client: AtomicU64,
-}
+use crate::shared::SharedState;
 
 /// Everything one worker counts that belongs to no backend or listener; written only by that
 /// worker.
@@ -49,106 +37,7 @@ pub struct WorkerStats {
     pub accounting_errors: CachePadded<AtomicU64>,
 }
 
-/// State every thread can read: the current backend table and each worker's counters.
-#[derive(Debug)]
-pub struct Shared {
-    /// The table new connections use; replaced whole by a reload.
-    table: RwLock<Arc<Backends>>,
-    pub workers: Box<[WorkerStats]>,
-    /// Per worker: an eventfd that wakes it (a reload for it, a queue slot freed elsewhere).
-    wakers: Box<[OwnedFd]>,
-    /// Written by the HA thread after each event; `enabled: false` without `[ha]`.
-    pub ha: std::sync::Mutex<crate::ha::status::HaStatus>,
-    /// Set at shutdown: workers stop accepting and do not re-arm accept.
-    pub stopping: std::sync::atomic::AtomicBool,
-    /// Bumped when a writer pool's writer changes and a pool asks for the connections to the
-    /// former writer to be closed: each worker then closes its connections of writer pools to a
-    /// backend that is not its pool's writer.
-    pub writer_changes: AtomicU64,
-    /// The workers' I/O driver, set once at start-up ("io_uring" or "epoll").
-    pub driver: OnceLock<&'static str>,
-}
-
-impl Shared {
-    pub fn new(backends: Arc<Backends>, workers: usize) -> io::Result<Self> {
-        let wakers = (0..workers)
-            .map(|_| {
-                // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor.
-                let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // SAFETY: `fd` was just created and is owned by nothing else.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-            })
-            .collect::<io::Result<_>>()?;
-        Ok(Shared {
-            table: RwLock::new(backends),
-            workers: (0..workers).map(|_| WorkerStats::default()).collect(),
-            wakers,
-            ha: Default::default(),
-            stopping: Default::default(),
-            writer_changes: AtomicU64::new(0),
-            driver: OnceLock::new(),
-        })
-    }
-
-    /// The table new connections use now.
-    pub fn table(&self) -> Arc<Backends> {
-        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Makes `table` the one [`Shared::table`] returns (workers get it by message).
-    pub fn set_table(&self, table: Arc<Backends>) {
-        *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
-    }
-
-    /// The descriptor worker `worker` polls to be woken.
-    pub fn waker(&self, worker: usize) -> RawFd {
-        self.wakers[worker].as_raw_fd()
-    }
-
-    /// Wakes worker `worker`; coalesces with wakes it has not seen yet.
-    pub fn wake(&self, worker: usize) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an eventfd this struct owns.
-        unsafe { libc::write(self.waker(worker), (&one as *const u64).cast(), 8) };
-    }
-
-    /// A writer changed in a pool with `on_writer_change = "close"`: every worker is woken to
-    /// close its connections to former writers.
-    pub fn writer_changed(&self) {
-        self.writer_changes.fetch_add(1, Ordering::Release);
-        for worker in 0..self.wakers.len() {
-            self.wake(worker);
-        }
-    }
-
-    /// Client connections open over all workers.
-    pub fn open_connections(&self) -> u64 {
-        self.workers.iter().map(|w| w.open.load(Ordering::Relaxed)).sum()
-    }
-
-    /// Merged latency histograms of every backend in the current table.
-    pub fn latency(&self) -> Vec<BackendLatency> {
-        let table = self.table();
-        table
-            .all
-            .iter()
-            .map(|b| {
-                let mut latency = Latency::new();
-                for per_worker in b.stats.latency.iter() {
-                    latency.add(&per_worker.lock().unwrap_or_else(|e| e.into_inner()));
-                }
-                BackendLatency {
-                    listener: table.listeners[b.listener].config.name.clone(),
-                    backend: b.name.clone(),
-                    latency,
-                }
-            })
-            .collect()
-    }
-
+impl SharedState {
     /// Reads every counter once. Counters are independent relaxed loads: a snapshot taken while
     /// traffic flows is consistent per counter, not across counters.
     pub fn snapshot(&self) -> Snapshot {

@@ -1,4 +1,4 @@
-//! The admin endpoint over a real socket: the admin thread serves a `Shared` built from a small
+//! The admin endpoint over a real socket: the admin thread serves a `SharedState` built from a small
 //! configuration; requests are raw bytes so that malformed ones can be sent too. Latency values
 //! are recorded into the workers' histograms directly, as the data path would; `ringlb histogram`
 //! is the real binary against this endpoint.
@@ -13,7 +13,8 @@ use ringlb::admin;
 use ringlb::balance::Backends;
 use ringlb::config::{BackendConfig, Config, ListenerConfig};
 use ringlb::latency::{self, Kind, PercentilesReport};
-use ringlb::stats::{Shared, Snapshot};
+use ringlb::shared::SharedState;
+use ringlb::stats::Snapshot;
 
 fn config() -> Config {
     let backend = |name: &str| BackendConfig::at(name.parse().unwrap());
@@ -31,8 +32,8 @@ fn config() -> Config {
     config
 }
 
-/// Starts the admin thread over a `Shared` with some counters set; returns its address.
-fn start() -> (SocketAddr, Arc<Shared>) {
+/// Starts the admin thread over a `SharedState` with some counters set; returns its address.
+fn start() -> (SocketAddr, Arc<SharedState>) {
     let config = config();
     let backends = Arc::new(Backends::from_config(&config));
     backends.all[1].server.up.store(false, Ordering::Relaxed);
@@ -45,7 +46,7 @@ fn start() -> (SocketAddr, Arc<Shared>) {
     traffic(0, 1).connections.store(4, Ordering::Relaxed);
     traffic(0, 1).bytes_to_client.store(1234, Ordering::Relaxed);
     traffic(1, 0).connect_errors.store(9, Ordering::Relaxed);
-    let shared = Arc::new(Shared::new(backends.clone(), config.workers).unwrap());
+    let shared = Arc::new(SharedState::new(backends.clone(), config.workers).unwrap());
     shared.workers[0].accepted.store(5, Ordering::Relaxed);
     shared.workers[1].accepted.store(7, Ordering::Relaxed);
     // Backend 0 is used by both workers, backend 2 by worker 1 only, backend 1 by none.
@@ -74,7 +75,7 @@ fn start() -> (SocketAddr, Arc<Shared>) {
     (addr, shared)
 }
 
-fn record(shared: &Shared, worker: usize, backend: usize, f: impl FnOnce(&mut latency::Latency)) {
+fn record(shared: &SharedState, worker: usize, backend: usize, f: impl FnOnce(&mut latency::Latency)) {
     f(&mut shared.table().all[backend].stats.latency[worker].lock().unwrap());
 }
 
@@ -447,7 +448,7 @@ fn histogram_command_prints_what_the_endpoint_serves() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
-        latency::report(&shared.latency())
+        admin::histograms::report(&shared.latency())
     );
 
     let out = ringlb(&[

@@ -9,14 +9,15 @@
 //! bounds the harm one client can do is the 2 s budget for reading a request head (8 KiB at
 //! most): a slow or silent client holds one handler for 2 s at worst, and slow clients together
 //! can only make others retry, never wait behind them. Every response has `Content-Length` and
-//! `Connection: close`. The thread reads atomics (through [`Shared::snapshot`]), locks each
-//! worker's latency histograms only to merge them ([`Shared::latency`]), and never panics on what
+//! `Connection: close`. The thread reads atomics (through [`SharedState::snapshot`]), locks each
+//! worker's latency histograms only to merge them ([`SharedState::latency`]), and never panics on what
 //! a client sends.
 //!
 //! Reads are open to whoever reaches the address; changes (`POST /reload`, `POST /backend/...`)
 //! pass [`auth::authorize`] first: the admin token, or loopback and the `X-Ringlb-Admin` header.
 
 pub mod auth;
+pub mod histograms;
 pub mod http;
 pub mod metrics;
 pub mod table;
@@ -29,7 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::latency;
-use crate::stats::Shared;
+use crate::shared::SharedState;
 use auth::Guard;
 use http::{HeadError, RequestHead, MAX_HEAD_BYTES};
 
@@ -66,7 +67,7 @@ pub struct Hooks {
 /// needs.
 pub fn spawn(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<SharedState>,
     hooks: Hooks,
     guard: Guard,
 ) -> io::Result<JoinHandle<()>> {
@@ -89,7 +90,7 @@ pub const MAX_HANDLERS: usize = 4;
 
 /// What the endpoint serves from.
 struct Context {
-    shared: Arc<Shared>,
+    shared: Arc<SharedState>,
     hooks: Hooks,
     guard: Guard,
     /// Connections being served now.
@@ -117,7 +118,7 @@ pub fn stats_table(admin: std::net::SocketAddr) -> Result<String, String> {
 /// How `GET /histogram` shows the latency histograms (`?format=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistogramFormat {
-    /// [`latency::report`]: a table for people.
+    /// [`histograms::report`]: a table for people.
     Text,
     /// [`latency::hdr_log`]: an HdrHistogram interval log.
     Hdr,
@@ -310,7 +311,7 @@ fn route(head: &RequestHead<'_>, peer: Option<IpAddr>, context: &Context) -> Vec
         "/metrics" => {
             let mut body = metrics::render(&shared.snapshot());
             // After the counters and gauges, so that their exposition stays as it was.
-            latency::prometheus(&mut body, &shared.latency());
+            histograms::prometheus(&mut body, &shared.latency());
             let ha = shared.ha.lock().unwrap_or_else(|e| e.into_inner()).clone();
             metrics::render_ha(&mut body, &ha);
             http::response(200, metrics::CONTENT_TYPE, &[], body.as_bytes())
@@ -357,7 +358,7 @@ fn log_refusal(context: &Context, peer: Option<IpAddr>, path: &str, refusal: &au
 
 /// `GET /histogram[?format=text|hdr|json][&backend=HOST:PORT]`: the latency histograms of every
 /// backend, or of the one named (in every listener that has it).
-fn histogram_response(query: &str, shared: &Shared) -> Vec<u8> {
+fn histogram_response(query: &str, shared: &SharedState) -> Vec<u8> {
     let pairs = match http::parse_query(query) {
         Ok(pairs) => pairs,
         Err(e) => return error_response(400, e),
@@ -393,7 +394,7 @@ fn histogram_response(query: &str, shared: &Shared) -> Vec<u8> {
             200,
             "text/plain; charset=utf-8",
             &[],
-            latency::report(&entries).as_bytes(),
+            histograms::report(&entries).as_bytes(),
         ),
         HistogramFormat::Hdr => {
             let log = latency::hdr_log(
@@ -448,7 +449,7 @@ fn reload(method: &str, hook: Option<&ReloadHook>) -> Vec<u8> {
 /// in a writer pool with `on_writer_change = "close"`, where a drained or disabled writer loses
 /// its role at once and its connections are reset like any former writer's.
 /// `POST /backend/HOST:PORT/promote`: a switchover of the writer role to it.
-fn backend_action(method: &str, rest: &str, shared: &Shared, hooks: &Hooks) -> Vec<u8> {
+fn backend_action(method: &str, rest: &str, shared: &SharedState, hooks: &Hooks) -> Vec<u8> {
     if method != "POST" {
         return http::response(
             405,

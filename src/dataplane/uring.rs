@@ -19,7 +19,7 @@ use super::bufring::BufRing;
 use super::driver::{Completion, Driver, Io, Key, Op, MAX_INDEX};
 use crate::clock;
 use crate::config::TuningConfig;
-use crate::stats::Shared;
+use crate::shared::SharedState;
 
 /// `IORING_RECVSEND_POLL_FIRST`: arm poll before trying, since a fresh recv usually finds no data.
 const RECVSEND_POLL_FIRST: u16 = 1;
@@ -54,12 +54,12 @@ pub struct Uring {
     /// The kernel's count of completions it dropped, as last read.
     dropped_seen: u32,
     last_overflow_warning_ms: u64,
-    shared: Arc<Shared>,
+    shared: Arc<SharedState>,
     id: usize,
 }
 
 impl Uring {
-    pub fn new(tuning: &TuningConfig, shared: Arc<Shared>, id: usize) -> io::Result<Uring> {
+    pub fn new(tuning: &TuningConfig, shared: Arc<SharedState>, id: usize) -> io::Result<Uring> {
         let entries = tuning.ring_entries;
         let mut ring = if tuning.sqpoll_idle_ms > 0 {
             // A kernel thread polls the submission queue; deferred task running needs the
@@ -319,7 +319,7 @@ mod tests {
 
     fn driver(ring_entries: u32) -> Option<Uring> {
         let config = Config::with_listener("127.0.0.1:4040".parse().unwrap(), Vec::new());
-        let shared = Arc::new(Shared::new(Arc::new(Backends::from_config(&config)), 1).unwrap());
+        let shared = Arc::new(SharedState::new(Arc::new(Backends::from_config(&config)), 1).unwrap());
         let tuning = TuningConfig {
             ring_entries,
             buffers: 4,

@@ -63,10 +63,10 @@ use super::epoll::Epoll;
 use super::pipes::{Pipe, PipePool};
 use super::uring::Uring;
 use super::{DriverKind, WorkerConfig};
-use crate::balance::{Backends, Pick};
+use crate::balance::{BackendTraffic, Backends, Pick};
 use crate::clock;
 use crate::config::{OnWriterChange, RelayMode};
-use crate::stats::{BackendTraffic, Shared};
+use crate::shared::SharedState;
 
 /// A backend whose connect failed is skipped by new connections for this long, or until its
 /// health check brings it up again.
@@ -204,7 +204,7 @@ impl Slot {
 pub fn run(
     config: WorkerConfig,
     listeners: Vec<Socket>,
-    shared: Arc<Shared>,
+    shared: Arc<SharedState>,
     control: Receiver<Control>,
     ready: Sender<Result<(), (usize, String)>>,
 ) {
@@ -264,7 +264,7 @@ struct Worker<D: Driver> {
     queue: VecDeque<(usize, u32)>,
     /// A slot may have freed for a queued client: serve the queue after this batch.
     queue_dirty: bool,
-    /// The last [`Shared::writer_changes`] this worker acted on.
+    /// The last [`SharedState::writer_changes`] this worker acted on.
     writer_changes_seen: u64,
     /// This worker freed a slot that clients wait for since it last served its queue: what its
     /// own queue does not take, another worker's may (they are woken then, and only then).
@@ -281,7 +281,7 @@ struct Worker<D: Driver> {
     last_socket_warning_ms: u64,
     /// Last accounting-error log line, ms: at most one a second.
     last_accounting_log_ms: u64,
-    shared: Arc<Shared>,
+    shared: Arc<SharedState>,
     id: usize,
     /// The backlog length last published to `WorkerStats::backlog`.
     backlog_published: u64,
@@ -297,7 +297,7 @@ impl<D: Driver> Worker<D> {
         driver: D,
         config: &WorkerConfig,
         listeners: Vec<Socket>,
-        shared: Arc<Shared>,
+        shared: Arc<SharedState>,
         control: Receiver<Control>,
     ) -> Worker<D> {
         let tuning = &config.tuning;
@@ -728,8 +728,9 @@ impl<D: Driver> Worker<D> {
             }
             Intent::Abort => {
                 if let Some(backend) = &slot.backend {
-                    // The backend's close will be a reset: a server still writing a result must
-                    // fail at once. After a plain close it could wait, blocked on a window that
+                    // With a zero linger the backend socket's close (once its ops have ended)
+                    // sends a reset, after the FIN of the shutdown below: a server still writing
+                    // a result must fail at once. After a plain close it could wait, blocked on a window that
                     // this closed socket no longer opens, until its zero-window probes back off
                     // to tens of seconds (measured: a MariaDB session left 30 s with 3.6 MB
                     // unsent). The client's side keeps its FIN, so that an error packet written

@@ -35,7 +35,7 @@ use super::status::{DropCounts, HaStatus, PeerStatus};
 use super::vip::Vip;
 use crate::clock;
 use crate::config::HaConfig;
-use crate::stats::Shared;
+use crate::shared::SharedState;
 
 /// Gratuitous ARPs sent at once on takeover.
 const GARP_BURST: u32 = 3;
@@ -84,7 +84,7 @@ impl HaHandle {
 }
 
 /// Binds the heartbeat sockets, checks the interface, and starts the `ha` thread.
-pub fn spawn(ha: HaConfig, shared: Arc<Shared>) -> Result<HaHandle, HaError> {
+pub fn spawn(ha: HaConfig, shared: Arc<SharedState>) -> Result<HaHandle, HaError> {
     let sockets = Sockets::bind(&ha)?;
     let vip = Vip::new(ha.vip.addr, ha.vip.prefix_len, &ha.interface)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -176,7 +176,7 @@ struct Sidecar {
     ha: HaConfig,
     sockets: Sockets,
     vip: Vip,
-    shared: Arc<Shared>,
+    shared: Arc<SharedState>,
     machine: Machine,
     tracker: PeerTracker,
     healthy: bool,
@@ -191,7 +191,7 @@ struct Sidecar {
 }
 
 impl Sidecar {
-    fn new(ha: HaConfig, sockets: Sockets, vip: Vip, shared: Arc<Shared>) -> Sidecar {
+    fn new(ha: HaConfig, sockets: Sockets, vip: Vip, shared: Arc<SharedState>) -> Sidecar {
         // Larger on every start: the wall clock in nanoseconds.
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

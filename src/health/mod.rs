@@ -49,7 +49,7 @@ use crossbeam_utils::CachePadded;
 use crate::balance::{ServerLive, NEEDS_REPLICAS, NEEDS_STATE};
 use crate::config::HealthConfig;
 use crate::config::TlsMode;
-use crate::stats::Shared;
+use crate::shared::SharedState;
 use hysteresis::{Hysteresis, Transition};
 use probe::{Alive, Login, ProbeError, Target, TlsUse};
 use tls::TlsClient;
@@ -59,17 +59,17 @@ use tls::TlsClient;
 /// qualifies it for ([`roles`]).
 pub struct Health {
     config: Arc<HealthConfig>,
-    shared: Arc<Shared>,
+    shared: Arc<SharedState>,
     stop: Arc<Stop>,
     started: AtomicUsize,
 }
 
 impl Health {
-    pub fn new(config: HealthConfig, shared: Arc<Shared>) -> Self {
+    pub fn new(config: HealthConfig, shared: Arc<SharedState>) -> Self {
         Self::with_stop(config, shared, Arc::new(Stop::default()))
     }
 
-    fn with_stop(config: HealthConfig, shared: Arc<Shared>, stop: Arc<Stop>) -> Self {
+    fn with_stop(config: HealthConfig, shared: Arc<SharedState>, stop: Arc<Stop>) -> Self {
         Health {
             config: Arc::new(config),
             shared,
@@ -166,7 +166,7 @@ impl AutoTls {
 }
 
 /// Probes one server until `stop` or until a reload retires it, one probe per interval.
-fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &Shared, stop: &Stop) {
+fn check_loop(config: &HealthConfig, server: &ServerLive, shared: &SharedState, stop: &Stop) {
     let interval = Duration::from_millis(config.interval_ms.max(1));
     let timeout = Duration::from_millis(config.timeout_ms.max(1));
     let target = Target {
@@ -465,7 +465,7 @@ mod tests {
         table: Arc<Backends>,
         stop: Arc<Stop>,
     ) -> io::Result<JoinHandle<()>> {
-        let shared = Arc::new(Shared::new(table.clone(), 1)?);
+        let shared = Arc::new(SharedState::new(table.clone(), 1)?);
         let checkers = Health::with_stop(config, shared, stop).watch(table.servers.iter())?;
         std::thread::Builder::new().spawn(move || {
             for checker in checkers {
@@ -480,7 +480,6 @@ mod tests {
         Arc::new(Backends::from_config(&config))
     }
 
-    /// No backend of `table` sends the PROXY protocol.
     /// Polls `cond` every 10 ms for up to 5 s.
     fn eventually(what: &str, cond: impl Fn() -> bool) {
         let start = Instant::now();

@@ -24,7 +24,7 @@ use super::state::{self, LagGate, Reason, ServerState};
 use super::topology::{Change, Verdict};
 use crate::balance::{AdminState, Backends, ServerLive, WriterGroup, NEEDS_REPLICAS, NO_LAG};
 use crate::config::{HealthConfig, OnWriterChange, Role};
-use crate::stats::Shared;
+use crate::shared::SharedState;
 
 /// What one probe read of a server's state, or why it read nothing usable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,7 +284,7 @@ fn writer_verdict(server: &ServerLive, group: &Arc<WriterGroup>, table: &Backend
 }
 
 /// Runs `group`'s election on its servers' verdicts now and publishes the result.
-pub fn elect(group: &Arc<WriterGroup>, table: &Backends, shared: &Shared, config: &HealthConfig) {
+pub fn elect(group: &Arc<WriterGroup>, table: &Backends, shared: &SharedState, config: &HealthConfig) {
     let mut election = group.election.lock().unwrap_or_else(PoisonError::into_inner);
     // The first election waits until every server that is up has been judged once, so that the
     // first writer is the first qualifying server in the list, not the first one checked.
@@ -313,7 +313,7 @@ pub fn promote(
     group: &Arc<WriterGroup>,
     server: &ServerLive,
     table: &Backends,
-    shared: &Shared,
+    shared: &SharedState,
     config: &HealthConfig,
 ) -> Result<Change, String> {
     let mut election = group.election.lock().unwrap_or_else(PoisonError::into_inner);
@@ -336,7 +336,7 @@ pub fn promote(
 /// After the operator drained, disabled or enabled the backends named `name`: the writer
 /// groups that have them elect now, so that a drained writer hands its role over at once
 /// rather than at its next check.
-pub fn elect_named(shared: &Shared, name: &str, config: &HealthConfig) {
+pub fn elect_named(shared: &SharedState, name: &str, config: &HealthConfig) {
     let table = shared.table();
     for (group, _) in writer_groups_named(&table, name) {
         elect(group, &table, shared, config);
@@ -345,7 +345,7 @@ pub fn elect_named(shared: &Shared, name: &str, config: &HealthConfig) {
 
 /// `ringlb backend promote NAME`: makes the server of the backends named `name` the writer of
 /// every writer pool that has it; the answer, either way, is one line.
-pub fn promote_named(shared: &Shared, name: &str, config: &HealthConfig) -> Result<String, String> {
+pub fn promote_named(shared: &SharedState, name: &str, config: &HealthConfig) -> Result<String, String> {
     let table = shared.table();
     if !table.all.iter().any(|b| b.name == name) {
         return Err(format!("no backend {name:?} (names as in ringlb stats)"));
@@ -376,7 +376,13 @@ fn writer_groups_named<'a>(table: &'a Backends, name: &str) -> Vec<(&'a Arc<Writ
 
 /// Logs, counts and runs the notify command for a change of `group`'s writer; tells the
 /// workers to close connections to a former writer where a pool asks for that.
-fn announce(group: &WriterGroup, change: &Change, table: &Backends, shared: &Shared, config: &HealthConfig) {
+fn announce(
+    group: &WriterGroup,
+    change: &Change,
+    table: &Backends,
+    shared: &SharedState,
+    config: &HealthConfig,
+) {
     let name = |pos: usize| group.servers[pos].name.as_str();
     let (from, to, reason) = match change {
         Change::None => return,

@@ -54,7 +54,7 @@ fn worker_with(backends: usize, maxconn: u32, retries: u32, queue_timeout_ms: u6
 
 /// A worker over the table of `config`, and 4 buffers.
 fn worker_over(config: Config) -> Worker<Recorder> {
-    let shared = Arc::new(Shared::new(Arc::new(Backends::from_config(&config)), 1).unwrap());
+    let shared = Arc::new(SharedState::new(Arc::new(Backends::from_config(&config)), 1).unwrap());
     let config = WorkerConfig {
         id: 0,
         driver: DriverKind::Epoll,
