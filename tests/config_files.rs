@@ -244,7 +244,7 @@ fn systemd_unit_runs_the_config_reloads_with_hup_and_grants_the_vip_capabilities
     };
 
     let start: Vec<&str> = one("ExecStart").split_whitespace().collect();
-    assert_eq!(start[0], "/usr/local/bin/ringlb", "{start:?}");
+    assert_eq!(start[0], "/usr/bin/ringlb", "{start:?}");
     assert_eq!(start[1..3], ["run", "--config"], "{start:?}");
     assert_eq!(start[3], "/etc/ringlb/ringlb.toml", "{start:?}");
 
