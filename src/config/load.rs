@@ -29,15 +29,29 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
 /// FILE` and an editor's final newline give the same key. Errors name the file, never the key.
 pub fn load_secret(path: &Path) -> Result<Secret, ConfigError> {
     use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
     let read_error = |source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = std::fs::File::open(path).map_err(read_error)?;
-    // The mode of the file opened, not of the path checked earlier: no window for a swap.
-    let mode = file.metadata().map_err(read_error)?.permissions().mode();
+    // Non-blocking, so that a FIFO put where the key should be cannot hang start-up or
+    // `ringlb check` in open; anything but a regular file is refused below.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read_error)?;
+    // The type and mode of the file opened, not of the path checked earlier: no window for a
+    // swap.
+    let metadata = file.metadata().map_err(read_error)?;
+    if !metadata.is_file() {
+        return Err(ConfigError::Key {
+            path: path.to_path_buf(),
+            message: "key file is not a regular file".to_string(),
+        });
+    }
+    let mode = metadata.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(ConfigError::Key {
             path: path.to_path_buf(),
@@ -49,7 +63,15 @@ pub fn load_secret(path: &Path) -> Result<Secret, ConfigError> {
         });
     }
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(read_error)?;
+    file.take(MAX_KEY_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
+        return Err(ConfigError::Key {
+            path: path.to_path_buf(),
+            message: format!("key file is larger than {MAX_KEY_FILE_BYTES} bytes: is it the right file?"),
+        });
+    }
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
         if bytes.last() == Some(&b'\r') {
@@ -64,6 +86,9 @@ pub fn load_secret(path: &Path) -> Result<Secret, ConfigError> {
     }
     Ok(Secret(bytes))
 }
+
+/// The largest key or token file read: a secret is a few dozen bytes.
+pub const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 
 /// The shortest admin token: 128 bits as hex, so that it cannot be guessed over the network.
 pub const MIN_ADMIN_TOKEN_BYTES: usize = 32;

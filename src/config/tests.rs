@@ -1133,3 +1133,25 @@ fn without_a_token_only_a_loopback_admin_address_is_taken() {
         "ringlb.toml:2: global.admin_token_file: must not be empty (leave the key out)"
     );
 }
+
+#[test]
+fn a_key_path_that_is_a_fifo_a_directory_or_a_huge_file_is_refused_without_hanging() {
+    let dir = key_dir("odd-files");
+    // A FIFO: opening it for reading would block until a writer came.
+    let fifo = dir.join("fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path it is given, a live CString.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let directory = dir.join("dir");
+    std::fs::create_dir(&directory).unwrap();
+    for path in [&fifo, &directory] {
+        assert_eq!(
+            load_secret(path).unwrap_err().to_string(),
+            format!("{}: key file is not a regular file", path.display())
+        );
+    }
+    let huge = key_file(&dir, "huge", &vec![b'k'; 70_000], 0o600);
+    let e = load_secret(&huge).unwrap_err().to_string();
+    assert!(e.contains("larger than 65536 bytes"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
