@@ -23,9 +23,15 @@ fn request(admin: SocketAddr, method: &str, path: &str, headers: &str, body: &st
     let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connect to the admin endpoint {admin}: {e}"));
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The endpoint's address as Host, as curl sends it, unless `headers` has its own.
+    let host = if headers.to_ascii_lowercase().contains("host:") {
+        String::new()
+    } else {
+        format!("Host: {admin}\r\n")
+    };
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\n{host}{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -84,6 +90,17 @@ fn without_a_token_changes_need_loopback_and_the_admin_header_and_reads_stay_ope
         assert!(answer.contains("X-Ringlb-Admin"), "{answer}");
         let (status, answer) = request(admin, "POST", "/reload", headers, body);
         assert_eq!(status, 403, "{answer}");
+    }
+    assert_eq!(state(&lb.stats_json(), &backend), "enabled");
+
+    // A page that rebound its own name to 127.0.0.1 is same-origin to the browser, which then
+    // sends the header too; its Host and Origin give it away.
+    for headers in [
+        "X-Ringlb-Admin: 1\r\nHost: rebind.evil.example:4041\r\n",
+        "X-Ringlb-Admin: 1\r\nOrigin: http://rebind.evil.example:4041\r\n",
+    ] {
+        let (status, answer) = post(admin, &disable, headers);
+        assert_eq!(status, 403, "{headers:?}: {answer}");
     }
     assert_eq!(state(&lb.stats_json(), &backend), "enabled");
 
@@ -178,6 +195,36 @@ fn with_a_token_every_change_needs_it_and_the_cli_reads_it_from_the_flag_or_the_
     let out = ringlb(&["reload", "--config", config.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("reloaded"));
+
+    // --token-file replaces the file's token, which is then not even read (an operator with their
+    // own copy of a token file they cannot read).
+    let elsewhere = dir.path().join("elsewhere.toml");
+    std::fs::write(
+        &elsewhere,
+        format!("[global]\nadmin = \"{admin}\"\nadmin_token_file = \"/nonexistent/admin.token\"\n"),
+    )
+    .unwrap();
+    let out = ringlb(&[
+        "reload",
+        "--config",
+        elsewhere.to_str().unwrap(),
+        "--token-file",
+        token_text,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The file's token is not sent to another host that --admin names.
+    let out = ringlb(&[
+        "reload",
+        "--config",
+        config.to_str().unwrap(),
+        "--admin",
+        "192.0.2.1:4041",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.starts_with("ringlb: --admin: 192.0.2.1:4041 is not the admin address"),
+        "{err}"
+    );
 
     // A token file others can read is refused by the CLI as by the server.
     let open = token_file(dir.path(), "open.token", 0o644);

@@ -5,14 +5,17 @@
 //!
 //! - With `[global] admin_token_file`: `Authorization: Bearer TOKEN`, from any address. The
 //!   token is compared in time that does not depend on where it differs.
-//! - Without one: a peer on loopback *and* an `X-Ringlb-Admin` header. A web page cannot make a
-//!   browser send a custom header to another origin without a CORS pre-flight, which the
-//!   endpoint never grants, so a page that a browser on the LB node opens cannot change the
-//!   pool with a form or a plain `fetch`.
+//! - Without one: a peer on loopback, an `X-Ringlb-Admin` header, no `Origin` header, and a
+//!   `Host` that is an IP address or `localhost`. A web page cannot make a browser send a custom
+//!   header to another origin without a CORS pre-flight, which the endpoint never grants; a page
+//!   that rebinds its own name to 127.0.0.1 (DNS rebinding) is same-origin and could send it,
+//!   but its requests carry its name in `Host` and an `Origin`. So a page that a browser on the
+//!   LB node opens cannot change the pool.
 //!
 //! A non-loopback admin address without a token file is refused when the configuration is
-//! loaded (`config`), so the second rule only ever meets loopback addresses, and holds even when
-//! something forwards outside traffic to the loopback address.
+//! loaded (`config`), so the second rule only ever meets loopback peers. It keeps browsers out,
+//! not local users: any process on the node can change the pool, and so can anyone whose traffic
+//! something on the node forwards to the loopback address. Where that matters, set a token.
 //!
 //! [`authorize`] is a pure function of the guard, the peer and the request head; the refusals it
 //! returns are what the endpoint answers.
@@ -80,9 +83,40 @@ pub fn authorize(guard: &Guard, peer: Option<IpAddr>, head: &RequestHead<'_>) ->
                               `ringlb backend` and `ringlb reload` send it",
                 });
             }
+            if head.origin || !head.host.is_some_and(is_address_host) {
+                return Err(Refusal {
+                    status: 403,
+                    message: "a change from loopback must name the endpoint by address (Host: \
+                              127.0.0.1:PORT or localhost) and come from no web page (no Origin \
+                              header); set admin_token_file to take changes otherwise",
+                });
+            }
             Ok(())
         }
     }
+}
+
+/// Whether a `Host` value names the endpoint by address: an IP literal (IPv6 in brackets) or
+/// `localhost`, with or without a port. A DNS-rebinding page's requests carry its own name.
+fn is_address_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.strip_prefix(':').is_some_and(is_port) => {
+                return v6.parse::<std::net::Ipv6Addr>().is_ok();
+            }
+            _ => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        },
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+fn is_port(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Equal, in time that depends on the lengths only.
@@ -107,6 +141,8 @@ mod tests {
             query: "",
             bearer,
             admin_header,
+            host: Some("127.0.0.1:4041"),
+            origin: false,
         }
     }
 
@@ -182,6 +218,64 @@ mod tests {
                 refusal.message
             );
         }
+    }
+
+    #[test]
+    fn without_a_token_a_page_that_rebound_its_name_to_loopback_is_refused() {
+        let guard = Guard::new(None);
+        for host in [
+            "127.0.0.1:4041",
+            "127.0.0.1",
+            "localhost:4041",
+            "LOCALHOST",
+            "[::1]:4041",
+            "[::1]",
+        ] {
+            let request = RequestHead {
+                host: Some(host),
+                ..head(None, true)
+            };
+            assert_eq!(authorize(&guard, LOOPBACK, &request), Ok(()), "{host}");
+        }
+        for host in [
+            "rebind.evil.example:4041",
+            "rebind.evil.example",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "127.0.0.1:x",
+            "[::1",
+            "[::1]x",
+            "",
+        ] {
+            let request = RequestHead {
+                host: Some(host),
+                ..head(None, true)
+            };
+            assert_eq!(
+                authorize(&guard, LOOPBACK, &request).unwrap_err().status,
+                403,
+                "{host}"
+            );
+        }
+        let no_host = RequestHead {
+            host: None,
+            ..head(None, true)
+        };
+        assert_eq!(authorize(&guard, LOOPBACK, &no_host).unwrap_err().status, 403);
+        // Whatever the Host, a request a web page sent (it carries an Origin) is refused.
+        let from_a_page = RequestHead {
+            origin: true,
+            ..head(None, true)
+        };
+        assert_eq!(authorize(&guard, LOOPBACK, &from_a_page).unwrap_err().status, 403);
+        // With a token, neither matters: a page cannot know the token.
+        let token = token();
+        let request = RequestHead {
+            host: Some("lb-db-01.example:4041"),
+            origin: true,
+            ..head(Some("0123456789abcdef0123"), false)
+        };
+        assert_eq!(authorize(&token, OUTSIDE, &request), Ok(()));
     }
 
     #[test]

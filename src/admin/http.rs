@@ -21,6 +21,10 @@ pub struct RequestHead<'a> {
     pub bearer: Option<&'a str>,
     /// Whether an `X-Ringlb-Admin` header came, whatever its value.
     pub admin_header: bool,
+    /// The `Host` header's value, trimmed; `None` without one (two are malformed).
+    pub host: Option<&'a str>,
+    /// Whether an `Origin` header came: only browsers send one.
+    pub origin: bool,
 }
 
 /// Why a request head cannot be served.
@@ -66,6 +70,8 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead<'_>>, HeadErr
     }
     let mut authorization = None;
     let mut admin_header = false;
+    let mut host = None;
+    let mut origin = false;
     for line in lines.take_while(|l| !l.is_empty()) {
         let Some((name, value)) = line.split_once(':') else {
             return Err(HeadError::Malformed("header line without a colon"));
@@ -84,6 +90,13 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead<'_>>, HeadErr
             authorization = Some(value.trim_matches([' ', '\t']));
         } else if name.eq_ignore_ascii_case(super::auth::ADMIN_HEADER) {
             admin_header = true;
+        } else if name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return Err(HeadError::Malformed("more than one Host header"));
+            }
+            host = Some(value.trim_matches([' ', '\t']));
+        } else if name.eq_ignore_ascii_case("origin") {
+            origin = true;
         }
     }
     // `Bearer TOKEN`, the scheme in any case; another scheme carries no token.
@@ -100,6 +113,8 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead<'_>>, HeadErr
         query,
         bearer,
         admin_header,
+        host,
+        origin,
     }))
 }
 
@@ -266,6 +281,8 @@ mod tests {
                 query: "",
                 bearer: None,
                 admin_header: false,
+                host: Some("localhost"),
+                origin: false,
             }))
         );
     }
@@ -289,6 +306,14 @@ mod tests {
         assert_eq!(
             parse("POST /reload HTTP/1.1\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n"),
             Err(HeadError::Malformed("more than one Authorization header"))
+        );
+        let head = parse("POST /reload HTTP/1.1\r\nhOsT:  127.0.0.1:4041 \r\nOrigin: null\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((head.host, head.origin), (Some("127.0.0.1:4041"), true));
+        assert_eq!(
+            parse("POST /reload HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(HeadError::Malformed("more than one Host header"))
         );
     }
 
