@@ -291,9 +291,16 @@ fn execute(cli: Cli) -> Result<(), CliError> {
 }
 
 /// The admin address and token of a change: the flags, else the configuration file's, else the
-/// default address and no token.
+/// default address and no token. `--token-file` replaces the file's token (which is then not
+/// read). The file's token goes only to the file's own address or to loopback, never to another
+/// host that `--admin` names.
 fn change_target(args: &ChangeArgs) -> Result<(SocketAddr, Option<config::Secret>), ConfigError> {
-    let from_file = args.config.as_deref().map(config::admin_client).transpose()?;
+    let read_token = args.token_file.is_none();
+    let from_file = args
+        .config
+        .as_deref()
+        .map(|path| config::admin_client(path, read_token))
+        .transpose()?;
     let admin = match (&args.admin, &from_file) {
         (Some(text), _) => parse_admin(text)?,
         (None, Some(file)) => file.admin,
@@ -304,6 +311,18 @@ fn change_target(args: &ChangeArgs) -> Result<(SocketAddr, Option<config::Secret
             flag: "--token-file".into(),
             message: e.to_string(),
         })?),
+        (None, Some(file))
+            if file.token.is_some() && admin != file.admin && !admin.ip().to_canonical().is_loopback() =>
+        {
+            return Err(ConfigError::Flag {
+                flag: "--admin".into(),
+                message: format!(
+                    "{admin} is not the admin address of the configuration file ({}) nor loopback, \
+                     so its token is not sent there; pass that host's token with --token-file",
+                    file.admin
+                ),
+            });
+        }
         (None, Some(file)) => file.token,
         (None, None) => None,
     };

@@ -162,10 +162,10 @@ pub struct AdminClient {
     pub token: Option<Secret>,
 }
 
-/// Reads the `[global]` admin keys of the configuration file at `path`, and the token file it
-/// names; nothing else is validated or resolved, so the command works on a node whose backends
-/// do not resolve from where it runs. Errors are located as [`load`]'s are.
-pub fn admin_client(path: &Path) -> Result<AdminClient, ConfigError> {
+/// Reads the `[global]` admin keys of the configuration file at `path`, and, with `read_token`,
+/// the token file it names; nothing else is validated or resolved, so the command works on a
+/// node whose backends do not resolve from where it runs. Errors are located as [`load`]'s are.
+pub fn admin_client(path: &Path, read_token: bool) -> Result<AdminClient, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -177,11 +177,11 @@ pub fn admin_client(path: &Path) -> Result<AdminClient, ConfigError> {
         None => DEFAULT_ADMIN.parse().expect("valid default"),
     };
     let token = match global.as_ref().and_then(|g| g.admin_token_file.as_ref()) {
-        Some(v) => Some(
+        Some(v) if read_token => Some(
             load_admin_token(&relative_to_file(&origin, v.get_ref()))
                 .map_err(|e| origin.at(v.span().start, "global.admin_token_file", e.to_string()))?,
         ),
-        None => None,
+        _ => None,
     };
     Ok(AdminClient { admin, token })
 }

@@ -1092,7 +1092,7 @@ fn admin_token_file_is_read_from_the_files_folder_and_opens_any_admin_address() 
 
     // What `ringlb backend` and `ringlb reload` take from the file.
     assert_eq!(
-        admin_client(&config_path).unwrap(),
+        admin_client(&config_path, true).unwrap(),
         AdminClient {
             admin: addr("0.0.0.0:4041"),
             token: config.admin_token.clone(),
