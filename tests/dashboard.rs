@@ -1,7 +1,8 @@
-//! The Grafana dashboard (`packaging/grafana-dashboard.json`) against a running ringlb: every
-//! metric its queries name must be a family on `/metrics`, and every histogram it reads must
-//! have buckets once a query went through, so that renaming a metric without the dashboard (or
-//! the other way round) fails here.
+//! The Grafana dashboard (`packaging/grafana-dashboard.json`) against a running ringlb (with a
+//! writer and a reader pool, and the HA families as a node with `[ha]` renders them): every
+//! metric its queries name must have samples on `/metrics`, and every label they select on or
+//! group by, and every literal label value, must be on those samples; so renaming a metric, a
+//! label or a value without the dashboard (or the other way round) fails here.
 
 mod support;
 
@@ -78,22 +79,110 @@ fn the_dashboard_is_an_importable_grafana_dashboard_with_a_query_in_every_panel(
     }
 }
 
+/// The label matchers right after each metric name in a query: (metric, label, operator, value).
+fn matchers(expr: &str) -> Vec<(String, String, String, String)> {
+    let mut out = Vec::new();
+    for name in metric_names(expr) {
+        let mut rest = expr;
+        while let Some(at) = rest.find(name.as_str()) {
+            rest = &rest[at + name.len()..];
+            // Only where this is the whole name, followed by a selector.
+            let Some(selector) = rest.strip_prefix('{') else {
+                continue;
+            };
+            let Some((inside, _)) = selector.split_once('}') else {
+                break;
+            };
+            for matcher in inside.split(',').filter(|m| !m.trim().is_empty()) {
+                let op_at = matcher.find(['=', '!']).expect("a matcher operator");
+                let (label, tail) = matcher.split_at(op_at);
+                let op: String = tail.chars().take_while(|c| "=!~".contains(*c)).collect();
+                let value = tail[op.len()..].trim().trim_matches('"').to_string();
+                out.push((name.clone(), label.trim().to_string(), op, value));
+            }
+        }
+    }
+    out
+}
+
+/// The labels of every `by (...)` clause in a query.
+fn by_labels(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("by (") {
+        rest = &rest[at + 4..];
+        let (inside, _) = rest.split_once(')').expect("a closing parenthesis");
+        out.extend(inside.split(',').map(|l| l.trim().to_string()));
+    }
+    out
+}
+
+/// The sample lines of `name` (exactly that name) in an exposition.
+fn samples<'a>(metrics: &'a str, name: &str) -> Vec<&'a str> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .collect()
+}
+
 #[test]
-fn every_metric_the_dashboard_queries_is_on_metrics() {
+fn every_metric_label_and_value_the_dashboard_queries_is_on_metrics() {
     let mut queries = Vec::new();
     exprs(&dashboard(), &mut queries);
     let names: BTreeSet<String> = queries.iter().flat_map(|q| metric_names(q)).collect();
     assert!(names.len() >= 20, "only {names:?}");
 
+    // A writer and a reader pool over one server, so that the role families have samples.
     let db = MariaDb::start();
-    let lb = Ringlb::start(&[&db], "");
+    let server = db.addr();
+    let lb = Ringlb::start_with_file(move |listen, admin| {
+        format!(
+            "[global]\nadmin = \"{admin}\"\n[health]\ncheck = \"mysql\"\nuser = \"ringlb_check\"\n\
+             interval_ms = 100\n\n\
+             [[listener]]\nname = \"rw\"\nbind = \"{listen}\"\nrole = \"writer\"\n\
+             [[listener.backend]]\naddress = \"{server}\"\n\n\
+             [[listener]]\nname = \"ro\"\nbind = \"127.0.0.1:{}\"\nrole = \"reader\"\n\
+             [[listener.backend]]\naddress = \"{server}\"\n",
+            support::free_port()
+        )
+    });
     // One query, so that the latency histograms have buckets.
+    support::wait_until(std::time::Duration::from_secs(20), "a writer", || {
+        lb.stats_json()["listeners"][0]["writer"].is_string()
+    });
     let mut conn = lb.conn();
     mysql::prelude::Queryable::query_drop(&mut conn, "SELECT 1").unwrap();
     drop(conn);
-    let metrics = lb.metrics();
+    let mut metrics = lb.metrics();
+    // The HA families as a node with [ha] renders them (the same function serves /metrics).
+    ringlb::admin::metrics::render_ha(
+        &mut metrics,
+        &ringlb::ha::status::HaStatus {
+            enabled: true,
+            node: "lb-db-01".into(),
+            role: "active".into(),
+            vip: "10.0.0.100/24".into(),
+            vip_held: true,
+            healthy: true,
+            peers: vec![ringlb::ha::status::PeerStatus {
+                address: "10.0.0.12:694".into(),
+                node: "lb-db-02".into(),
+                state: "alive".into(),
+                role: "standby".into(),
+                last_heartbeat_age_ms: Some(50),
+            }],
+            takeovers: 1,
+            dropped: Default::default(),
+        },
+    );
 
     let mut missing = Vec::new();
+    // A replica's lag: this server is no replica, so the family is declared without samples.
+    let unsampled = ["ringlb_backend_replication_lag_seconds"];
     for name in &names {
         let family = ["_bucket", "_sum", "_count"]
             .iter()
@@ -105,18 +194,70 @@ fn every_metric_the_dashboard_queries_is_on_metrics() {
                 .map(|(n, _)| n)
                 == Some(family)
         });
-        // A histogram's buckets only show with a sample; the query above made one.
-        let sampled = family == name
-            || metrics
-                .lines()
-                .any(|l| l.strip_prefix(name.as_str()).is_some_and(|l| l.starts_with('{')));
-        if !declared || !sampled {
-            missing.push(name.clone());
+        let sampled = !samples(&metrics, name).is_empty();
+        if !declared || (!sampled && !unsampled.contains(&name.as_str())) {
+            missing.push(format!("{name} (declared {declared}, sampled {sampled})"));
+        }
+    }
+    // Labels: what Prometheus adds (instance) and what histograms have (le) aside, every label a
+    // query selects on or groups by is on a sample of its metric, and every literal value too.
+    for query in &queries {
+        let names = metric_names(query);
+        let has_label = |label: &str| {
+            label == "instance"
+                || label == "le"
+                || names
+                    .iter()
+                    .flat_map(|n| samples(&metrics, n))
+                    .any(|l| l.contains(&format!("{label}=\"")))
+        };
+        for label in by_labels(query) {
+            if !has_label(&label) && !names.iter().all(|n| unsampled.contains(&n.as_str())) {
+                missing.push(format!("label {label} in {query}"));
+            }
+        }
+        for (name, label, op, value) in matchers(query) {
+            if unsampled.contains(&name.as_str()) || label == "instance" {
+                continue;
+            }
+            let lines = samples(&metrics, &name);
+            let found = if op == "=" && !value.contains('$') {
+                lines.iter().any(|l| l.contains(&format!("{label}=\"{value}\"")))
+            } else {
+                lines.iter().any(|l| l.contains(&format!("{label}=\"")))
+            };
+            if !found {
+                missing.push(format!("{name}{{{label}{op}\"{value}\"}} in {query}"));
+            }
         }
     }
     assert!(
         missing.is_empty(),
-        "the dashboard queries metrics /metrics does not have: {missing:?}\n{metrics}"
+        "the dashboard queries what /metrics does not have:\n{}\n\n{metrics}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn matchers_and_groupings_are_read_out_of_queries() {
+    let query = "sum by (le, backend) (rate(ringlb_backend_bytes_total{instance=~\"$instance\",direction=\"to_backend\"}[1m]))";
+    assert_eq!(by_labels(query), ["le", "backend"]);
+    assert_eq!(
+        matchers(query),
+        [
+            (
+                "ringlb_backend_bytes_total".to_string(),
+                "instance".to_string(),
+                "=~".to_string(),
+                "$instance".to_string()
+            ),
+            (
+                "ringlb_backend_bytes_total".into(),
+                "direction".into(),
+                "=".into(),
+                "to_backend".into()
+            ),
+        ]
     );
 }
 
