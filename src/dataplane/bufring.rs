@@ -15,8 +15,11 @@
 //!
 //! Unregistering excludes later writes because the kernel picks a buffer and copies into it in
 //! one step under the instance's lock, the lock the unregister takes too. That holds for
-//! receives issued inline, by the submitting task's task work or by the SQPOLL thread; it would
-//! not for a receive forced to an io-wq worker (`IOSQE_ASYNC`), which the worker never submits.
+//! receives issued inline, by the submitting task's task work or by the SQPOLL thread. It does
+//! not for a receive the kernel hands to an io-wq worker, which picks its buffer under the lock
+//! but copies after: the kernel does that for `IOSQE_ASYNC`, which the worker never sets, and
+//! for a file it cannot poll, which a TCP socket never is. (And a worker drops its ring only as
+//! its thread ends.)
 //! Buffer ids are checked against the count in every build: an id the kernel never gave out
 //! panics instead of pointing outside the mapping.
 
