@@ -26,6 +26,23 @@ fn exprs(value: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
+/// Every target's (expr, legendFormat).
+fn legends(value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let (Some(expr), Some(legend)) = (map.get("expr"), map.get("legendFormat")) {
+                out.push((
+                    expr.as_str().unwrap_or_default().to_string(),
+                    legend.as_str().unwrap_or_default().to_string(),
+                ));
+            }
+            map.values().for_each(|v| legends(v, out));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| legends(v, out)),
+        _ => {}
+    }
+}
+
 /// The `ringlb_...` metric names in a query.
 fn metric_names(expr: &str) -> Vec<String> {
     let mut names = Vec::new();
@@ -228,6 +245,32 @@ fn every_metric_label_and_value_the_dashboard_queries_is_on_metrics() {
             };
             if !found {
                 missing.push(format!("{name}{{{label}{op}\"{value}\"}} in {query}"));
+            }
+        }
+    }
+    // Legends: each {{label}} is one the query's result keeps (grouped by, or on its samples).
+    let mut targets = Vec::new();
+    legends(&dashboard(), &mut targets);
+    for (expr, legend) in &targets {
+        let names = metric_names(expr);
+        let grouped = by_labels(expr);
+        let mut rest = legend.as_str();
+        while let Some(at) = rest.find("{{") {
+            let Some((label, after)) = rest[at + 2..].split_once("}}") else {
+                break;
+            };
+            rest = after;
+            let kept = if grouped.is_empty() {
+                names
+                    .iter()
+                    .flat_map(|n| samples(&metrics, n))
+                    .any(|l| l.contains(&format!("{label}=\"")))
+                    || names.iter().all(|n| unsampled.contains(&n.as_str()))
+            } else {
+                grouped.iter().any(|g| g == label)
+            };
+            if !kept {
+                missing.push(format!("legend {{{{{label}}}}} of {expr}"));
             }
         }
     }
