@@ -194,7 +194,8 @@ pub fn render_ha(out: &mut String, ha: &HaStatus) {
         "gauge",
         "Whether the peer's authenticated heartbeats arrive (1) or stopped for deadtime_ms (0).",
     );
-    for peer in ha.peers.iter().filter(|_| ha.enabled) {
+    let peers = if ha.enabled { &ha.peers[..] } else { &[] };
+    for peer in peers {
         let _ = writeln!(
             out,
             "ringlb_ha_peer_up{{peer=\"{}\",peer_node=\"{}\"}} {}",
@@ -223,16 +224,7 @@ pub fn render_ha(out: &mut String, ha: &HaStatus) {
         "Heartbeat datagrams dropped, by reason (bad_tag: not signed with the key; replayed, stale, unknown_sender, malformed, truncated, oversized).",
     );
     if ha.enabled {
-        let d = &ha.dropped;
-        for (reason, count) in [
-            ("truncated", d.truncated),
-            ("oversized", d.oversized),
-            ("malformed", d.malformed),
-            ("bad_tag", d.bad_tag),
-            ("replayed", d.replayed),
-            ("stale", d.stale),
-            ("unknown_sender", d.unknown_sender),
-        ] {
+        for (reason, count) in ha.dropped.by_reason() {
             let _ = writeln!(
                 out,
                 "ringlb_ha_heartbeats_dropped_total{{node=\"{node}\",reason=\"{reason}\"}} {count}"

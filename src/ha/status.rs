@@ -58,14 +58,21 @@ pub struct DropCounts {
 }
 
 impl DropCounts {
+    /// Each count with its reason's name (as `/metrics` labels it).
+    pub fn by_reason(&self) -> [(&'static str, u64); 7] {
+        [
+            ("truncated", self.truncated),
+            ("oversized", self.oversized),
+            ("malformed", self.malformed),
+            ("bad_tag", self.bad_tag),
+            ("replayed", self.replayed),
+            ("stale", self.stale),
+            ("unknown_sender", self.unknown_sender),
+        ]
+    }
+
     pub fn total(&self) -> u64 {
-        self.truncated
-            + self.oversized
-            + self.malformed
-            + self.bad_tag
-            + self.replayed
-            + self.stale
-            + self.unknown_sender
+        self.by_reason().iter().map(|(_, n)| n).sum()
     }
 }
 
