@@ -153,7 +153,10 @@ impl BufRing {
 
     fn push(&mut self, id: u16) {
         // A buffer goes back only after the kernel took it: one more would overrun the ring.
-        debug_assert!(self.available < self.count, "buffer {id} given back to a full ring");
+        debug_assert!(
+            self.available < self.count,
+            "buffer {id} given back to a full ring"
+        );
         let slot = usize::from(self.tail & (self.count - 1));
         let addr = self.buffer(id) as u64;
         // SAFETY: slot < count, so the entry is inside the ring mapping.
